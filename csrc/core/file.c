@@ -1,0 +1,391 @@
+/*
+ * file.c - opening files and images, the accessors, and reading bytes.
+ *
+ * Opening reads only the 8-byte prefix and the header with pread, validates
+ * everything, and only then maps the file: an invalid file is never mapped,
+ * and the cost of opening is proportional to the header, not the data.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct stc_file {
+    const stc_allocator *a;
+    stc_backend backend;
+    int fd;              /* -1 for memory images */
+    uint8_t *base;       /* the whole file in memory (mapping or image), or NULL */
+    size_t mapped_len;   /* non-zero when base is our mapping */
+    bool writable;
+    uint64_t file_size;
+    uint64_t data_start; /* 8 + N */
+    char *header_text;   /* owned copy of the header; strings decoded in place */
+    stc__header header;
+    uint32_t *by_name;
+    uint32_t *by_offset;
+};
+
+/* MARK: - Small I/O helpers */
+
+/* pread until len bytes are read; *got tells how many when the file ended. */
+static int pread_full(int fd, void *dst, size_t len, uint64_t offset, size_t *got) {
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, (char *)dst + done, len - done, (off_t)(offset + done));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            *got = done;
+            return errno;
+        }
+        if (n == 0) break;
+        done += (size_t)n;
+    }
+    *got = done;
+    return 0;
+}
+
+static uint64_t read_le64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+/* MARK: - Prefix checks */
+
+/* Checks the 8-byte prefix against the file size. `head` holds the first
+ * head_len bytes of the file, for recognising other formats. */
+static stc_status check_prefix(const uint8_t *head, size_t head_len, uint64_t file_size,
+                               uint64_t max_header, uint64_t *header_len, stc_error *error) {
+    const char *foreign = stc__sniff_foreign_format(head, head_len);
+    if (file_size < 8) {
+        if (foreign && file_size > 0)
+            return stc__fail(error, STC_ERR_NOT_SAFETENSORS, foreign, 0, NULL, 0);
+        return stc__fail(error, STC_ERR_HEADER_TOO_SMALL,
+                         file_size == 0 ? "the file is empty"
+                                        : "the file is shorter than its 8-byte header length",
+                         0, NULL, 0);
+    }
+    uint64_t n = read_le64(head);
+    if (n > max_header) {
+        if (foreign) return stc__fail(error, STC_ERR_NOT_SAFETENSORS, foreign, 0, NULL, 0);
+        return stc__fail(error, STC_ERR_HEADER_TOO_LARGE,
+                         "the header length is above the limit (max_header_size)", 0, NULL, 0);
+    }
+    if (n > file_size - 8) {
+        if (foreign) return stc__fail(error, STC_ERR_NOT_SAFETENSORS, foreign, 0, NULL, 0);
+        return stc__fail(error, STC_ERR_HEADER_LENGTH,
+                         "the header length points past the end of the file (truncated "
+                         "download?)",
+                         0, NULL, 0);
+    }
+    *header_len = n;
+    return STC_OK;
+}
+
+/* MARK: - Opening */
+
+static stc_file *new_file(const stc_allocator *a) {
+    stc_file *f = stc__malloc(a, sizeof *f);
+    if (!f) return NULL;
+    memset(f, 0, sizeof *f);
+    f->a = a;
+    f->fd = -1;
+    return f;
+}
+
+/* Parses f->header_text (header_len bytes) and validates the layout. */
+static stc_status parse_and_validate(stc_file *f, uint64_t header_len, stc_error *error) {
+    stc_status st = stc__parse_header(f->header_text, (size_t)header_len, 8, f->a, &f->header,
+                                      error);
+    if (st != STC_OK) return st;
+    return stc__validate_layout(&f->header, f->file_size - f->data_start, f->a, &f->by_name,
+                                &f->by_offset, error);
+}
+
+static uint64_t max_header_of(const stc_open_options *options) {
+    if (options && options->max_header_size) return options->max_header_size;
+    return STC_DEFAULT_MAX_HEADER_SIZE;
+}
+
+static stc_status out_of_memory(stc_error *error) {
+    return stc__fail(error, STC_ERR_NO_MEMORY, "out of memory while opening the file",
+                     STC_NO_OFFSET, NULL, 0);
+}
+
+/* Maps the whole file privately. Tries a writable copy-on-write mapping and
+ * falls back to read-only where the kernel refuses to commit that much. */
+static stc_status map_file(stc_file *f, stc_error *error) {
+    size_t len = (size_t)f->file_size;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, f->fd, 0);
+    f->writable = true;
+    if (p == MAP_FAILED && errno == ENOMEM) {
+        p = mmap(NULL, len, PROT_READ, MAP_PRIVATE, f->fd, 0);
+        f->writable = false;
+    }
+    if (p == MAP_FAILED) return stc__fail_errno(error, "cannot map the file into memory", errno);
+    f->base = p;
+    f->mapped_len = len;
+    return STC_OK;
+}
+
+stc_status stc_open(const char *path, const stc_open_options *options, stc_file **out,
+                    stc_error *error) {
+    const stc_allocator *a = stc__allocator_or_default(options ? options->allocator : NULL);
+    stc_status st;
+    stc_file *f = new_file(a);
+    if (!f) return out_of_memory(error);
+    f->backend = options ? options->backend : STC_BACKEND_MMAP;
+    if (f->backend != STC_BACKEND_MMAP && f->backend != STC_BACKEND_PREAD) {
+        st = stc__fail(error, STC_ERR_INVALID_ARGUMENT, "unknown backend", STC_NO_OFFSET, NULL,
+                       0);
+        goto fail;
+    }
+
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (f->fd < 0) {
+        st = stc__fail_errno(error, "cannot open the file", errno);
+        goto fail;
+    }
+    struct stat sb;
+    if (fstat(f->fd, &sb) != 0) {
+        st = stc__fail_errno(error, "cannot stat the file", errno);
+        goto fail;
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        st = stc__fail_errno(error, "is a directory", EISDIR);
+        goto fail;
+    }
+    f->file_size = (uint64_t)sb.st_size;
+
+    uint8_t head[64];
+    size_t head_len = 0;
+    int err = pread_full(f->fd, head, sizeof head, 0, &head_len);
+    if (err) {
+        st = stc__fail_errno(error, "cannot read the file", err);
+        goto fail;
+    }
+    uint64_t header_len = 0;
+    uint64_t size_seen = head_len < sizeof head ? head_len : f->file_size;
+    if ((st = check_prefix(head, head_len, size_seen, max_header_of(options), &header_len,
+                           error)) != STC_OK)
+        goto fail;
+    if (header_len > SIZE_MAX - 1) {
+        st = out_of_memory(error);
+        goto fail;
+    }
+    f->data_start = 8 + header_len;
+    f->header_text = stc__malloc(a, (size_t)header_len + 1);
+    if (!f->header_text) {
+        st = out_of_memory(error);
+        goto fail;
+    }
+    size_t got = 0;
+    err = pread_full(f->fd, f->header_text, (size_t)header_len, 8, &got);
+    if (err || got != header_len) {
+        st = err ? stc__fail_errno(error, "cannot read the header", err)
+                 : stc__fail(error, STC_ERR_FILE_CHANGED, "the file shrank while being opened",
+                             STC_NO_OFFSET, NULL, 0);
+        goto fail;
+    }
+    f->header_text[header_len] = '\0';
+    if ((st = parse_and_validate(f, header_len, error)) != STC_OK) goto fail;
+    if (f->backend == STC_BACKEND_MMAP && (st = map_file(f, error)) != STC_OK) goto fail;
+    *out = f;
+    return STC_OK;
+fail:
+    stc_close(f);
+    return st;
+}
+
+stc_status stc_open_memory(const void *data, size_t size, const stc_open_options *options,
+                           stc_file **out, stc_error *error) {
+    const stc_allocator *a = stc__allocator_or_default(options ? options->allocator : NULL);
+    stc_status st;
+    stc_file *f = new_file(a);
+    if (!f) return out_of_memory(error);
+    /* The image is borrowed: callers that hand in writable memory get
+     * writable views, which is why the const is dropped here, once. */
+    f->base = (uint8_t *)(uintptr_t)data;
+    f->file_size = size;
+    f->backend = STC_BACKEND_MMAP;
+    uint64_t header_len = 0;
+    if ((st = check_prefix(f->base, size < 64 ? size : 64, size, max_header_of(options),
+                           &header_len, error)) != STC_OK)
+        goto fail;
+    f->data_start = 8 + header_len;
+    f->header_text = stc__malloc(a, (size_t)header_len + 1);
+    if (!f->header_text) {
+        st = out_of_memory(error);
+        goto fail;
+    }
+    memcpy(f->header_text, f->base + 8, (size_t)header_len);
+    f->header_text[header_len] = '\0';
+    if ((st = parse_and_validate(f, header_len, error)) != STC_OK) goto fail;
+    *out = f;
+    return STC_OK;
+fail:
+    stc_close(f);
+    return st;
+}
+
+void stc_close(stc_file *f) {
+    if (!f) return;
+    const stc_allocator *a = f->a;
+    if (f->mapped_len) munmap(f->base, f->mapped_len);
+    if (f->fd >= 0) close(f->fd);
+    stc__header_free(a, &f->header);
+    stc__free(a, f->by_name);
+    stc__free(a, f->by_offset);
+    stc__free(a, f->header_text);
+    stc__free(a, f);
+}
+
+/* MARK: - Accessors */
+
+size_t stc_tensor_count(const stc_file *f) { return f->header.count; }
+
+const stc_tensor *stc_tensor_by_name_order(const stc_file *f, size_t i) {
+    return &f->header.tensors[f->by_name[i]];
+}
+
+const stc_tensor *stc_tensor_by_offset_order(const stc_file *f, size_t i) {
+    return &f->header.tensors[f->by_offset[i]];
+}
+
+const stc_tensor *stc_find_tensor(const stc_file *f, const char *name, size_t name_len) {
+    size_t lo = 0, hi = f->header.count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const stc_tensor *t = &f->header.tensors[f->by_name[mid]];
+        int c = stc__compare_bytes(t->name, t->name_len, name, name_len);
+        if (c == 0) return t;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+int stc_has_metadata(const stc_file *f) { return f->header.has_metadata; }
+
+size_t stc_metadata_count(const stc_file *f) { return f->header.metadata_count; }
+
+const stc_string_pair *stc_metadata_at(const stc_file *f, size_t i) {
+    return &f->header.metadata[i];
+}
+
+uint64_t stc_file_size(const stc_file *f) { return f->file_size; }
+
+uint64_t stc_data_start(const stc_file *f) { return f->data_start; }
+
+uint8_t *stc_data(const stc_file *f) { return f->base ? f->base + f->data_start : NULL; }
+
+int stc_data_writable(const stc_file *f) { return f->base != NULL && f->writable; }
+
+int stc_is_mapped(const stc_file *f) { return f->mapped_len != 0; }
+
+stc_status stc_check_unchanged(const stc_file *f, stc_error *error) {
+    if (!f->mapped_len) return STC_OK;
+    struct stat sb;
+    if (fstat(f->fd, &sb) != 0) return stc__fail_errno(error, "cannot stat the file", errno);
+    if ((uint64_t)sb.st_size < f->file_size)
+        return stc__fail(error, STC_ERR_FILE_CHANGED,
+                         "the file was truncated on disk after it was opened; reopen it",
+                         STC_NO_OFFSET, NULL, 0);
+    return STC_OK;
+}
+
+/* MARK: - Reading */
+
+static uint64_t data_len(const stc_file *f) { return f->file_size - f->data_start; }
+
+stc_status stc_read(const stc_file *f, uint64_t offset, size_t len, void *dst,
+                    stc_error *error) {
+    if (offset > data_len(f) || len > data_len(f) - offset)
+        return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
+                         "read range is outside the data section", STC_NO_OFFSET, NULL, 0);
+    if (len == 0) return STC_OK;
+    if (f->base) {
+        memcpy(dst, f->base + f->data_start + offset, len);
+        return STC_OK;
+    }
+    size_t got = 0;
+    int err = pread_full(f->fd, dst, len, f->data_start + offset, &got);
+    if (err) return stc__fail_errno(error, "cannot read tensor data", err);
+    if (got != len)
+        return stc__fail(error, STC_ERR_FILE_CHANGED,
+                         "the file is shorter than when it was opened", STC_NO_OFFSET, NULL, 0);
+    return STC_OK;
+}
+
+/* Checks that a strided view stays inside [0, limit) and finds how many
+ * trailing dimensions form one contiguous run. */
+static bool view_bounds(uint64_t offset, size_t ndim, const uint64_t *shape,
+                        const int64_t *strides, size_t itemsize, uint64_t limit,
+                        size_t *first_contiguous_dim, uint64_t *run_bytes) {
+    uint64_t below = 0, above = 0; /* reach before and after `offset` */
+    for (size_t d = 0; d < ndim; d++) {
+        uint64_t steps = shape[d] - 1, reach;
+        uint64_t magnitude = strides[d] < 0 ? (uint64_t)0 - (uint64_t)strides[d]
+                                            : (uint64_t)strides[d];
+        if (!stc__mul_u64(steps, magnitude, &reach)) return false;
+        if (!stc__add_u64(strides[d] < 0 ? below : above, reach,
+                          strides[d] < 0 ? &below : &above))
+            return false;
+    }
+    uint64_t last;
+    if (below > offset || !stc__add_u64(offset, above, &last) ||
+        !stc__add_u64(last, itemsize, &last) || last > limit)
+        return false;
+    uint64_t run = itemsize;
+    size_t k = ndim;
+    while (k > 0 && (shape[k - 1] == 1 || (strides[k - 1] > 0 && (uint64_t)strides[k - 1] == run))) {
+        run *= shape[k - 1]; /* cannot overflow: the run lies inside the data */
+        k--;
+    }
+    *first_contiguous_dim = k;
+    *run_bytes = run;
+    return true;
+}
+
+stc_status stc_read_strided(const stc_file *f, uint64_t offset, size_t ndim,
+                            const uint64_t *shape, const int64_t *strides, size_t itemsize,
+                            void *dst, stc_error *error) {
+    for (size_t d = 0; d < ndim; d++)
+        if (shape[d] == 0) return STC_OK;
+    size_t k;
+    uint64_t run;
+    if (itemsize == 0 ||
+        !view_bounds(offset, ndim, shape, strides, itemsize, data_len(f), &k, &run))
+        return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
+                         "strided view is outside the data section", STC_NO_OFFSET, NULL, 0);
+    /* Walk the outer k dimensions like an odometer, one read per run. */
+    uint64_t index[64] = {0};
+    if (k > 64)
+        return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "too many dimensions", STC_NO_OFFSET,
+                         NULL, 0);
+    uint8_t *out = dst;
+    uint64_t at = offset;
+    for (;;) {
+        stc_status st = stc_read(f, at, (size_t)run, out, error);
+        if (st != STC_OK) return st;
+        out += run;
+        size_t d = k;
+        while (d > 0) {
+            d--;
+            if (++index[d] < shape[d]) {
+                at = (uint64_t)((int64_t)at + strides[d]);
+                break;
+            }
+            at = (uint64_t)((int64_t)at - strides[d] * (int64_t)(shape[d] - 1));
+            index[d] = 0;
+            if (d == 0) return STC_OK;
+        }
+        if (k == 0) return STC_OK;
+    }
+}

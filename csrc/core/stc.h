@@ -1,0 +1,368 @@
+/*
+ * stc.h - the public contract of the safetensors_c core.
+ *
+ * The core reads, validates and writes .safetensors files. It is plain C11 plus
+ * POSIX (open, pread, mmap, fsync, rename) and knows nothing of Python: the
+ * CPython binding, the C tests and the fuzz targets all use only this header.
+ *
+ * File format, as this library reads and writes it:
+ *
+ *   bytes [0, 8)        N, the header length, unsigned 64-bit little-endian
+ *   bytes [8, 8 + N)    a UTF-8 JSON object (JSON whitespace allowed around it)
+ *   bytes [8 + N, end)  the data section: every tensor's bytes, back to back
+ *
+ * The JSON object maps each tensor name to {"dtype": CODE, "shape": [..],
+ * "data_offsets": [begin, end]} (offsets relative to the data section, end
+ * exclusive) and may hold "__metadata__": an object of string values, or null.
+ *
+ * Conventions used throughout:
+ *  - Every function that can fail returns an stc_status. STC_OK is 0. On
+ *    failure, when the caller passed a non-NULL stc_error, it is filled in:
+ *    the status, a constant message, and where known the byte offset in the
+ *    file and the tensor name. Outputs are left untouched on failure and
+ *    nothing is leaked.
+ *  - Strings are UTF-8 with an explicit length. Names decoded from the header
+ *    may contain NUL bytes (JSON "\u0000"); they are NUL-terminated as well,
+ *    for convenience, but the length is authoritative.
+ *  - All memory the core allocates comes from one stc_allocator, which the
+ *    caller may supply (tests use this to make the k-th allocation fail).
+ *  - Thread-safety: an opened stc_file is immutable after stc_open returns;
+ *    any number of threads may call the const accessors and the read
+ *    functions on it concurrently. stc_close must not race with other calls
+ *    on the same file. Writers (stc_plan, stc_output) are single-threaded
+ *    objects. The library has no global mutable state.
+ */
+#ifndef STC_H
+#define STC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define STC_VERSION_STRING "0.1.0"
+
+/* The default cap on the header length N, as in the reference reader. */
+#define STC_DEFAULT_MAX_HEADER_SIZE 100000000u
+
+/* Containers may nest this deep in the header (the top-level object counts as
+ * depth 1); one more level is an error. Bounds the parser's stack. */
+#define STC_MAX_NESTING_DEPTH 127
+
+/* Value of stc_error.offset when no byte offset applies. */
+#define STC_NO_OFFSET UINT64_MAX
+
+/* MARK: - Status codes */
+
+typedef enum stc_status {
+    STC_OK = 0,
+    STC_ERR_NO_MEMORY,        /* an allocation failed */
+    STC_ERR_IO,               /* a system call failed; stc_error.sys_errno says why */
+    STC_ERR_NOT_SAFETENSORS,  /* the bytes are another format (pickle, zip, ...) */
+    STC_ERR_HEADER_TOO_SMALL, /* fewer than 8 bytes */
+    STC_ERR_HEADER_TOO_LARGE, /* N is above the cap */
+    STC_ERR_HEADER_LENGTH,    /* 8 + N is past the end of the file */
+    STC_ERR_INVALID_UTF8,     /* the header is not valid UTF-8 */
+    STC_ERR_INVALID_JSON,     /* the header is not strict JSON */
+    STC_ERR_NESTING_TOO_DEEP, /* containers nest deeper than STC_MAX_NESTING_DEPTH */
+    STC_ERR_DUPLICATE_KEY,    /* a key appears twice in one JSON object */
+    STC_ERR_INVALID_HEADER,   /* valid JSON, but not a valid safetensors header */
+    STC_ERR_INVALID_OFFSETS,  /* tensors overlap, leave holes, or begin > end */
+    STC_ERR_SIZE_OVERFLOW,    /* element or bit count does not fit 64 bits */
+    STC_ERR_MISALIGNED,       /* a tensor's bit count is not a multiple of 8 */
+    STC_ERR_SIZE_MISMATCH,    /* end - begin differs from the size the shape implies */
+    STC_ERR_TRUNCATED_DATA,   /* the data section is shorter than the tensors need */
+    STC_ERR_TRAILING_DATA,    /* bytes follow the last tensor */
+    STC_ERR_FILE_CHANGED,     /* the file shrank since it was opened */
+    STC_ERR_INVALID_ARGUMENT, /* the caller passed something invalid */
+    STC_STATUS_COUNT
+} stc_status;
+
+/* A stable identifier such as "STC_ERR_INVALID_JSON"; "STC_UNKNOWN" for
+ * values outside the enum. Never NULL, static storage. */
+const char *stc_status_name(stc_status status);
+
+/* A one-line generic description of the status. Never NULL, static storage. */
+const char *stc_status_message(stc_status status);
+
+#define STC_ERROR_TENSOR_CAPACITY 120
+
+typedef struct stc_error {
+    stc_status status;
+    /* What went wrong, specific to the failure site. Static storage. */
+    const char *message;
+    /* Byte offset in the file (header offsets include the 8-byte prefix),
+     * or STC_NO_OFFSET. */
+    uint64_t offset;
+    /* errno for STC_ERR_IO and for failures of the output file, else 0. */
+    int sys_errno;
+    /* The tensor concerned, or empty. At most STC_ERROR_TENSOR_CAPACITY
+     * bytes of its name are kept; tensor_truncated says if it was cut.
+     * tensor_len counts the stored bytes; tensor is also NUL-terminated. */
+    size_t tensor_len;
+    int tensor_truncated;
+    char tensor[STC_ERROR_TENSOR_CAPACITY + 1];
+} stc_error;
+
+/* MARK: - Allocator */
+
+/* Every allocation of the core goes through one of these. realloc receives
+ * the old size for allocators that need it. ctx is passed through. A NULL
+ * allocator pointer anywhere in this API means the C library's. */
+typedef struct stc_allocator {
+    void *(*malloc)(void *ctx, size_t size);
+    void *(*realloc)(void *ctx, void *ptr, size_t old_size, size_t new_size);
+    void (*free)(void *ctx, void *ptr);
+    void *ctx;
+} stc_allocator;
+
+/* MARK: - Dtypes */
+
+/* The format's dtypes. The numeric value is the writer's order rank: the
+ * writer lays tensors out by descending rank, then by name. */
+typedef enum stc_dtype {
+    STC_BOOL = 0,
+    STC_F4,
+    STC_F6_E2M3,
+    STC_F6_E3M2,
+    STC_U8,
+    STC_I8,
+    STC_F8_E5M2,
+    STC_F8_E4M3,
+    STC_F8_E8M0,
+    STC_F8_E4M3FNUZ,
+    STC_F8_E5M2FNUZ,
+    STC_I16,
+    STC_U16,
+    STC_F16,
+    STC_BF16,
+    STC_I32,
+    STC_U32,
+    STC_F32,
+    STC_C64,
+    STC_F64,
+    STC_I64,
+    STC_U64,
+    STC_DTYPE_COUNT
+} stc_dtype;
+
+/* The exact, case-sensitive code ("F32", "F8_E4M3", ...); NULL if invalid. */
+const char *stc_dtype_name(stc_dtype dtype);
+
+/* Bits per element: 1..64 (4 for F4, 6 for the F6 types); 0 if invalid. */
+unsigned stc_dtype_bits(stc_dtype dtype);
+
+/* Looks a code up by its exact bytes. Returns 1 and sets *out on success,
+ * 0 if the code is unknown. */
+int stc_dtype_from_name(const char *name, size_t len, stc_dtype *out);
+
+/* MARK: - Reading */
+
+typedef enum stc_backend {
+    /* One private (copy-on-write) mapping of the whole file; tensors are
+     * views into it. If the system refuses a writable private mapping (strict
+     * overcommit), the mapping is read-only instead: see stc_data_writable. */
+    STC_BACKEND_MMAP = 0,
+    /* No mapping: the header is read with pread and tensor bytes are read on
+     * request into caller memory. For untrusted or network file systems. */
+    STC_BACKEND_PREAD = 1
+} stc_backend;
+
+typedef struct stc_open_options {
+    stc_backend backend;
+    /* Cap on the header length N; 0 means STC_DEFAULT_MAX_HEADER_SIZE. */
+    uint64_t max_header_size;
+    /* NULL means the C library's allocator. Must outlive the stc_file. */
+    const stc_allocator *allocator;
+} stc_open_options;
+
+/* One tensor as described by the header. The pointers live as long as the
+ * stc_file that owns them. */
+typedef struct stc_tensor {
+    const char *name;
+    size_t name_len;
+    stc_dtype dtype;
+    size_t ndim;
+    const uint64_t *shape; /* ndim entries; NULL when ndim is 0 */
+    uint64_t begin;        /* offsets relative to the data section */
+    uint64_t end;
+    uint64_t nbytes;       /* end - begin */
+    uint64_t header_offset; /* where the entry's name starts in the file */
+} stc_tensor;
+
+/* One key/value pair of __metadata__ (or of writer metadata). */
+typedef struct stc_string_pair {
+    const char *key;
+    size_t key_len;
+    const char *value;
+    size_t value_len;
+} stc_string_pair;
+
+typedef struct stc_file stc_file;
+
+/* Opens, reads the header of, parses and fully validates a file. On success
+ * *out owns the descriptor, the mapping (for STC_BACKEND_MMAP) and the
+ * parsed header; release it with stc_close. options may be NULL for
+ * defaults. Errors: STC_ERR_IO (sys_errno from open/fstat/pread/mmap),
+ * STC_ERR_NO_MEMORY, and every format error above. A file that is some
+ * other format gets STC_ERR_NOT_SAFETENSORS with a message naming it. */
+stc_status stc_open(const char *path, const stc_open_options *options,
+                    stc_file **out, stc_error *error);
+
+/* Parses and validates a whole file image held in memory. The bytes are
+ * borrowed, not copied: they must outlive the stc_file and stay unchanged.
+ * options->backend is ignored (tensors are views into data). */
+stc_status stc_open_memory(const void *data, size_t size,
+                           const stc_open_options *options, stc_file **out,
+                           stc_error *error);
+
+/* Releases everything the file owns. NULL is allowed. Views obtained from
+ * stc_data become invalid. */
+void stc_close(stc_file *file);
+
+/* Number of tensors. */
+size_t stc_tensor_count(const stc_file *file);
+
+/* The i-th tensor in name order (bytewise, which is Unicode code point
+ * order for UTF-8). i must be below stc_tensor_count. */
+const stc_tensor *stc_tensor_by_name_order(const stc_file *file, size_t i);
+
+/* The i-th tensor in data order (by begin, then end, then name). */
+const stc_tensor *stc_tensor_by_offset_order(const stc_file *file, size_t i);
+
+/* The tensor with exactly this name, or NULL. O(log n). */
+const stc_tensor *stc_find_tensor(const stc_file *file, const char *name,
+                                  size_t name_len);
+
+/* 1 if the header has a non-null "__metadata__" object, else 0. */
+int stc_has_metadata(const stc_file *file);
+
+/* Number of metadata pairs, and the i-th in header order. */
+size_t stc_metadata_count(const stc_file *file);
+const stc_string_pair *stc_metadata_at(const stc_file *file, size_t i);
+
+/* Size of the whole file and offset of the data section (8 + N). */
+uint64_t stc_file_size(const stc_file *file);
+uint64_t stc_data_start(const stc_file *file);
+
+/* The start of the data section in memory (mapping or borrowed image), or
+ * NULL for STC_BACKEND_PREAD. Tensor t's bytes are at stc_data(f) + t->begin.
+ * The memory is writable exactly when stc_data_writable returns 1; writes go
+ * to private copy-on-write pages and never reach the file. */
+uint8_t *stc_data(const stc_file *file);
+int stc_data_writable(const stc_file *file);
+
+/* 1 if the file is read through a memory mapping that another process could
+ * shrink (STC_BACKEND_MMAP on a real file), else 0. */
+int stc_is_mapped(const stc_file *file);
+
+/* Checks that the file on disk still holds every byte the mapping was made
+ * over. Returns STC_ERR_FILE_CHANGED if it shrank (touching the lost pages
+ * would raise SIGBUS), STC_ERR_IO if fstat fails, STC_OK otherwise
+ * (including for memory images and the pread backend). */
+stc_status stc_check_unchanged(const stc_file *file, stc_error *error);
+
+/* Copies len bytes starting at offset (relative to the data section) into
+ * dst. Uses pread (retrying on EINTR and short reads) or memcpy. Fails with
+ * STC_ERR_INVALID_ARGUMENT if the range leaves the data section and with
+ * STC_ERR_FILE_CHANGED if the file ends early. Safe to call concurrently. */
+stc_status stc_read(const stc_file *file, uint64_t offset, size_t len, void *dst,
+                    stc_error *error);
+
+/* Gathers a strided view of the data section into dst, in C order, densely.
+ * The view starts at byte `offset` of the data section and has ndim
+ * dimensions; element (i0, .., ik) lives at offset + sum(i_d * strides[d])
+ * and is itemsize bytes long. Strides may be negative. Every byte the view
+ * touches must lie inside the data section (else STC_ERR_INVALID_ARGUMENT).
+ * Contiguous runs are read with one read each, so slicing whole rows of a
+ * tensor costs one read per run, not per element. dst must hold
+ * itemsize * product(shape) bytes. Needs no allocation. */
+stc_status stc_read_strided(const stc_file *file, uint64_t offset, size_t ndim,
+                            const uint64_t *shape, const int64_t *strides,
+                            size_t itemsize, void *dst, stc_error *error);
+
+/* MARK: - Writing */
+
+/* One tensor to write. The shape is the logical shape (F4 counts 4-bit
+ * values, F6 counts 6-bit values). */
+typedef struct stc_tensor_spec {
+    const char *name;
+    size_t name_len;
+    stc_dtype dtype;
+    size_t ndim;
+    const uint64_t *shape;
+} stc_tensor_spec;
+
+/* A plan fixes the layout of a file before any byte is written: the order of
+ * the tensors, their offsets, and the complete header (the 8-byte length,
+ * the JSON, the space padding to a multiple of 8), byte-identical to the
+ * reference writer's. */
+typedef struct stc_plan stc_plan;
+
+/* Validates the specs and builds a plan. Names must be valid UTF-8, unique
+ * and not "__metadata__"; sizes must fit 64 bits; F4/F6 tensors must total
+ * whole bytes. metadata may be NULL when has_metadata is 0; with
+ * has_metadata set, "__metadata__" is written even when it is empty.
+ * Metadata keys must be unique; pairs are written sorted by key. The specs'
+ * strings and shapes are copied; they need not outlive the call.
+ * Errors: STC_ERR_INVALID_ARGUMENT, STC_ERR_SIZE_OVERFLOW,
+ * STC_ERR_MISALIGNED, STC_ERR_NO_MEMORY. */
+stc_status stc_plan_create(const stc_tensor_spec *specs, size_t count,
+                           const stc_string_pair *metadata, size_t metadata_count,
+                           int has_metadata, const stc_allocator *allocator,
+                           stc_plan **out, stc_error *error);
+
+void stc_plan_free(stc_plan *plan);
+
+/* The header bytes to write first (8-byte length prefix included). */
+const uint8_t *stc_plan_header(const stc_plan *plan, size_t *len);
+
+/* Size of the whole file: header plus data. */
+uint64_t stc_plan_file_size(const stc_plan *plan);
+
+/* The index (into the caller's specs) of the i-th tensor in file order. */
+size_t stc_plan_order(const stc_plan *plan, size_t i);
+
+/* Data size in bytes of specs[spec_index]. */
+uint64_t stc_plan_nbytes(const stc_plan *plan, size_t spec_index);
+
+/* An output file written atomically: the bytes go to a new temporary file in
+ * the target's directory, which stc_output_commit flushes (fsync), renames
+ * over the target and makes durable (fsync of the directory). Until commit,
+ * the target is untouched; after an error or stc_output_abort, the
+ * temporary file is removed. */
+typedef struct stc_output stc_output;
+
+/* Creates the temporary file. Errors: STC_ERR_IO (sys_errno), NO_MEMORY. */
+stc_status stc_output_open(const char *path, const stc_allocator *allocator,
+                           stc_output **out, stc_error *error);
+
+/* Appends bytes, retrying short writes and EINTR. Errors: STC_ERR_IO (for
+ * example ENOSPC or EFBIG, in sys_errno); the output stays open so that the
+ * caller can abort it. */
+stc_status stc_output_write(stc_output *output, const void *data, size_t len,
+                            stc_error *error);
+
+/* fsync, rename over the target, fsync the directory, release. On failure
+ * the temporary file is removed, the target is untouched, and the output
+ * is released as well: never call abort after commit. */
+stc_status stc_output_commit(stc_output *output, stc_error *error);
+
+/* Removes the temporary file and releases the output. NULL is allowed. */
+void stc_output_abort(stc_output *output);
+
+/* Convenience for C callers: plans and atomically writes a whole file.
+ * data[i] points at specs[i]'s bytes (stc_plan_nbytes of them, C order). */
+stc_status stc_write_file(const char *path, const stc_tensor_spec *specs,
+                          size_t count, const void *const *data,
+                          const stc_string_pair *metadata, size_t metadata_count,
+                          int has_metadata, const stc_allocator *allocator,
+                          stc_error *error);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* STC_H */

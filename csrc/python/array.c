@@ -1,0 +1,202 @@
+/*
+ * array.c - the one array factory: format tensors as NumPy arrays.
+ */
+#include "binding.h"
+
+/* MARK: - Dtypes */
+
+PyArray_Descr *descr_for(module_state *st, stc_dtype dtype) {
+    if (st->descrs[dtype]) return st->descrs[dtype];
+    /* First use of this dtype: ask the package, which knows NumPy's and
+     * ml_dtypes' names and imports ml_dtypes only when it is needed. */
+    if (!st->resolve_dtype) {
+        PyErr_SetString(PyExc_RuntimeError, "safetensors_c._core used before initialisation");
+        return NULL;
+    }
+    PyObject *descr = PyObject_CallFunction(st->resolve_dtype, "s", stc_dtype_name(dtype));
+    if (!descr) return NULL;
+    if (!PyArray_DescrCheck(descr)) {
+        Py_DECREF(descr);
+        PyErr_SetString(PyExc_TypeError, "resolve_dtype must return a numpy.dtype");
+        return NULL;
+    }
+    st->descrs[dtype] = (PyArray_Descr *)descr;
+    return st->descrs[dtype];
+}
+
+/* MARK: - Shapes */
+
+static bool is_packed(stc_dtype dtype) { return stc_dtype_bits(dtype) % 8 != 0; }
+
+/* The NumPy shape of tensor t. Whole-byte dtypes keep their shape. Packed
+ * sub-byte dtypes (F4, F6_*) become uint8 arrays of their raw bytes: the last
+ * dimension is divided into bytes when it fills whole bytes (F4 [.., 2k]
+ * -> [.., k]; F6 [.., 4k] -> [.., 3k]), otherwise the tensor is one flat
+ * run of bytes. Returns the number of dimensions, or -1 with an exception. */
+int numpy_shape(module_state *st, const stc_tensor *t, npy_intp *dims) {
+    if (t->ndim > NPY_MAXDIMS) {
+        PyErr_Format(st->safetensor_error,
+                     "tensor %s has %zu dimensions; NumPy arrays have at most %d", t->name,
+                     t->ndim, NPY_MAXDIMS);
+        return -1;
+    }
+    for (size_t d = 0; d < t->ndim; d++) {
+        if (t->shape[d] > (uint64_t)NPY_MAX_INTP) {
+            PyErr_Format(st->safetensor_error,
+                         "tensor %s: dimension %zu is %llu, too large for a NumPy array",
+                         t->name, d, (unsigned long long)t->shape[d]);
+            return -1;
+        }
+        dims[d] = (npy_intp)t->shape[d];
+    }
+    int nd = (int)t->ndim;
+    if (!is_packed(t->dtype)) return nd;
+    unsigned bits = stc_dtype_bits(t->dtype);
+    if (nd > 0 && (t->shape[nd - 1] * bits) % 8 == 0) {
+        /* shape[nd-1] <= NPY_MAX_INTP, so the product fits 64 bits. */
+        dims[nd - 1] = (npy_intp)(t->shape[nd - 1] * bits / 8);
+        return nd;
+    }
+    dims[0] = (npy_intp)t->nbytes;
+    return 1;
+}
+
+static PyObject *logical_shape(const stc_tensor *t) {
+    PyObject *shape = PyTuple_New((Py_ssize_t)t->ndim);
+    if (!shape) return NULL;
+    for (size_t d = 0; d < t->ndim; d++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(t->shape[d]);
+        if (!v) {
+            Py_DECREF(shape);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(shape, (Py_ssize_t)d, v);
+    }
+    return shape;
+}
+
+/* Packed arrays go through the package's hook, which marks them with their
+ * format dtype and logical shape so that saving them restores both. */
+static PyObject *wrap_if_packed(module_state *st, PyObject *array, const stc_tensor *t) {
+    if (!array || !is_packed(t->dtype) || !st->wrap_packed) return array;
+    PyObject *shape = logical_shape(t);
+    if (!shape) {
+        Py_DECREF(array);
+        return NULL;
+    }
+    PyObject *wrapped =
+        PyObject_CallFunction(st->wrap_packed, "OsO", array, stc_dtype_name(t->dtype), shape);
+    Py_DECREF(shape);
+    Py_DECREF(array);
+    return wrapped;
+}
+
+/* MARK: - The factory */
+
+PyObject *tensor_to_array(module_state *st, file_object *owner, const stc_tensor *t) {
+    npy_intp dims[NPY_MAXDIMS];
+    int nd = numpy_shape(st, t, dims);
+    if (nd < 0) return NULL;
+    PyArray_Descr *descr = descr_for(st, t->dtype);
+    if (!descr) return NULL;
+    uint8_t *data = stc_data(owner->file);
+    PyObject *array;
+    if (data) {
+        /* Zero-copy: a view into the mapping (or image), kept alive by its
+         * base, the owner. */
+        int flags = NPY_ARRAY_C_CONTIGUOUS | (stc_data_writable(owner->file) ? NPY_ARRAY_WRITEABLE : 0);
+        Py_INCREF(descr);
+        array = PyArray_NewFromDescr(&PyArray_Type, descr, nd, dims, NULL, data + t->begin,
+                                     flags, NULL);
+        if (!array) return NULL;
+        Py_INCREF(owner);
+        /* SetBaseObject steals the reference to owner even when it fails. */
+        if (PyArray_SetBaseObject((PyArrayObject *)array, (PyObject *)owner) < 0) {
+            Py_DECREF(array);
+            return NULL;
+        }
+    } else {
+        Py_INCREF(descr);
+        array = PyArray_NewFromDescr(&PyArray_Type, descr, nd, dims, NULL, NULL, 0, NULL);
+        if (!array) return NULL;
+        stc_error error;
+        stc_status status;
+        void *dst = PyArray_DATA((PyArrayObject *)array);
+        /* Without the GIL: pread into memory no other thread can see yet,
+         * from a file the caller's reference to owner keeps open. */
+        Py_BEGIN_ALLOW_THREADS
+        status = stc_read(owner->file, t->begin, (size_t)t->nbytes, dst, &error);
+        Py_END_ALLOW_THREADS
+        if (status != STC_OK) {
+            Py_DECREF(array);
+            return raise_core_error(st, &error, owner->filename);
+        }
+    }
+    return wrap_if_packed(st, array, t);
+}
+
+/* MARK: - Strided reads */
+
+static int read_u64_tuple(PyObject *seq, uint64_t *out, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+static int read_i64_tuple(PyObject *seq, int64_t *out, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+PyObject *read_view_to_array(module_state *st, file_object *owner, const stc_tensor *t,
+                             uint64_t offset, PyObject *shape, PyObject *strides) {
+    if (!PyTuple_Check(shape) || !PyTuple_Check(strides) ||
+        PyTuple_GET_SIZE(shape) != PyTuple_GET_SIZE(strides) ||
+        PyTuple_GET_SIZE(shape) > NPY_MAXDIMS) {
+        PyErr_SetString(PyExc_ValueError, "shape and strides must be tuples of equal length");
+        return NULL;
+    }
+    Py_ssize_t nd = PyTuple_GET_SIZE(shape);
+    uint64_t ushape[NPY_MAXDIMS];
+    int64_t ustrides[NPY_MAXDIMS];
+    npy_intp dims[NPY_MAXDIMS];
+    if (read_u64_tuple(shape, ushape, nd) < 0 || read_i64_tuple(strides, ustrides, nd) < 0)
+        return NULL;
+    for (Py_ssize_t d = 0; d < nd; d++) {
+        if (ushape[d] > (uint64_t)NPY_MAX_INTP) {
+            PyErr_SetString(PyExc_ValueError, "dimension too large");
+            return NULL;
+        }
+        dims[d] = (npy_intp)ushape[d];
+    }
+    PyArray_Descr *descr = descr_for(st, t->dtype);
+    if (!descr) return NULL;
+    Py_INCREF(descr);
+    PyObject *array = PyArray_NewFromDescr(&PyArray_Type, descr, (int)nd, dims, NULL, NULL, 0,
+                                           NULL);
+    if (!array) return NULL;
+    size_t itemsize = (size_t)PyArray_ITEMSIZE((PyArrayObject *)array);
+    void *dst = PyArray_DATA((PyArrayObject *)array);
+    stc_error error;
+    stc_status status;
+    if (offset > t->nbytes) {
+        Py_DECREF(array);
+        PyErr_SetString(PyExc_ValueError, "offset outside the tensor");
+        return NULL;
+    }
+    /* Without the GIL: reads into an array no other thread can see yet. */
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_read_strided(owner->file, t->begin + offset, (size_t)nd, ushape, ustrides,
+                              itemsize, dst, &error);
+    Py_END_ALLOW_THREADS
+    if (status != STC_OK) {
+        Py_DECREF(array);
+        return raise_core_error(st, &error, owner->filename);
+    }
+    return array;
+}

@@ -1,0 +1,91 @@
+/*
+ * binding.h - shared declarations of the CPython/NumPy binding.
+ *
+ * The binding is the only C that sees Python.h and the NumPy headers. It is
+ * thin on purpose: the core does the work, this layer turns core results
+ * into Python objects and core errors into exceptions.
+ */
+#ifndef STC_BINDING_H
+#define STC_BINDING_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdbool.h>
+
+#define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL stc_numpy_api
+#ifndef STC_BINDING_IMPORTS_NUMPY
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "../core/stc.h"
+
+/* MARK: - Module state */
+
+typedef struct module_state {
+    PyObject *safetensor_error; /* SafetensorError, a ValueError */
+    PyTypeObject *file_type;    /* _File: the owner of one opened file */
+    /* NumPy dtypes by stc_dtype; NULL until first needed (see array.c). */
+    PyArray_Descr *descrs[STC_DTYPE_COUNT];
+    /* Python hooks set by the package: resolve_dtype(code) -> np.dtype for
+     * dtypes that live outside NumPy (ml_dtypes), and wrap_packed(array,
+     * code, logical_shape) -> array for the packed sub-byte dtypes. */
+    PyObject *resolve_dtype;
+    PyObject *wrap_packed;
+} module_state;
+
+module_state *state_of_module(PyObject *module);
+module_state *state_of_type(PyTypeObject *type);
+
+/* MARK: - The _File owner type (file_object.c) */
+
+/* One opened file. Arrays handed out use it as their base, so the mapping
+ * lives exactly as long as the last array or handle that needs it. */
+typedef struct file_object {
+    PyObject_HEAD
+    stc_file *file;
+    Py_buffer image;     /* for files opened from memory */
+    int has_image;
+    PyObject *filename;  /* str or NULL, for messages */
+} file_object;
+
+extern PyType_Spec file_type_spec;
+
+/* open(filename, backend="mmap", max_header_size=0) -> _File */
+PyObject *open_path(PyObject *module, PyObject *args, PyObject *kwargs);
+/* open_buffer(data, max_header_size=0) -> _File (zero-copy over data) */
+PyObject *open_buffer(PyObject *module, PyObject *args, PyObject *kwargs);
+
+/* MARK: - Arrays (array.c) */
+
+/* The one array factory: a NumPy array for tensor t of file `owner`. A view
+ * into the mapping for mapped files and images; a fresh array filled by
+ * pread otherwise. New reference, or NULL with an exception set. */
+PyObject *tensor_to_array(module_state *st, file_object *owner, const stc_tensor *t);
+
+/* Fills dims with the NumPy shape of t (packed sub-byte dtypes become
+ * uint8 bytes; see array.c) and returns ndim, or -1 with an exception. */
+int numpy_shape(module_state *st, const stc_tensor *t, npy_intp *dims);
+
+/* The NumPy dtype for a format dtype (borrowed reference), or NULL with an
+ * exception set. */
+PyArray_Descr *descr_for(module_state *st, stc_dtype dtype);
+
+/* Gathers a strided view of tensor t into a new C-ordered array (for
+ * slicing without a mapping). */
+PyObject *read_view_to_array(module_state *st, file_object *owner, const stc_tensor *t,
+                             uint64_t offset, PyObject *shape, PyObject *strides);
+
+/* MARK: - Errors (errors.c) */
+
+/* Raises the Python exception for a core error and returns NULL. filename
+ * may be NULL. */
+PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *filename);
+
+/* MARK: - Writing (writer.c) */
+
+/* save(names, codes, shapes, arrays, metadata, path) -> bytes or None */
+PyObject *save_tensors(PyObject *module, PyObject *args);
+
+#endif /* STC_BINDING_H */

@@ -1,0 +1,79 @@
+/*
+ * errors.c - the one place where core errors become Python exceptions.
+ *
+ * System errors keep their errno, so that a missing file is a
+ * FileNotFoundError and a protected one a PermissionError. Everything about
+ * the file's contents is a SafetensorError whose message says what is
+ * wrong, for which tensor, and where.
+ */
+#include "binding.h"
+
+#include <errno.h>
+
+PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *filename) {
+    switch (error->status) {
+    case STC_ERR_NO_MEMORY:
+        return PyErr_NoMemory();
+    case STC_ERR_IO: {
+        PyObject *exc_args = filename
+            ? Py_BuildValue("(isO)", error->sys_errno, strerror(error->sys_errno), filename)
+            : Py_BuildValue("(is)", error->sys_errno, strerror(error->sys_errno));
+        if (!exc_args) return NULL;
+        /* OSError's constructor picks the subclass (FileNotFoundError, ...)
+         * from the errno. */
+        PyObject *exc = PyObject_Call(PyExc_OSError, exc_args, NULL);
+        Py_DECREF(exc_args);
+        if (!exc) return NULL;
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+        return NULL;
+    }
+    default:
+        break;
+    }
+    PyObject *where = filename ? PyUnicode_FromFormat("%U: ", filename)
+                               : PyUnicode_FromString("");
+    if (!where) return NULL;
+    PyObject *tensor = NULL;
+    if (error->tensor_len) {
+        PyObject *name =
+            PyUnicode_DecodeUTF8(error->tensor, (Py_ssize_t)error->tensor_len, "replace");
+        if (!name) {
+            Py_DECREF(where);
+            return NULL;
+        }
+        tensor = PyUnicode_FromFormat("tensor %R%s: ", name,
+                                      error->tensor_truncated ? " (name shortened)" : "");
+        Py_DECREF(name);
+    } else {
+        tensor = PyUnicode_FromString("");
+    }
+    if (!tensor) {
+        Py_DECREF(where);
+        return NULL;
+    }
+    /* Offsets below 8 are the length prefix itself: not worth printing. */
+    PyObject *message;
+    if (error->offset != STC_NO_OFFSET && error->offset >= 8)
+        message = PyUnicode_FromFormat("%U%U%s (at byte %llu of the file)", where, tensor,
+                                       error->message, (unsigned long long)error->offset);
+    else
+        message = PyUnicode_FromFormat("%U%U%s", where, tensor, error->message);
+    Py_DECREF(where);
+    Py_DECREF(tensor);
+    if (!message) return NULL;
+    PyObject *exc = PyObject_CallOneArg(st->safetensor_error, message);
+    Py_DECREF(message);
+    if (!exc) return NULL;
+    /* A stable, machine-readable code next to the human message. */
+    PyObject *code = PyUnicode_FromString(stc_status_name(error->status));
+    if (!code || PyObject_SetAttrString(exc, "code", code) < 0) {
+        Py_XDECREF(code);
+        Py_DECREF(exc);
+        return NULL;
+    }
+    Py_DECREF(code);
+    PyErr_SetObject(st->safetensor_error, exc);
+    Py_DECREF(exc);
+    return NULL;
+}

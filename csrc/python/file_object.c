@@ -1,0 +1,388 @@
+/*
+ * file_object.c - _File, the owner of one opened file.
+ *
+ * It holds the core's stc_file (descriptor, mapping, parsed header) and is
+ * the base object of every array it hands out. Opening creates no Python
+ * object per tensor: names, arrays and metadata are built when asked for.
+ */
+#include "binding.h"
+
+#include <string.h>
+
+static module_state *state_of_self(PyObject *self) { return state_of_type(Py_TYPE(self)); }
+
+/* MARK: - Opening */
+
+static PyObject *new_file_object(module_state *st) {
+    file_object *f = PyObject_New(file_object, st->file_type);
+    if (!f) return NULL;
+    f->file = NULL;
+    f->has_image = 0;
+    f->filename = NULL;
+    return (PyObject *)f;
+}
+
+static int parse_backend(PyObject *backend, stc_backend *out) {
+    if (!backend) {
+        *out = STC_BACKEND_MMAP;
+        return 0;
+    }
+    if (PyUnicode_Check(backend) && PyUnicode_CompareWithASCIIString(backend, "mmap") == 0) {
+        *out = STC_BACKEND_MMAP;
+        return 0;
+    }
+    if (PyUnicode_Check(backend) && PyUnicode_CompareWithASCIIString(backend, "pread") == 0) {
+        *out = STC_BACKEND_PREAD;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "backend must be \"mmap\" or \"pread\", not %R", backend);
+    return -1;
+}
+
+PyObject *open_path(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"filename", "backend", "max_header_size", NULL};
+    module_state *st = state_of_module(module);
+    PyObject *path_bytes = NULL, *backend = NULL;
+    unsigned long long max_header = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|OK:open", keywords, PyUnicode_FSConverter,
+                                     &path_bytes, &backend, &max_header))
+        return NULL;
+    stc_open_options options = {.max_header_size = max_header};
+    if (parse_backend(backend, &options.backend) < 0) {
+        Py_DECREF(path_bytes);
+        return NULL;
+    }
+    file_object *f = (file_object *)new_file_object(st);
+    if (!f) {
+        Py_DECREF(path_bytes);
+        return NULL;
+    }
+    f->filename = PyUnicode_DecodeFSDefault(PyBytes_AS_STRING(path_bytes));
+    if (!f->filename) {
+        Py_DECREF(path_bytes);
+        Py_DECREF(f);
+        return NULL;
+    }
+    stc_error error;
+    stc_status status;
+    stc_file *file = NULL;
+    const char *path = PyBytes_AS_STRING(path_bytes);
+    /* Without the GIL: open, read and validate touch only C memory and the
+     * path bytes, which path_bytes keeps alive. */
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_open(path, &options, &file, &error);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_bytes);
+    if (status != STC_OK) {
+        raise_core_error(st, &error, f->filename);
+        Py_DECREF(f);
+        return NULL;
+    }
+    f->file = file;
+    return (PyObject *)f;
+}
+
+PyObject *open_buffer(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"data", "max_header_size", NULL};
+    module_state *st = state_of_module(module);
+    PyObject *data;
+    unsigned long long max_header = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|K:open_buffer", keywords, &data,
+                                     &max_header))
+        return NULL;
+    file_object *f = (file_object *)new_file_object(st);
+    if (!f) return NULL;
+    /* Ask for a writable buffer first: arrays over it are then writable. */
+    if (PyObject_GetBuffer(data, &f->image, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        if (PyObject_GetBuffer(data, &f->image, PyBUF_C_CONTIGUOUS) < 0) {
+            Py_DECREF(f);
+            return NULL;
+        }
+    }
+    f->has_image = 1;
+    stc_open_options options = {.max_header_size = max_header};
+    stc_error error;
+    stc_status status;
+    stc_file *file = NULL;
+    /* Without the GIL: the buffer export keeps the bytes alive and fixed. */
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_open_memory(f->image.buf, (size_t)f->image.len, &options, &file, &error);
+    Py_END_ALLOW_THREADS
+    if (status != STC_OK) {
+        raise_core_error(st, &error, NULL);
+        Py_DECREF(f);
+        return NULL;
+    }
+    f->file = file;
+    return (PyObject *)f;
+}
+
+/* MARK: - Lookups */
+
+/* The tensor called `name` (a str), or NULL with SafetensorError/TypeError. */
+static const stc_tensor *lookup(module_state *st, file_object *f, PyObject *name) {
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "tensor names are str, not %.100s", Py_TYPE(name)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t len;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(name, &len);
+    if (!utf8) {
+        /* Lone surrogates cannot be in any file: report the name as absent. */
+        PyErr_Clear();
+        len = -1;
+    }
+    const stc_tensor *t = len >= 0 ? stc_find_tensor(f->file, utf8, (size_t)len) : NULL;
+    if (!t) {
+        if (f->filename)
+            PyErr_Format(st->safetensor_error, "%U: no tensor named %R in this file", f->filename,
+                         name);
+        else
+            PyErr_Format(st->safetensor_error, "no tensor named %R in this file", name);
+    }
+    return t;
+}
+
+static PyObject *name_of(const stc_tensor *t) {
+    return PyUnicode_DecodeUTF8(t->name, (Py_ssize_t)t->name_len, NULL);
+}
+
+/* Raises if the mapped file shrank under us: touching the lost pages would
+ * kill the process with SIGBUS instead of raising. */
+static int check_unchanged(module_state *st, file_object *f) {
+    stc_error error;
+    if (stc_check_unchanged(f->file, &error) != STC_OK) {
+        raise_core_error(st, &error, f->filename);
+        return -1;
+    }
+    return 0;
+}
+
+/* MARK: - Methods */
+
+typedef const stc_tensor *(*tensor_at_fn)(const stc_file *, size_t);
+
+static PyObject *names_in_order(file_object *f, tensor_at_fn at) {
+    size_t n = stc_tensor_count(f->file);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *name = name_of(at(f->file, i));
+        if (!name) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, name);
+    }
+    return list;
+}
+
+static PyObject *file_keys(PyObject *self, PyObject *unused) {
+    (void)unused;
+    return names_in_order((file_object *)self, stc_tensor_by_name_order);
+}
+
+static PyObject *file_offset_keys(PyObject *self, PyObject *unused) {
+    (void)unused;
+    return names_in_order((file_object *)self, stc_tensor_by_offset_order);
+}
+
+static PyObject *file_metadata(PyObject *self, PyObject *unused) {
+    (void)unused;
+    file_object *f = (file_object *)self;
+    if (!stc_has_metadata(f->file)) Py_RETURN_NONE;
+    PyObject *dict = PyDict_New();
+    if (!dict) return NULL;
+    for (size_t i = 0; i < stc_metadata_count(f->file); i++) {
+        const stc_string_pair *p = stc_metadata_at(f->file, i);
+        PyObject *k = PyUnicode_DecodeUTF8(p->key, (Py_ssize_t)p->key_len, NULL);
+        PyObject *v = k ? PyUnicode_DecodeUTF8(p->value, (Py_ssize_t)p->value_len, NULL) : NULL;
+        if (!v || PyDict_SetItem(dict, k, v) < 0) {
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            Py_DECREF(dict);
+            return NULL;
+        }
+        Py_DECREF(k);
+        Py_DECREF(v);
+    }
+    return dict;
+}
+
+static PyObject *file_tensor(PyObject *self, PyObject *name) {
+    module_state *st = state_of_self(self);
+    file_object *f = (file_object *)self;
+    const stc_tensor *t = lookup(st, f, name);
+    if (!t || check_unchanged(st, f) < 0) return NULL;
+    return tensor_to_array(st, f, t);
+}
+
+static PyObject *file_tensors(PyObject *self, PyObject *unused) {
+    (void)unused;
+    module_state *st = state_of_self(self);
+    file_object *f = (file_object *)self;
+    if (check_unchanged(st, f) < 0) return NULL;
+    PyObject *dict = PyDict_New();
+    if (!dict) return NULL;
+    for (size_t i = 0; i < stc_tensor_count(f->file); i++) {
+        const stc_tensor *t = stc_tensor_by_offset_order(f->file, i);
+        PyObject *name = name_of(t);
+        PyObject *array = name ? tensor_to_array(st, f, t) : NULL;
+        if (!array || PyDict_SetItem(dict, name, array) < 0) {
+            Py_XDECREF(name);
+            Py_XDECREF(array);
+            Py_DECREF(dict);
+            return NULL;
+        }
+        Py_DECREF(name);
+        Py_DECREF(array);
+    }
+    return dict;
+}
+
+static PyObject *dims_tuple(const uint64_t *dims, size_t n) {
+    PyObject *tuple = PyTuple_New((Py_ssize_t)n);
+    if (!tuple) return NULL;
+    for (size_t d = 0; d < n; d++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(dims[d]);
+        if (!v) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tuple, (Py_ssize_t)d, v);
+    }
+    return tuple;
+}
+
+static PyObject *file_info(PyObject *self, PyObject *name) {
+    module_state *st = state_of_self(self);
+    file_object *f = (file_object *)self;
+    const stc_tensor *t = lookup(st, f, name);
+    if (!t) return NULL;
+    npy_intp np_dims[NPY_MAXDIMS];
+    uint64_t np_dims_u[NPY_MAXDIMS];
+    int nd = numpy_shape(st, t, np_dims);
+    if (nd < 0) return NULL;
+    for (int d = 0; d < nd; d++) np_dims_u[d] = (uint64_t)np_dims[d];
+    PyObject *shape = dims_tuple(t->shape, t->ndim);
+    PyObject *np_shape = shape ? dims_tuple(np_dims_u, (size_t)nd) : NULL;
+    if (!np_shape) {
+        Py_XDECREF(shape);
+        return NULL;
+    }
+    return Py_BuildValue("(sNNKK)", stc_dtype_name(t->dtype), shape, np_shape,
+                         (unsigned long long)t->begin, (unsigned long long)t->end);
+}
+
+static PyObject *file_read_view(PyObject *self, PyObject *args) {
+    module_state *st = state_of_self(self);
+    file_object *f = (file_object *)self;
+    PyObject *name, *shape, *strides;
+    unsigned long long offset;
+    if (!PyArg_ParseTuple(args, "OKOO:read_view", &name, &offset, &shape, &strides)) return NULL;
+    const stc_tensor *t = lookup(st, f, name);
+    if (!t || check_unchanged(st, f) < 0) return NULL;
+    return read_view_to_array(st, f, t, offset, shape, strides);
+}
+
+static int file_contains(PyObject *self, PyObject *name) {
+    file_object *f = (file_object *)self;
+    if (!PyUnicode_Check(name)) return 0;
+    Py_ssize_t len;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(name, &len);
+    if (!utf8) {
+        PyErr_Clear();
+        return 0;
+    }
+    return stc_find_tensor(f->file, utf8, (size_t)len) != NULL;
+}
+
+static Py_ssize_t file_len(PyObject *self) {
+    return (Py_ssize_t)stc_tensor_count(((file_object *)self)->file);
+}
+
+static PyObject *get_writable(PyObject *self, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(stc_data_writable(((file_object *)self)->file));
+}
+
+static PyObject *get_mapped(PyObject *self, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(stc_is_mapped(((file_object *)self)->file));
+}
+
+static PyObject *get_filename(PyObject *self, void *closure) {
+    (void)closure;
+    file_object *f = (file_object *)self;
+    if (!f->filename) Py_RETURN_NONE;
+    return Py_NewRef(f->filename);
+}
+
+static PyObject *get_data_start(PyObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(stc_data_start(((file_object *)self)->file));
+}
+
+static PyObject *get_file_size(PyObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(stc_file_size(((file_object *)self)->file));
+}
+
+/* MARK: - Type */
+
+static void file_dealloc(PyObject *self) {
+    file_object *f = (file_object *)self;
+    PyTypeObject *type = Py_TYPE(self);
+    stc_close(f->file);
+    if (f->has_image) PyBuffer_Release(&f->image);
+    Py_XDECREF(f->filename);
+    PyObject_Free(self);
+    Py_DECREF(type);
+}
+
+static PyMethodDef file_methods[] = {
+    {"keys", file_keys, METH_NOARGS,
+     "keys($self, /)\n--\n\nTensor names, sorted."},
+    {"offset_keys", file_offset_keys, METH_NOARGS,
+     "offset_keys($self, /)\n--\n\nTensor names in the order of their data in the file."},
+    {"metadata", file_metadata, METH_NOARGS,
+     "metadata($self, /)\n--\n\nThe __metadata__ dict, or None."},
+    {"tensor", file_tensor, METH_O,
+     "tensor($self, name, /)\n--\n\nThe tensor as a NumPy array (a view when mapped)."},
+    {"tensors", file_tensors, METH_NOARGS,
+     "tensors($self, /)\n--\n\nA dict of every tensor, in data order."},
+    {"info", file_info, METH_O,
+     "info($self, name, /)\n--\n\n(dtype code, shape, NumPy shape, begin, end) of a tensor."},
+    {"read_view", file_read_view, METH_VARARGS,
+     "read_view($self, name, offset, shape, strides, /)\n--\n\n"
+     "Gathers a strided view of a tensor (byte offset and strides relative to the tensor) "
+     "into a new array."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef file_getset[] = {
+    {"writable", get_writable, NULL, "Whether arrays are writable views.", NULL},
+    {"mapped", get_mapped, NULL, "Whether the file is memory-mapped.", NULL},
+    {"filename", get_filename, NULL, "The path opened, or None for images.", NULL},
+    {"data_start", get_data_start, NULL, "File offset of the data section.", NULL},
+    {"file_size", get_file_size, NULL, "Size of the file in bytes.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot file_slots[] = {
+    {Py_tp_dealloc, file_dealloc},
+    {Py_tp_methods, file_methods},
+    {Py_tp_getset, file_getset},
+    {Py_sq_length, file_len},
+    {Py_sq_contains, file_contains},
+    {Py_tp_doc, "An opened safetensors file: the owner of its mapping and parsed header."},
+    {0, NULL},
+};
+
+PyType_Spec file_type_spec = {
+    .name = "safetensors_c._core._File",
+    .basicsize = sizeof(file_object),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = file_slots,
+};

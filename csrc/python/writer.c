@@ -1,0 +1,278 @@
+/*
+ * writer.c - save glue: Python arrays in, a file or bytes out.
+ *
+ * The core plans the layout and the header; this file feeds it each
+ * array's buffer in file order. C-contiguous arrays are written straight
+ * from their memory without the GIL; others are copied one at a time into C
+ * order, so memory never holds more than one extra tensor.
+ */
+#include "binding.h"
+
+/* The inputs, checked and converted once. Holds references to everything
+ * the specs point into, so nothing moves while the GIL is released. */
+typedef struct save_inputs {
+    PyObject *names;  /* tuple of str */
+    PyObject *arrays; /* tuple of ndarray */
+    Py_ssize_t count;
+    stc_tensor_spec *specs;
+    uint64_t *dims;
+    PyObject *meta_items; /* list of (str, str), or NULL */
+    stc_string_pair *meta;
+    Py_ssize_t meta_count;
+} save_inputs;
+
+static void release_inputs(save_inputs *in) {
+    Py_XDECREF(in->names);
+    Py_XDECREF(in->arrays);
+    Py_XDECREF(in->meta_items);
+    PyMem_Free(in->specs);
+    PyMem_Free(in->dims);
+    PyMem_Free(in->meta);
+}
+
+static int utf8_of(PyObject *s, const char **ptr, size_t *len, const char *what) {
+    if (!PyUnicode_Check(s)) {
+        PyErr_Format(PyExc_TypeError, "%s must be str, not %.100s", what, Py_TYPE(s)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n;
+    *ptr = PyUnicode_AsUTF8AndSize(s, &n);
+    if (!*ptr) return -1;
+    *len = (size_t)n;
+    return 0;
+}
+
+static int fill_specs(save_inputs *in, PyObject *codes, PyObject *shapes) {
+    Py_ssize_t n = in->count;
+    if (PySequence_Fast_GET_SIZE(codes) != n || PySequence_Fast_GET_SIZE(shapes) != n) {
+        PyErr_SetString(PyExc_ValueError, "names, codes, shapes and arrays differ in length");
+        return -1;
+    }
+    Py_ssize_t total_dims = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *shape = PySequence_Fast_GET_ITEM(shapes, i);
+        if (!PyTuple_Check(shape)) {
+            PyErr_SetString(PyExc_TypeError, "shapes must be tuples");
+            return -1;
+        }
+        total_dims += PyTuple_GET_SIZE(shape);
+    }
+    in->specs = PyMem_Calloc((size_t)n + 1, sizeof *in->specs);
+    in->dims = PyMem_Calloc((size_t)total_dims + 1, sizeof *in->dims);
+    if (!in->specs || !in->dims) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint64_t *dims = in->dims;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        stc_tensor_spec *spec = &in->specs[i];
+        if (utf8_of(PyTuple_GET_ITEM(in->names, i), &spec->name, &spec->name_len,
+                    "tensor names") < 0)
+            return -1;
+        const char *code;
+        size_t code_len;
+        if (utf8_of(PySequence_Fast_GET_ITEM(codes, i), &code, &code_len, "dtype codes") < 0)
+            return -1;
+        if (!stc_dtype_from_name(code, code_len, &spec->dtype)) {
+            PyErr_Format(PyExc_ValueError, "unknown dtype code %R",
+                         PySequence_Fast_GET_ITEM(codes, i));
+            return -1;
+        }
+        PyObject *shape = PySequence_Fast_GET_ITEM(shapes, i);
+        spec->ndim = (size_t)PyTuple_GET_SIZE(shape);
+        spec->shape = dims;
+        for (size_t d = 0; d < spec->ndim; d++) {
+            dims[d] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(shape, (Py_ssize_t)d));
+            if (PyErr_Occurred()) return -1;
+        }
+        dims += spec->ndim;
+        PyObject *array = PyTuple_GET_ITEM(in->arrays, i);
+        if (!PyArray_Check(array)) {
+            PyErr_Format(PyExc_TypeError, "expected a numpy.ndarray, not %.100s",
+                         Py_TYPE(array)->tp_name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int fill_metadata(save_inputs *in, PyObject *metadata) {
+    if (metadata == Py_None) return 0;
+    if (!PyDict_Check(metadata)) {
+        PyErr_SetString(PyExc_TypeError, "metadata must be a dict of str to str, or None");
+        return -1;
+    }
+    in->meta_items = PyDict_Items(metadata);
+    if (!in->meta_items) return -1;
+    in->meta_count = PyList_GET_SIZE(in->meta_items);
+    in->meta = PyMem_Calloc((size_t)in->meta_count + 1, sizeof *in->meta);
+    if (!in->meta) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < in->meta_count; i++) {
+        PyObject *item = PyList_GET_ITEM(in->meta_items, i);
+        stc_string_pair *p = &in->meta[i];
+        if (utf8_of(PyTuple_GET_ITEM(item, 0), &p->key, &p->key_len, "metadata keys") < 0 ||
+            utf8_of(PyTuple_GET_ITEM(item, 1), &p->value, &p->value_len, "metadata values") < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The bytes of array i in C order: its own buffer when it is C-contiguous
+ * and exactly the planned size, else a fresh C-ordered copy (*copy). */
+static const void *array_bytes(module_state *st, save_inputs *in, Py_ssize_t i, uint64_t nbytes,
+                               PyObject **copy) {
+    PyArrayObject *array = (PyArrayObject *)PyTuple_GET_ITEM(in->arrays, i);
+    *copy = NULL;
+    if (!PyArray_IS_C_CONTIGUOUS(array)) {
+        *copy = PyArray_NewCopy(array, NPY_CORDER);
+        if (!*copy) return NULL;
+        array = (PyArrayObject *)*copy;
+    }
+    if ((uint64_t)PyArray_NBYTES(array) != nbytes) {
+        Py_CLEAR(*copy);
+        PyErr_Format(st->safetensor_error,
+                     "tensor %R: the array holds %zd bytes but its dtype and shape need %llu",
+                     PyTuple_GET_ITEM(in->names, i), PyArray_NBYTES(array),
+                     (unsigned long long)nbytes);
+        return NULL;
+    }
+    return PyArray_DATA(array);
+}
+
+static PyObject *write_file(module_state *st, save_inputs *in, stc_plan *plan,
+                            PyObject *path_bytes, PyObject *path) {
+    stc_error error;
+    stc_status status;
+    stc_output *out = NULL;
+    const char *cpath = PyBytes_AS_STRING(path_bytes);
+    size_t header_len;
+    const uint8_t *header = stc_plan_header(plan, &header_len);
+    /* Without the GIL: the plan and the path bytes are C memory we own. */
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_output_open(cpath, NULL, &out, &error);
+    if (status == STC_OK) status = stc_output_write(out, header, header_len, &error);
+    Py_END_ALLOW_THREADS
+    if (status != STC_OK) goto core_error;
+    for (Py_ssize_t i = 0; i < in->count; i++) {
+        size_t k = stc_plan_order(plan, (size_t)i);
+        uint64_t nbytes = stc_plan_nbytes(plan, k);
+        PyObject *copy;
+        const void *data = array_bytes(st, in, (Py_ssize_t)k, nbytes, &copy);
+        if (!data) goto python_error;
+        /* Without the GIL: `in` holds a reference to the array (or copy), so
+         * its buffer stays allocated; NumPy cannot resize an array whose
+         * buffer has other references. */
+        Py_BEGIN_ALLOW_THREADS
+        status = stc_output_write(out, data, (size_t)nbytes, &error);
+        Py_END_ALLOW_THREADS
+        Py_XDECREF(copy);
+        if (status != STC_OK) goto core_error;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_output_commit(out, &error);
+    Py_END_ALLOW_THREADS
+    out = NULL; /* released by commit, whatever the outcome */
+    if (status != STC_OK) goto core_error;
+    Py_RETURN_NONE;
+core_error:
+    stc_output_abort(out);
+    return raise_core_error(st, &error, PyUnicode_Check(path) ? path : NULL);
+python_error:
+    stc_output_abort(out);
+    return NULL;
+}
+
+static PyObject *write_bytes(module_state *st, save_inputs *in, stc_plan *plan) {
+    uint64_t size = stc_plan_file_size(plan);
+    if (size > (uint64_t)PY_SSIZE_T_MAX) return PyErr_NoMemory();
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (!result) return NULL;
+    char *out = PyBytes_AS_STRING(result);
+    size_t header_len;
+    const uint8_t *header = stc_plan_header(plan, &header_len);
+    memcpy(out, header, header_len);
+    out += header_len;
+    for (Py_ssize_t i = 0; i < in->count; i++) {
+        size_t k = stc_plan_order(plan, (size_t)i);
+        uint64_t nbytes = stc_plan_nbytes(plan, k);
+        PyArrayObject *array = (PyArrayObject *)PyTuple_GET_ITEM(in->arrays, (Py_ssize_t)k);
+        if ((uint64_t)PyArray_NBYTES(array) != nbytes) {
+            Py_DECREF(result);
+            PyErr_Format(st->safetensor_error,
+                         "tensor %R: the array holds %zd bytes but its dtype and shape need %llu",
+                         PyTuple_GET_ITEM(in->names, (Py_ssize_t)k), PyArray_NBYTES(array),
+                         (unsigned long long)nbytes);
+            return NULL;
+        }
+        if (PyArray_IS_C_CONTIGUOUS(array)) {
+            const void *src = PyArray_DATA(array);
+            /* Without the GIL: both buffers are referenced by us. */
+            Py_BEGIN_ALLOW_THREADS
+            memcpy(out, src, (size_t)nbytes);
+            Py_END_ALLOW_THREADS
+        } else {
+            /* Copy straight into the result through a C-ordered view of it:
+             * no intermediate copy of the tensor. */
+            PyArray_Descr *descr = PyArray_DESCR(array);
+            Py_INCREF(descr);
+            PyObject *view = PyArray_NewFromDescr(&PyArray_Type, descr, PyArray_NDIM(array),
+                                                  PyArray_DIMS(array), NULL, out,
+                                                  NPY_ARRAY_CARRAY, NULL);
+            if (!view || PyArray_CopyInto((PyArrayObject *)view, array) < 0) {
+                Py_XDECREF(view);
+                Py_DECREF(result);
+                return NULL;
+            }
+            Py_DECREF(view);
+        }
+        out += nbytes;
+    }
+    return result;
+}
+
+PyObject *save_tensors(PyObject *module, PyObject *args) {
+    module_state *st = state_of_module(module);
+    PyObject *names, *codes, *shapes, *arrays, *metadata, *path;
+    if (!PyArg_ParseTuple(args, "OOOOOO:save", &names, &codes, &shapes, &arrays, &metadata,
+                          &path))
+        return NULL;
+    save_inputs in = {0};
+    PyObject *codes_fast = NULL, *shapes_fast = NULL, *path_bytes = NULL, *result = NULL;
+    stc_plan *plan = NULL;
+    in.names = PySequence_Tuple(names);
+    in.arrays = in.names ? PySequence_Tuple(arrays) : NULL;
+    codes_fast = in.arrays ? PySequence_Fast(codes, "codes must be a sequence") : NULL;
+    shapes_fast = codes_fast ? PySequence_Fast(shapes, "shapes must be a sequence") : NULL;
+    if (!shapes_fast) goto done;
+    in.count = PyTuple_GET_SIZE(in.names);
+    if (PyTuple_GET_SIZE(in.arrays) != in.count) {
+        PyErr_SetString(PyExc_ValueError, "names and arrays differ in length");
+        goto done;
+    }
+    if (fill_specs(&in, codes_fast, shapes_fast) < 0 || fill_metadata(&in, metadata) < 0)
+        goto done;
+    if (path != Py_None && !PyUnicode_FSConverter(path, &path_bytes)) goto done;
+
+    stc_error error;
+    stc_status status;
+    /* Without the GIL: specs point into str objects that `in` references. */
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_plan_create(in.specs, (size_t)in.count, in.meta, (size_t)in.meta_count,
+                             metadata != Py_None, NULL, &plan, &error);
+    Py_END_ALLOW_THREADS
+    if (status != STC_OK) {
+        raise_core_error(st, &error, NULL);
+        goto done;
+    }
+    result = path_bytes ? write_file(st, &in, plan, path_bytes, path) : write_bytes(st, &in, plan);
+done:
+    stc_plan_free(plan);
+    Py_XDECREF(codes_fast);
+    Py_XDECREF(shapes_fast);
+    Py_XDECREF(path_bytes);
+    release_inputs(&in);
+    return result;
+}

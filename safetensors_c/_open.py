@@ -1,0 +1,233 @@
+"""``safe_open``: lazy, zero-copy access to the tensors of one file."""
+
+from __future__ import annotations
+
+import operator
+import os
+from typing import Any
+
+import numpy as np
+
+from . import _core, _dtypes
+from ._core import SafetensorError
+
+__all__ = ["safe_open", "TensorSlice"]
+
+_FRAMEWORKS = ("np", "numpy")
+_BACKENDS = ("mmap", "pread")
+
+
+def _check_framework(framework: Any) -> None:
+    if framework not in _FRAMEWORKS:
+        raise SafetensorError(
+            f"framework {framework!r} is not supported; use one of "
+            + ", ".join(repr(f) for f in _FRAMEWORKS)
+        )
+
+
+def _check_device(device: Any) -> None:
+    if device != "cpu":
+        raise SafetensorError(f"device {device!r} is not supported for NumPy arrays; use 'cpu'")
+
+
+def _check_backend(backend: Any) -> None:
+    if backend not in _BACKENDS:
+        raise SafetensorError(
+            f"backend {backend!r} is not supported; use one of "
+            + ", ".join(repr(b) for b in _BACKENDS)
+        )
+
+
+def open_file(filename, backend: str = "mmap", max_header_size: int | None = None):
+    """Opens and validates a file; returns the core's owner object."""
+    _check_backend(backend)
+    if not isinstance(filename, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"filename must be a str or os.PathLike, not {type(filename).__name__}"
+        )
+    return _core.open(os.fspath(filename), backend, max_header_size or 0)
+
+
+class safe_open:
+    """Opens a .safetensors file for lazy, zero-copy reading.
+
+    safe_open(filename, framework="np", device="cpu", *, backend="mmap",
+              max_header_size=None)
+
+    The header is parsed and fully validated here; no tensor is read until
+    asked for. With ``backend="mmap"`` (the default) every tensor is a view
+    into one private, copy-on-write mapping of the file: writable, and
+    writing never changes the file. ``backend="pread"`` reads tensors into
+    memory of their own instead, for untrusted or network file systems.
+    Arrays stay valid after :meth:`close` and after the ``with`` block.
+    """
+
+    def __init__(
+        self,
+        filename,
+        framework: str = "np",
+        device: str = "cpu",
+        *,
+        backend: str = "mmap",
+        max_header_size: int | None = None,
+    ) -> None:
+        _check_framework(framework)
+        _check_device(device)
+        self._file = None
+        self._file = open_file(filename, backend, max_header_size)
+        self._backend = backend
+
+    # -- lifetime -------------------------------------------------------
+
+    def _handle(self):
+        file = self._file
+        if file is None:
+            raise SafetensorError(
+                "this safe_open handle is closed; arrays it returned stay valid, "
+                "but open the file again to read more"
+            )
+        return file
+
+    def close(self) -> None:
+        """Releases the handle. Arrays already returned stay valid."""
+        self._file = None
+
+    def __enter__(self) -> "safe_open":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- the header -----------------------------------------------------
+
+    def keys(self) -> list[str]:
+        """Tensor names, sorted."""
+        return self._handle().keys()
+
+    def offset_keys(self) -> list[str]:
+        """Tensor names in the order their data appears in the file."""
+        return self._handle().offset_keys()
+
+    def metadata(self) -> dict[str, str] | None:
+        """The file's ``__metadata__``, or None if it has none."""
+        return self._handle().metadata()
+
+    # -- tensors --------------------------------------------------------
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as a NumPy array."""
+        return self._handle().tensor(name)
+
+    def get_tensors(self) -> dict[str, np.ndarray]:
+        """Every tensor, in file order."""
+        return self._handle().tensors()
+
+    def get_slice(self, name: str) -> "TensorSlice":
+        """A lazy slice object: index it to read only the part you need."""
+        file = self._handle()
+        return TensorSlice(file, name, file.info(name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._handle()
+
+    def __len__(self) -> int:
+        return len(self._handle())
+
+    def __repr__(self) -> str:
+        if self._file is None:
+            return "<safetensors_c.safe_open (closed)>"
+        return (
+            f"<safetensors_c.safe_open {self._file.filename!r}: {len(self._file)} tensors, "
+            f"backend={self._backend!r}>"
+        )
+
+
+def _is_basic_index(item: Any) -> bool:
+    if item is None or item is Ellipsis or isinstance(item, slice):
+        return True
+    if isinstance(item, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(item)
+    except TypeError:
+        return False
+    return True
+
+
+class TensorSlice:
+    """One tensor of an open file, read lazily through indexing.
+
+    ``f.get_slice(name)[index]`` gives the same values, shape and errors as
+    ``f.get_tensor(name)[index]`` for any NumPy index. With a mapped file the
+    result is a zero-copy view; with ``backend="pread"`` only the bytes the
+    index selects are read (one read per contiguous run).
+    """
+
+    __slots__ = ("_file", "_name", "_code", "_shape", "_numpy_shape", "_begin", "_end")
+
+    def __init__(self, file, name: str, info: tuple) -> None:
+        self._file = file
+        self._name = name
+        self._code, self._shape, self._numpy_shape, self._begin, self._end = info
+
+    def get_shape(self) -> list[int]:
+        """The logical shape (for F4/F6, in values, not bytes)."""
+        return list(self._shape)
+
+    def get_dtype(self) -> str:
+        """The format's dtype code, e.g. ``"F32"``."""
+        return self._code
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self._shape)
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self._shape[0]
+
+    def __getitem__(self, index: Any):
+        file = self._file
+        if file.mapped or file.filename is None:
+            return file.tensor(self._name)[index]
+        items = index if isinstance(index, tuple) else (index,)
+        if not all(_is_basic_index(item) for item in items):
+            # Advanced indexing selects arbitrary elements: read the tensor.
+            return file.tensor(self._name)[index]
+        return self._read_basic(file, items)
+
+    def _read_basic(self, file, items: tuple):
+        dtype = _dtypes.numpy_dtype(self._code)
+        shape = self._numpy_shape
+        strides = []
+        step = dtype.itemsize
+        for d in reversed(shape):
+            strides.append(step)
+            step *= d
+        strides.reverse()
+        # A stand-in with the tensor's real shape and strides over a single
+        # element: NumPy computes the view (and raises the same errors as on
+        # the real array) without touching memory; the view's offset and
+        # strides then say which bytes to read.
+        anchor = np.zeros(1, dtype=dtype)
+        stand_in = np.lib.stride_tricks.as_strided(
+            anchor, shape=shape, strides=tuple(strides), writeable=False
+        )
+        has_ellipsis = any(item is Ellipsis for item in items)
+        view = stand_in[items if has_ellipsis else items + (Ellipsis,)]
+        if view.size == 0:
+            result = np.empty(view.shape, dtype=dtype)
+        else:
+            offset = view.__array_interface__["data"][0] - anchor.__array_interface__["data"][0]
+            result = file.read_view(self._name, offset, view.shape, view.strides)
+        if not has_ellipsis and view.ndim == 0:
+            return result[()]
+        return result
+
+    def __repr__(self) -> str:
+        return f"<safetensors_c.TensorSlice {self._name!r}: {self._code} {list(self._shape)}>"

@@ -151,9 +151,7 @@ def packed(raw: np.ndarray, dtype: str, shape=None) -> PackedArray:
     raw = np.asarray(raw)
     if raw.dtype != np.uint8:
         raise TypeError(f"packed tensors are uint8 bytes, not {raw.dtype}")
-    out = raw.view(PackedArray)
-    out.format_dtype = dtype
-    out._stored_shape = None
+    out = _view_packed(raw, dtype)
     if shape is not None:
         shape = tuple(int(d) for d in shape)
         count = 1
@@ -170,9 +168,14 @@ def packed(raw: np.ndarray, dtype: str, shape=None) -> PackedArray:
     return out
 
 
-def _wrap_packed(array: np.ndarray, code: str, shape: tuple[int, ...]) -> PackedArray:
-    """Hook for the C loader: marks a loaded packed tensor."""
+def _view_packed(array: np.ndarray, code: str, shape=None) -> PackedArray:
+    """A PackedArray view of uint8 bytes, marked with its format dtype."""
     out = array.view(PackedArray)
     out.format_dtype = code
-    out._stored_shape = shape
+    out._stored_shape = tuple(shape) if shape is not None else None
     return out
+
+
+def _wrap_packed(array: np.ndarray, code: str, shape: tuple[int, ...]) -> PackedArray:
+    """Hook for the C loader: marks a loaded packed tensor."""
+    return _view_packed(array, code, shape)

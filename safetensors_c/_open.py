@@ -227,6 +227,9 @@ class TensorSlice:
             result = file.read_view(self._name, offset, view.shape, view.strides)
         if not has_ellipsis and view.ndim == 0:
             return result[()]
+        if self._code in _dtypes.PACKED_BITS:
+            # Match what indexing the mapped PackedArray gives.
+            return _dtypes._view_packed(result, self._code)
         return result
 
     def __repr__(self) -> str:

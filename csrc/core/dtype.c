@@ -44,9 +44,11 @@ unsigned stc_dtype_bits(stc_dtype dtype) {
 }
 
 int stc_dtype_from_name(const char *name, size_t len, stc_dtype *out) {
+    if (len < 2 || len > 11) return 0; /* "F4" .. "F8_E4M3FNUZ" */
     for (unsigned i = 0; i < STC_DTYPE_COUNT; i++) {
         const char *candidate = dtype_table[i].name;
-        if (strlen(candidate) == len && memcmp(candidate, name, len) == 0) {
+        if (candidate[0] == name[0] && strlen(candidate) == len &&
+            memcmp(candidate, name, len) == 0) {
             *out = (stc_dtype)i;
             return 1;
         }

@@ -11,10 +11,12 @@
 
 #define METADATA_KEY "__metadata__"
 
-static bool string_is(const stc__string *s, const char *literal) {
-    size_t n = strlen(literal);
+static bool string_equals(const stc__string *s, const char *literal, size_t n) {
     return s->len == n && memcmp(s->ptr, literal, n) == 0;
 }
+
+/* Compares with a string literal; its length is known at compile time. */
+#define string_is(s, literal) string_equals((s), (literal), sizeof(literal) - 1)
 
 static stc_status out_of_memory(stc_error *error) {
     return stc__fail(error, STC_ERR_NO_MEMORY, "out of memory while parsing the header",

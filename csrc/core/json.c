@@ -114,8 +114,15 @@ static size_t decode_escape(stc__json *j, size_t *pos, char *dst) {
 stc_status stc__json_string(stc__json *j, stc__string *out) {
     size_t start = j->pos; /* at the opening quote */
     size_t pos = start + 1;
+    char *const first = j->text + pos;
+    /* Until the first escape the decoded bytes are the raw bytes, already in
+     * place: just scan. Most names have no escapes at all. */
+    while (pos < j->len) {
+        unsigned char c = (unsigned char)j->text[pos];
+        if (c == '"' || c == '\\' || c < 0x20) break;
+        pos++;
+    }
     char *dst = j->text + pos;
-    char *const first = dst;
     for (;;) {
         if (pos >= j->len) {
             j->pos = start;

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 import os
 from typing import Any
 
@@ -143,15 +142,13 @@ class safe_open:
 
 
 def _is_basic_index(item: Any) -> bool:
+    """True for the index items NumPy resolves to a view without reading data.
+
+    Only plain integers qualify as integers: NumPy treats arrays (even 0-d
+    ones) and booleans as advanced indices, which copy."""
     if item is None or item is Ellipsis or isinstance(item, slice):
         return True
-    if isinstance(item, (bool, np.bool_)):
-        return False
-    try:
-        operator.index(item)
-    except TypeError:
-        return False
-    return True
+    return isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
 
 
 class TensorSlice:

@@ -60,7 +60,13 @@ static uint64_t read_le64(const uint8_t *p) {
  * head_len bytes of the file, for recognising other formats. */
 static stc_status check_prefix(const uint8_t *head, size_t head_len, uint64_t file_size,
                                uint64_t max_header, uint64_t *header_len, stc_error *error) {
-    const char *foreign = stc__sniff_foreign_format(head, head_len);
+    /* A plausible length followed by the start of a JSON object is a
+     * safetensors file (perhaps a truncated one), whatever its first bytes
+     * happen to look like: only other files are worth naming. */
+    bool plausible = head_len >= 8 && read_le64(head) <= max_header &&
+                     (head_len == 8 || head[8] == '{' || head[8] == ' ' || head[8] == '\t' ||
+                      head[8] == '\n' || head[8] == '\r');
+    const char *foreign = plausible ? NULL : stc__sniff_foreign_format(head, head_len);
     if (file_size < 8) {
         if (foreign && file_size > 0)
             return stc__fail(error, STC_ERR_NOT_SAFETENSORS, foreign, 0, NULL, 0);
@@ -97,10 +103,41 @@ static stc_file *new_file(const stc_allocator *a) {
     return f;
 }
 
+/* Copies the header text from the file or image into f->header_text. */
+static stc_status load_header_text(stc_file *f, uint64_t header_len, stc_error *error) {
+    if (f->fd < 0) {
+        memcpy(f->header_text, f->base + 8, (size_t)header_len);
+    } else {
+        size_t got = 0;
+        int err = pread_full(f->fd, f->header_text, (size_t)header_len, 8, &got);
+        if (err) return stc__fail_errno(error, "cannot read the header", err);
+        if (got != header_len)
+            return stc__fail(error, STC_ERR_FILE_CHANGED, "the file shrank while being opened",
+                             STC_NO_OFFSET, NULL, 0);
+    }
+    f->header_text[header_len] = '\0';
+    return STC_OK;
+}
+
 /* Parses f->header_text (header_len bytes) and validates the layout. */
 static stc_status parse_and_validate(stc_file *f, uint64_t header_len, stc_error *error) {
     stc_status st = stc__parse_header(f->header_text, (size_t)header_len, 8, f->a, &f->header,
                                       error);
+    if (st == STC_ERR_INVALID_HEADER || st == STC_ERR_DUPLICATE_KEY) {
+        /* The parser stops at the first problem. A schema problem is only the
+         * right verdict for text that is JSON all the way through: check the
+         * whole (fresh, as parsing decodes in place) text for syntax errors
+         * further on. This costs nothing for valid files. */
+        stc_error syntax;
+        if (load_header_text(f, header_len, &syntax) != STC_OK) return st;
+        stc_status syn = stc__json_check_syntax(f->header_text, (size_t)header_len, 8, f->a,
+                                                &syntax);
+        if (syn == STC_ERR_INVALID_JSON || syn == STC_ERR_NESTING_TOO_DEEP ||
+            syn == STC_ERR_NO_MEMORY) {
+            if (error) *error = syntax;
+            return syn;
+        }
+    }
     if (st != STC_OK) return st;
     return stc__validate_layout(&f->header, f->file_size - f->data_start, f->a, &f->by_name,
                                 &f->by_offset, error);
@@ -183,15 +220,7 @@ stc_status stc_open(const char *path, const stc_open_options *options, stc_file 
         st = out_of_memory(error);
         goto fail;
     }
-    size_t got = 0;
-    err = pread_full(f->fd, f->header_text, (size_t)header_len, 8, &got);
-    if (err || got != header_len) {
-        st = err ? stc__fail_errno(error, "cannot read the header", err)
-                 : stc__fail(error, STC_ERR_FILE_CHANGED, "the file shrank while being opened",
-                             STC_NO_OFFSET, NULL, 0);
-        goto fail;
-    }
-    f->header_text[header_len] = '\0';
+    if ((st = load_header_text(f, header_len, error)) != STC_OK) goto fail;
     if ((st = parse_and_validate(f, header_len, error)) != STC_OK) goto fail;
     if (f->backend == STC_BACKEND_MMAP && (st = map_file(f, error)) != STC_OK) goto fail;
     *out = f;
@@ -207,9 +236,10 @@ stc_status stc_open_memory(const void *data, size_t size, const stc_open_options
     stc_status st;
     stc_file *f = new_file(a);
     if (!f) return out_of_memory(error);
-    /* The image is borrowed: callers that hand in writable memory get
-     * writable views, which is why the const is dropped here, once. */
+    /* The image is borrowed. Callers that declare it writable get writable
+     * views through stc_data, which is why the const is dropped here, once. */
     f->base = (uint8_t *)(uintptr_t)data;
+    f->writable = options && options->writable_image;
     f->file_size = size;
     f->backend = STC_BACKEND_MMAP;
     uint64_t header_len = 0;
@@ -222,8 +252,7 @@ stc_status stc_open_memory(const void *data, size_t size, const stc_open_options
         st = out_of_memory(error);
         goto fail;
     }
-    memcpy(f->header_text, f->base + 8, (size_t)header_len);
-    f->header_text[header_len] = '\0';
+    if ((st = load_header_text(f, header_len, error)) != STC_OK) goto fail;
     if ((st = parse_and_validate(f, header_len, error)) != STC_OK) goto fail;
     *out = f;
     return STC_OK;
@@ -359,7 +388,13 @@ stc_status stc_read_strided(const stc_file *f, uint64_t offset, size_t ndim,
     for (size_t d = 0; d < ndim; d++)
         if (shape[d] == 0) return STC_OK;
     size_t k;
-    uint64_t run;
+    uint64_t run, out_size;
+    /* The output (which dst must hold) has to be addressable, even when the
+     * view revisits the same bytes through zero strides. */
+    if (!stc__element_count(shape, ndim, &out_size) ||
+        !stc__mul_u64(out_size, itemsize, &out_size) || out_size > SIZE_MAX)
+        return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "strided view is too large",
+                         STC_NO_OFFSET, NULL, 0);
     if (itemsize == 0 ||
         !view_bounds(offset, ndim, shape, strides, itemsize, data_len(f), &k, &run))
         return stc__fail(error, STC_ERR_INVALID_ARGUMENT,

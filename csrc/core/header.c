@@ -81,7 +81,7 @@ static stc_status parse_metadata(stc__json *j, stc__header *h) {
             uint64_t at = stc__json_offset(j);
             if ((st = stc__json_skip_value(j, 2)) != STC_OK) return st;
             return stc__fail(j->error, STC_ERR_INVALID_HEADER,
-                             "__metadata__ values must be strings", at, key.ptr, key.len);
+                             "__metadata__ values must be strings", at, NULL, 0);
         }
         if ((st = stc__json_string(j, &value)) != STC_OK) return st;
         if (!stc__grow(j->a, (void **)&h->metadata, &h->metadata_capacity,
@@ -114,7 +114,7 @@ static stc_status parse_u64_array(stc__json *j, stc__header *h, const stc__strin
     bool more = true;
     while (more) {
         uint64_t v;
-        if ((st = stc__json_u64(j, &v, name->ptr, name->len)) != STC_OK) return st;
+        if ((st = stc__json_u64(j, &v, 3, name->ptr, name->len)) != STC_OK) return st;
         if (!stc__grow(j->a, (void **)&h->dims, &h->dims_capacity, h->dims_len + 1,
                        sizeof *h->dims))
             return out_of_memory(j->error);

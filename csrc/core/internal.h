@@ -116,10 +116,10 @@ stc_status stc__json_expect(stc__json *j, char c, const char *message);
 /* Parses the string at the cursor (which must be at its opening quote). */
 stc_status stc__json_string(stc__json *j, stc__string *out);
 
-/* Parses a non-negative integer below 2^64 at the cursor. Valid JSON numbers
- * that are negative, fractional or too large fail with STC_ERR_INVALID_HEADER
- * and `what` in the message; malformed numbers with STC_ERR_INVALID_JSON. */
-stc_status stc__json_u64(stc__json *j, uint64_t *out, const char *tensor,
+/* Parses a non-negative integer below 2^64 at the cursor, an element of an
+ * array at `depth`. Valid JSON values that are not such an integer fail with
+ * STC_ERR_INVALID_HEADER; malformed JSON with STC_ERR_INVALID_JSON. */
+stc_status stc__json_u64(stc__json *j, uint64_t *out, unsigned depth, const char *tensor,
                          size_t tensor_len);
 
 /* Validates and skips any JSON value at the cursor. `depth` is the nesting
@@ -133,6 +133,11 @@ stc_status stc__json_push_key(stc__json *j, const stc__string *key);
 stc_status stc__json_check_keys(stc__json *j, size_t start);
 
 void stc__json_release(stc__json *j);
+
+/* Checks that text[0, len) is one JSON value with only whitespace around it
+ * (decoding strings in place, like the parser). */
+stc_status stc__json_check_syntax(char *text, size_t len, uint64_t base_offset,
+                                  const stc_allocator *a, stc_error *error);
 
 /* MARK: - Header parsing (header.c) */
 

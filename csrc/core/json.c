@@ -214,14 +214,20 @@ static stc_status scan_number(stc__json *j, number_token *tok) {
     return STC_OK;
 }
 
-stc_status stc__json_u64(stc__json *j, uint64_t *out, const char *tensor, size_t tensor_len) {
+stc_status stc__json_u64(stc__json *j, uint64_t *out, unsigned depth, const char *tensor,
+                         size_t tensor_len) {
     number_token tok;
+    stc_status st;
     int c = stc__json_peek(j);
-    if (c != '-' && !(c >= '0' && c <= '9'))
+    if (c != '-' && !(c >= '0' && c <= '9')) {
+        /* Not a number: a syntax error if it is not JSON at all, else a
+         * value of the wrong type. */
+        uint64_t at = stc__json_offset(j);
+        if ((st = stc__json_skip_value(j, depth)) != STC_OK) return st;
         return stc__fail(j->error, STC_ERR_INVALID_HEADER,
-                         "shape and data_offsets must hold integers", stc__json_offset(j),
-                         tensor, tensor_len);
-    stc_status st = scan_number(j, &tok);
+                         "shape and data_offsets must hold integers", at, tensor, tensor_len);
+    }
+    st = scan_number(j, &tok);
     if (st != STC_OK) return st;
     uint64_t at = j->base_offset + tok.start;
     if (tok.negative)
@@ -268,8 +274,12 @@ static stc_status duplicate_key(stc__json *j, const stc__string *key) {
 }
 
 stc_status stc__json_check_keys(stc__json *j, size_t start) {
-    const stc__string *keys = j->keys + start;
     size_t n = j->keys_len - start;
+    if (n < 2) {
+        j->keys_len = start;
+        return STC_OK;
+    }
+    const stc__string *keys = j->keys + start;
     stc_status st = STC_OK;
     if (n <= 8) {
         for (size_t a = 1; a < n && st == STC_OK; a++)
@@ -397,4 +407,16 @@ stc_status stc__json_skip_value(stc__json *j, unsigned depth) {
         }
         if ((st = stc__json_expect(j, ':', "expected ':' after the key")) != STC_OK) return st;
     }
+}
+
+/* MARK: - Whole-text syntax check */
+
+stc_status stc__json_check_syntax(char *text, size_t len, uint64_t base_offset,
+                                  const stc_allocator *a, stc_error *error) {
+    stc__json j = {.text = text, .len = len, .base_offset = base_offset, .a = a, .error = error};
+    stc_status st = stc__json_skip_value(&j, 0);
+    if (st == STC_OK && stc__json_peek(&j) >= 0)
+        st = stc__json_syntax_error(&j, "unexpected data after the header's JSON object");
+    stc__json_release(&j);
+    return st;
 }

@@ -191,7 +191,7 @@ static void emit_header(buffer *b, const stc_plan *p, const stc_tensor_spec *spe
         put_str(b, "]}");
     }
     put(b, "}", 1);
-    while ((b->len - 8) % 8 != 0) put(b, " ", 1);
+    while (!b->failed && (b->len - 8) % 8 != 0) put(b, " ", 1);
     if (!b->failed) {
         uint64_t n = b->len - 8;
         for (int i = 0; i < 8; i++) b->data[i] = (uint8_t)(n >> (8 * i));

@@ -176,6 +176,9 @@ typedef struct stc_open_options {
     uint64_t max_header_size;
     /* NULL means the C library's allocator. Must outlive the stc_file. */
     const stc_allocator *allocator;
+    /* stc_open_memory only: non-zero when the caller allows writes into the
+     * image through stc_data (stc_data_writable then returns 1). */
+    int writable_image;
 } stc_open_options;
 
 /* One tensor as described by the header. The pointers live as long as the
@@ -213,7 +216,8 @@ stc_status stc_open(const char *path, const stc_open_options *options,
 
 /* Parses and validates a whole file image held in memory. The bytes are
  * borrowed, not copied: they must outlive the stc_file and stay unchanged.
- * options->backend is ignored (tensors are views into data). */
+ * options->backend is ignored (tensors are views into data); the views are
+ * writable only with options->writable_image. */
 stc_status stc_open_memory(const void *data, size_t size,
                            const stc_open_options *options, stc_file **out,
                            stc_error *error);

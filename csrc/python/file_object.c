@@ -93,15 +93,17 @@ PyObject *open_buffer(PyObject *module, PyObject *args, PyObject *kwargs) {
     file_object *f = (file_object *)new_file_object(st);
     if (!f) return NULL;
     /* Ask for a writable buffer first: arrays over it are then writable. */
+    int writable = 1;
     if (PyObject_GetBuffer(data, &f->image, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         PyErr_Clear();
+        writable = 0;
         if (PyObject_GetBuffer(data, &f->image, PyBUF_C_CONTIGUOUS) < 0) {
             Py_DECREF(f);
             return NULL;
         }
     }
     f->has_image = 1;
-    stc_open_options options = {.max_header_size = max_header};
+    stc_open_options options = {.max_header_size = max_header, .writable_image = writable};
     stc_error error;
     stc_status status;
     stc_file *file = NULL;

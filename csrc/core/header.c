@@ -80,8 +80,8 @@ static stc_status parse_metadata(stc__json *j, stc__header *h) {
         if (stc__json_peek(j) != '"') {
             uint64_t at = stc__json_offset(j);
             if ((st = stc__json_skip_value(j, 2)) != STC_OK) return st;
-            return stc__fail(j->error, STC_ERR_INVALID_HEADER,
-                             "__metadata__ values must be strings", at, NULL, 0);
+            return stc__fail_key(j->error, STC_ERR_INVALID_HEADER,
+                                 "__metadata__ values must be strings", at, key.ptr, key.len);
         }
         if ((st = stc__json_string(j, &value)) != STC_OK) return st;
         if (!stc__grow(j->a, (void **)&h->metadata, &h->metadata_capacity,

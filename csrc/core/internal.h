@@ -47,6 +47,10 @@ bool stc__element_count(const uint64_t *shape, size_t ndim, uint64_t *out);
 stc_status stc__fail(stc_error *error, stc_status status, const char *message,
                      uint64_t offset, const char *tensor, size_t tensor_len);
 
+/* The same, naming a JSON key that is not a tensor name. */
+stc_status stc__fail_key(stc_error *error, stc_status status, const char *message,
+                         uint64_t offset, const char *key, size_t key_len);
+
 /* The same for a failed system call: STC_ERR_IO with errno `err`. */
 stc_status stc__fail_errno(stc_error *error, const char *message, int err);
 

@@ -268,9 +268,9 @@ static bool key_less(const void *ctx, uint32_t a, uint32_t b) {
 }
 
 static stc_status duplicate_key(stc__json *j, const stc__string *key) {
-    return stc__fail(j->error, STC_ERR_DUPLICATE_KEY,
-                     "the same key appears twice in one JSON object", key->offset, key->ptr,
-                     key->len);
+    return stc__fail_key(j->error, STC_ERR_DUPLICATE_KEY,
+                         "the same key appears twice in one JSON object", key->offset, key->ptr,
+                         key->len);
 }
 
 stc_status stc__json_check_keys(stc__json *j, size_t start) {

@@ -52,6 +52,7 @@ stc_status stc__fail(stc_error *error, stc_status status, const char *message,
     error->offset = offset;
     error->sys_errno = 0;
     error->tensor_truncated = 0;
+    error->tensor_is_key = 0;
     error->tensor_len = 0;
     if (tensor) {
         size_t kept = tensor_len;
@@ -65,6 +66,13 @@ stc_status stc__fail(stc_error *error, stc_status status, const char *message,
         error->tensor_len = kept;
     }
     error->tensor[error->tensor_len] = '\0';
+    return status;
+}
+
+stc_status stc__fail_key(stc_error *error, stc_status status, const char *message,
+                         uint64_t offset, const char *key, size_t key_len) {
+    stc__fail(error, status, message, offset, key, key_len);
+    if (error) error->tensor_is_key = 1;
     return status;
 }
 

@@ -98,12 +98,15 @@ typedef struct stc_error {
     uint64_t offset;
     /* errno for STC_ERR_IO and for failures of the output file, else 0. */
     int sys_errno;
-    /* The tensor concerned, or empty. At most STC_ERROR_TENSOR_CAPACITY
+    /* The tensor (or key, see tensor_is_key) concerned, or empty. At most STC_ERROR_TENSOR_CAPACITY
      * bytes of its name are kept; tensor_truncated says if it was cut.
      * tensor_len counts the stored bytes; tensor is also NUL-terminated. */
     size_t tensor_len;
     int tensor_truncated;
     char tensor[STC_ERROR_TENSOR_CAPACITY + 1];
+    /* 1 when `tensor` holds a JSON key that names no tensor (a metadata key,
+     * a field of an ignored object), else 0. */
+    int tensor_is_key;
 } stc_error;
 
 /* MARK: - Allocator */

@@ -42,9 +42,7 @@ PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *f
             Py_DECREF(where);
             return NULL;
         }
-        /* For duplicate keys the name is the key, which may not name a tensor. */
-        tensor = PyUnicode_FromFormat("%s %R%s: ",
-                                      error->status == STC_ERR_DUPLICATE_KEY ? "key" : "tensor",
+        tensor = PyUnicode_FromFormat("%s %R%s: ", error->tensor_is_key ? "key" : "tensor",
                                       name, error->tensor_truncated ? " (name shortened)" : "");
         Py_DECREF(name);
     } else {

@@ -5,8 +5,10 @@
  */
 #include "harness.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* MARK: - Status table */
 
@@ -142,7 +144,26 @@ void run_dtype_tests(void) {
 
 /* MARK: - Main */
 
+/* A hang (an endless retry loop, say) must fail the run, not stall it: each
+ * group gets STC_TEST_TIMEOUT seconds (default 600). */
+static const char *volatile g_group = "";
+
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "\nTIMEOUT: the test group did not finish: ";
+    ssize_t ignored = write(2, msg, sizeof msg - 1);
+    const char *group = g_group;
+    ignored = write(2, group, strlen(group));
+    ignored = write(2, "\n", 1);
+    (void)ignored;
+    _exit(3);
+}
+
 int main(void) {
+    unsigned timeout = 600;
+    const char *env = getenv("STC_TEST_TIMEOUT");
+    if (env && *env) timeout = (unsigned)strtoul(env, NULL, 10);
+    signal(SIGALRM, on_alarm);
     const struct {
         const char *name;
         void (*run)(void);
@@ -159,7 +180,10 @@ int main(void) {
     for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
         unsigned long failures_before = g_failures;
         unsigned long checks_before = g_checks;
+        g_group = groups[i].name;
+        alarm(timeout);
         groups[i].run();
+        alarm(0);
         printf("%-22s %6lu checks, %lu failed\n", groups[i].name,
                g_checks - checks_before, g_failures - failures_before);
         fflush(stdout);

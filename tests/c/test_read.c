@@ -16,6 +16,8 @@
 /* An entry for tensor NAME with the given fields text, e.g. ENTRY("t", ...). */
 #define ENTRY(name, fields) "\"" name "\":{" fields "}"
 #define U8_4_FIELDS "\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]"
+/* Fields of an empty U8 tensor at [0, 0]. */
+#define EMPTY_U8 "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]"
 
 /* MARK: - Helpers */
 
@@ -277,7 +279,7 @@ static void test_valid_many_tensors(void) {
         CHECK(t->end == begin[i] + nbytes[i]);
         CHECK(memcmp(stc_data(f) + t->begin, data + begin[i], (size_t)nbytes[i]) == 0);
         CHECK(header_offset_points_at(&img, t, name, 4));
-        uint8_t buf[64];
+        uint8_t buf[256];
         stc_error err;
         CHECK_OK(stc_read(f, t->begin, (size_t)t->nbytes, buf, &err), &err);
         CHECK(memcmp(buf, data + begin[i], (size_t)nbytes[i]) == 0);
@@ -491,15 +493,15 @@ static void test_valid_metadata(void) {
 static void test_valid_escaped_names(void) {
     image img;
     stc_file *f = OPEN_OK(
-        "{" ENTRY("a\\\"b", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("c\\\\d", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("e\\nf", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("\\u00e9", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("\\ud83d\\ude00", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("x\\/y\\t\\b\\f\\r", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("n\\u0000ul", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("\\u00C9\\u20AC", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("raw \xc3\xbc \xe2\x82\xac \xf0\x9f\x98\x81", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]")
+        "{" ENTRY("a\\\"b", EMPTY_U8) ","
+        ENTRY("c\\\\d", EMPTY_U8) ","
+        ENTRY("e\\nf", EMPTY_U8) ","
+        ENTRY("\\u00e9", EMPTY_U8) ","
+        ENTRY("\\ud83d\\ude00", EMPTY_U8) ","
+        ENTRY("x\\/y\\t\\b\\f\\r", EMPTY_U8) ","
+        ENTRY("n\\u0000ul", EMPTY_U8) ","
+        ENTRY("\\u00C9\\u20AC", EMPTY_U8) ","
+        ENTRY("raw \xc3\xbc \xe2\x82\xac \xf0\x9f\x98\x81", EMPTY_U8)
         "}",
         NULL, 0, &img);
     if (f == NULL) return;
@@ -531,17 +533,17 @@ static void test_valid_escaped_names(void) {
 static void test_valid_name_order_is_bytewise(void) {
     image img;
     stc_file *f = OPEN_OK(
-        "{" ENTRY("b", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("\xc3\xa9", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("ab", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("a\\u0000b", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("z", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("a", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("\x7f", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("\\ud83d\\ude00", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("\xef\xbf\xbd", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") ","
-        ENTRY("B", "\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]") "}",
+        "{" ENTRY("b", EMPTY_U8) ","
+        ENTRY("\xc3\xa9", EMPTY_U8) ","
+        ENTRY("ab", EMPTY_U8) ","
+        ENTRY("a\\u0000b", EMPTY_U8) ","
+        ENTRY("z", EMPTY_U8) ","
+        ENTRY("a", EMPTY_U8) ","
+        ENTRY("\x7f", EMPTY_U8) ","
+        ENTRY("\\ud83d\\ude00", EMPTY_U8) ","
+        ENTRY("\xef\xbf\xbd", EMPTY_U8) ","
+        ENTRY("", EMPTY_U8) ","
+        ENTRY("B", EMPTY_U8) "}",
         NULL, 0, &img);
     if (f == NULL) return;
     static const struct {
@@ -624,7 +626,7 @@ static void test_valid_max_u64_values(void) {
 static void test_valid_custom_header_cap(void) {
     static const char json[] = "{" T_U8_4 "}";
     image img = image_make(json, sizeof json - 1, NULL, 4);
-    stc_open_options opt = {STC_BACKEND_MMAP, sizeof json - 1, NULL};
+    stc_open_options opt = {.backend = STC_BACKEND_MMAP, .max_header_size = sizeof json - 1};
     stc_file *f = NULL;
     stc_error err;
     CHECK_OK(stc_open_memory(img.bytes, img.len, &opt, &f, &err), &err);
@@ -644,6 +646,28 @@ static void test_valid_custom_header_cap(void) {
     image_free(&img);
 }
 
+static void test_valid_memory_writable_flag(void) {
+    static const char json[] = "{" T_U8_4 "}";
+    image img = image_make(json, sizeof json - 1, "abcd", 4);
+    stc_file *f = NULL;
+    stc_error err;
+    /* Borrowed bytes are read-only unless the caller allows writes. */
+    if (CHECK_OK(stc_open_memory(img.bytes, img.len, NULL, &f, &err), &err)) {
+        CHECK(stc_data_writable(f) == 0);
+        stc_close(f);
+    }
+    stc_open_options opt = {.writable_image = 1};
+    f = NULL;
+    if (CHECK_OK(stc_open_memory(img.bytes, img.len, &opt, &f, &err), &err)) {
+        CHECK(stc_data_writable(f) == 1);
+        CHECK(stc_data(f) == img.bytes + 8 + sizeof json - 1);
+        stc_data(f)[1] = 'X';
+        CHECK(img.bytes[8 + sizeof json - 1 + 1] == 'X'); /* the caller's bytes */
+        stc_close(f);
+    }
+    image_free(&img);
+}
+
 void run_read_valid_tests(void) {
     test_valid_zero_tensors();
     test_valid_one_tensor();
@@ -660,6 +684,7 @@ void run_read_valid_tests(void) {
     test_valid_unknown_fields_ignored();
     test_valid_max_u64_values();
     test_valid_custom_header_cap();
+    test_valid_memory_writable_flag();
 }
 
 /* MARK: - Rejections: length prefix */
@@ -672,9 +697,10 @@ static void test_reject_too_small(void) {
                         STC_OK, NULL);
         image_free(&img);
     }
+    /* A tiny JSON text may also be recognised as another format. */
     image img = image_raw("{}", 2);
     reject_image_at(__FILE__, __LINE__, &img, NULL, STC_ERR_HEADER_TOO_SMALL,
-                    STC_OK, NULL);
+                    STC_ERR_NOT_SAFETENSORS, NULL);
     image_free(&img);
     img = image_raw("", 0);
     reject_image_at(__FILE__, __LINE__, &img, NULL, STC_ERR_HEADER_TOO_SMALL,
@@ -700,7 +726,7 @@ static void test_reject_too_large(void) {
     /* A custom cap. */
     static const char small[] = "{}      ";
     img = image_make(small, 8, NULL, 0);
-    stc_open_options opt = {STC_BACKEND_MMAP, 7, NULL};
+    stc_open_options opt = {.backend = STC_BACKEND_MMAP, .max_header_size = 7};
     reject_image_at(__FILE__, __LINE__, &img, &opt, STC_ERR_HEADER_TOO_LARGE,
                     STC_OK, NULL);
     opt.max_header_size = 8;
@@ -1349,7 +1375,7 @@ static void test_file_open_both_backends(void) {
     CHECK(write_whole_file(path, img.bytes, img.len) == 0);
 
     for (size_t b = 0; b < 3; b++) {
-        stc_open_options opt = {b < 2 ? k_backends[b] : STC_BACKEND_MMAP, 0, NULL};
+        stc_open_options opt = {.backend = b < 2 ? k_backends[b] : STC_BACKEND_MMAP};
         stc_file *f = NULL;
         stc_error err;
         if (!CHECK_OK(stc_open(path, b < 2 ? &opt : NULL, &f, &err), &err)) continue;
@@ -1421,7 +1447,7 @@ static void test_file_rejections_both_backends(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         CHECK(write_whole_file(path, cases[i].bytes, cases[i].len) == 0);
         for (size_t b = 0; b < 2; b++) {
-            stc_open_options opt = {k_backends[b], 0, NULL};
+            stc_open_options opt = {.backend = k_backends[b]};
             stc_file *const sentinel = (stc_file *)(uintptr_t)0x5678;
             stc_file *f = sentinel;
             stc_error err;
@@ -1447,7 +1473,7 @@ static void test_file_io_errors(void) {
     scratch_subdir("read_io", dir, sizeof dir);
     path_join(path, sizeof path, dir, "missing.safetensors");
     for (size_t b = 0; b < 2; b++) {
-        stc_open_options opt = {k_backends[b], 0, NULL};
+        stc_open_options opt = {.backend = k_backends[b]};
         stc_file *const sentinel = (stc_file *)(uintptr_t)0x9abc;
         stc_file *f = sentinel;
         stc_error err;
@@ -1480,7 +1506,7 @@ static void test_file_shrinks_after_open(void) {
     image img = image_make(json, sizeof json - 1, data, sizeof data);
     for (size_t b = 0; b < 2; b++) {
         CHECK(write_whole_file(path, img.bytes, img.len) == 0);
-        stc_open_options opt = {k_backends[b], 0, NULL};
+        stc_open_options opt = {.backend = k_backends[b]};
         stc_file *f = NULL;
         stc_error err;
         if (!CHECK_OK(stc_open(path, &opt, &f, &err), &err)) continue;
@@ -1523,7 +1549,7 @@ static void test_file_large_header(void) {
     image img = image_make(sb.data, sb.len, "abcd", 4);
     CHECK(write_whole_file(path, img.bytes, img.len) == 0);
     for (size_t b = 0; b < 2; b++) {
-        stc_open_options opt = {k_backends[b], 0, NULL};
+        stc_open_options opt = {.backend = k_backends[b]};
         stc_file *f = NULL;
         stc_error err;
         if (!CHECK_OK(stc_open(path, &opt, &f, &err), &err)) continue;

@@ -1,0 +1,150 @@
+"""Shared helpers for the Python API tests.
+
+``build`` makes the raw bytes of a (possibly malformed) file; the ``craft``
+fixture writes them to a fresh file in ``tmp_path`` and returns its path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import ml_dtypes  # noqa: E402
+
+import safetensors_c  # noqa: E402
+
+BACKENDS = ("mmap", "pread")
+
+# code -> NumPy dtype a tensor of that code loads as (packed ones excluded)
+NUMPY_DTYPE_OF = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "I16": np.dtype("<i2"),
+    "U16": np.dtype("<u2"),
+    "F16": np.dtype("<f2"),
+    "I32": np.dtype("<i4"),
+    "U32": np.dtype("<u4"),
+    "F32": np.dtype("<f4"),
+    "C64": np.dtype("<c8"),
+    "F64": np.dtype("<f8"),
+    "I64": np.dtype("<i8"),
+    "U64": np.dtype("<u8"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+}
+PACKED_CODES = ("F4", "F6_E2M3", "F6_E3M2")
+PACKED_BITS = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+
+# Writer rank order (FORMAT.md): lowest rank first.
+RANK = [
+    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
+    "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64",
+    "F64", "I64", "U64",
+]
+assert len(RANK) == 22
+
+
+def header_bytes(header) -> bytes:
+    """The JSON text of a header given as bytes, str, or a JSON-able object."""
+    if isinstance(header, bytes):
+        return header
+    if isinstance(header, str):
+        return header.encode("utf-8")
+    return json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def build(header, data: bytes = b"", pad: bool = True, n: int | None = None) -> bytes:
+    """Raw file bytes: the 8-byte length, the header, the data.
+
+    ``pad`` right-pads the header with spaces to a multiple of 8 (as the
+    writer does); ``n`` overrides the length prefix.
+    """
+    text = header_bytes(header)
+    if pad:
+        text += b" " * (-len(text) % 8)
+    length = len(text) if n is None else n
+    return struct.pack("<Q", length) + text + bytes(data)
+
+
+def entry(dtype: str, shape, begin: int, end: int) -> dict:
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, end]}
+
+
+def random_bytes(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def random_array(code: str, shape, rng: np.random.Generator) -> np.ndarray:
+    """A random array of a non-packed dtype, from random bytes (any bit pattern)."""
+    dtype = NUMPY_DTYPE_OF[code]
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = rng.integers(0, 256, count * dtype.itemsize, dtype=np.uint8)
+    if code == "BOOL":
+        raw = raw & 1
+    return raw.view(dtype).reshape(shape)
+
+
+def assert_same_array(actual, expected) -> None:
+    """Same dtype, shape and bytes (NaN-safe, -0.0-safe)."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
+def tmp_files(directory) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+@pytest.fixture
+def craft(tmp_path):
+    """craft(header, data=b"", pad=True, n=None, name=...) -> path of a new file."""
+    counter = iter(range(1_000_000))
+
+    def make(header, data: bytes = b"", pad: bool = True, n: int | None = None, name=None):
+        path = tmp_path / (name or f"crafted{next(counter)}.safetensors")
+        path.write_bytes(build(header, data, pad=pad, n=n))
+        return path
+
+    return make
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def sample_tensors():
+    rng = np.random.default_rng(1234)
+    return {
+        "weight": rng.standard_normal((4, 5)).astype(np.float32),
+        "bias": rng.standard_normal(5).astype(np.float64),
+        "ids": np.arange(12, dtype=np.int64).reshape(3, 4),
+        "mask": np.array([True, False, True]),
+        "scalar": np.array(7, dtype=np.int16),
+        "empty": np.zeros((0, 3), dtype=np.uint8),
+    }
+
+
+@pytest.fixture
+def sample_file(tmp_path, sample_tensors):
+    path = tmp_path / "sample.safetensors"
+    safetensors_c.save_file(sample_tensors, path, metadata={"format": "np"})
+    return path

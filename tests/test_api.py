@@ -367,19 +367,40 @@ def test_missing_file_is_file_not_found(tmp_path):
         safe_open(path, "np", backend="pread")
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0,
-    reason="root bypasses file permissions",
-)
-def test_unreadable_file_is_permission_error(sample_file):
-    os.chmod(sample_file, 0)
-    try:
-        with pytest.raises(PermissionError):
-            safe_open(sample_file, "np")
-        with pytest.raises(PermissionError):
-            safetensors_c.load_file(sample_file, backend="pread")
-    finally:
-        os.chmod(sample_file, 0o644)
+def _open_errors(path) -> list[str]:
+    """The exception type safe_open raises for each backend."""
+    seen = []
+    for backend in ("mmap", "pread"):
+        try:
+            safe_open(path, "np", backend=backend)
+            seen.append("no error")
+        except BaseException as exc:  # noqa: BLE001 - report whatever it is
+            seen.append(type(exc).__name__)
+    return seen
+
+
+def test_unreadable_file_is_permission_error(tmp_path):
+    path = tmp_path / "locked.safetensors"
+    safetensors_c.save_file({"a": np.arange(3, dtype=np.int32)}, path)
+    os.chmod(path, 0)
+    if os.geteuid() != 0:
+        assert _open_errors(path) == ["PermissionError", "PermissionError"]
+        return
+    # Root reads any file: drop to an unprivileged user in a forked child.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, ",".join(_open_errors(path)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert report.split(",") == ["PermissionError", "PermissionError"]
 
 
 def test_directory_is_is_a_directory_error(tmp_path, backend):

@@ -7,6 +7,7 @@
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -143,6 +144,29 @@ static stc_status parse_and_validate(stc_file *f, uint64_t header_len, stc_error
                                 &f->by_offset, error);
 }
 
+/* Debug builds re-check, after every successful open, what validation
+ * promised: both orders are permutations in order, and the tensors tile the
+ * data section exactly. Compiled out with NDEBUG (release builds). */
+static void assert_consistent(const stc_file *f) {
+#ifndef NDEBUG
+    uint64_t cursor = 0;
+    for (size_t i = 0; i < f->header.count; i++) {
+        const stc_tensor *t = stc_tensor_by_offset_order(f, i);
+        assert(t->begin == cursor && t->end >= t->begin && t->nbytes == t->end - t->begin);
+        cursor = t->end;
+        if (i > 0) {
+            const stc_tensor *a = stc_tensor_by_name_order(f, i - 1);
+            const stc_tensor *b = stc_tensor_by_name_order(f, i);
+            assert(stc__compare_bytes(a->name, a->name_len, b->name, b->name_len) < 0);
+        }
+    }
+    assert(cursor == f->file_size - f->data_start);
+    assert(f->data_start <= f->file_size);
+#else
+    (void)f;
+#endif
+}
+
 static uint64_t max_header_of(const stc_open_options *options) {
     if (options && options->max_header_size) return options->max_header_size;
     return STC_DEFAULT_MAX_HEADER_SIZE;
@@ -223,6 +247,7 @@ stc_status stc_open(const char *path, const stc_open_options *options, stc_file 
     if ((st = load_header_text(f, header_len, error)) != STC_OK) goto fail;
     if ((st = parse_and_validate(f, header_len, error)) != STC_OK) goto fail;
     if (f->backend == STC_BACKEND_MMAP && (st = map_file(f, error)) != STC_OK) goto fail;
+    assert_consistent(f);
     *out = f;
     return STC_OK;
 fail:
@@ -254,6 +279,7 @@ stc_status stc_open_memory(const void *data, size_t size, const stc_open_options
     }
     if ((st = load_header_text(f, header_len, error)) != STC_OK) goto fail;
     if ((st = parse_and_validate(f, header_len, error)) != STC_OK) goto fail;
+    assert_consistent(f);
     *out = f;
     return STC_OK;
 fail:

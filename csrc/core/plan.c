@@ -10,6 +10,7 @@
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -273,6 +274,13 @@ stc_status stc_plan_create(const stc_tensor_spec *specs, size_t count,
                        STC_NO_OFFSET, NULL, 0);
         goto fail;
     }
+#ifndef NDEBUG
+    /* Debug builds re-check the plan: file order is by rank, then name, and
+     * the header is a padded multiple of 8 whose prefix states its length. */
+    for (size_t i = 1; i < count; i++)
+        assert(file_order_less(&ctx, p->order[i - 1], p->order[i]));
+    assert((p->header_len - 8) % 8 == 0 && p->header[8] == '{');
+#endif
     stc__free(a, scratch);
     stc__free(a, by_name);
     stc__free(a, meta_order);

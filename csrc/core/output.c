@@ -7,6 +7,9 @@
  * that is mapped by someone (even by the arrays being saved) keeps its old
  * inode and contents until they let go of it.
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* sync_file_range */
+#endif
 #include "internal.h"
 
 #include <errno.h>
@@ -20,13 +23,18 @@
 struct stc_output {
     const stc_allocator *a;
     int fd;
+    uint64_t written;  /* bytes written so far */
+    uint64_t flushed;  /* bytes whose write-back has been started */
     char *target;    /* as given */
     char *temporary; /* in the same directory */
     char *directory; /* "." when the target has no slash */
 };
 
-/* The largest single write Linux performs; larger requests come back short. */
-#define MAX_WRITE_CHUNK ((size_t)1 << 30)
+/* Data is written in steps of this size, and write-back of each step is
+ * started at once, so that the disk works while later tensors are still
+ * being copied and the final fsync has little left to do: a durable save
+ * costs about max(copy, disk), not their sum. */
+#define WRITEBACK_STEP ((uint64_t)32 << 20)
 
 static char *copy_string(const stc_allocator *a, const char *s, size_t n) {
     char *c = stc__malloc(a, n + 1);
@@ -107,10 +115,24 @@ stc_status stc_output_open(const char *path, const stc_allocator *allocator, stc
     return STC_OK;
 }
 
+/* Starts write-back of what was written since the last call, in steps. A
+ * hint only: failures are ignored, the final fsync reports real errors. */
+static void start_writeback(stc_output *o) {
+#if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
+    while (o->written - o->flushed >= WRITEBACK_STEP) {
+        (void)sync_file_range(o->fd, (off_t)o->flushed, (off_t)WRITEBACK_STEP,
+                              SYNC_FILE_RANGE_WRITE);
+        o->flushed += WRITEBACK_STEP;
+    }
+#else
+    (void)o;
+#endif
+}
+
 stc_status stc_output_write(stc_output *o, const void *data, size_t len, stc_error *error) {
     const char *p = data;
     while (len > 0) {
-        size_t chunk = len < MAX_WRITE_CHUNK ? len : MAX_WRITE_CHUNK;
+        size_t chunk = len < WRITEBACK_STEP ? len : (size_t)WRITEBACK_STEP;
         ssize_t n = write(o->fd, p, chunk);
         if (n < 0) {
             if (errno == EINTR) continue;
@@ -118,6 +140,8 @@ stc_status stc_output_write(stc_output *o, const void *data, size_t len, stc_err
         }
         p += n;
         len -= (size_t)n;
+        o->written += (uint64_t)n;
+        start_writeback(o);
     }
     return STC_OK;
 }

@@ -177,6 +177,24 @@ static stc_status out_of_memory(stc_error *error) {
                      STC_NO_OFFSET, NULL, 0);
 }
 
+/* The steps shared by files and images: check the length prefix (head holds
+ * the first head_len bytes, size_seen is the size to check against), read
+ * the header, parse it and validate the layout. */
+static stc_status open_header(stc_file *f, const uint8_t *head, size_t head_len,
+                              uint64_t size_seen, const stc_open_options *options,
+                              stc_error *error) {
+    uint64_t header_len = 0;
+    stc_status st = check_prefix(head, head_len, size_seen, max_header_of(options), &header_len,
+                                 error);
+    if (st != STC_OK) return st;
+    if (header_len > SIZE_MAX - 1) return out_of_memory(error);
+    f->data_start = 8 + header_len;
+    f->header_text = stc__malloc(f->a, (size_t)header_len + 1);
+    if (!f->header_text) return out_of_memory(error);
+    if ((st = load_header_text(f, header_len, error)) != STC_OK) return st;
+    return parse_and_validate(f, header_len, error);
+}
+
 /* Maps the whole file privately. Tries a writable copy-on-write mapping and
  * falls back to read-only where the kernel refuses to commit that much. */
 static stc_status map_file(stc_file *f, stc_error *error) {
@@ -229,23 +247,8 @@ stc_status stc_open(const char *path, const stc_open_options *options, stc_file 
         st = stc__fail_errno(error, "cannot read the file", err);
         goto fail;
     }
-    uint64_t header_len = 0;
     uint64_t size_seen = head_len < sizeof head ? head_len : f->file_size;
-    if ((st = check_prefix(head, head_len, size_seen, max_header_of(options), &header_len,
-                           error)) != STC_OK)
-        goto fail;
-    if (header_len > SIZE_MAX - 1) {
-        st = out_of_memory(error);
-        goto fail;
-    }
-    f->data_start = 8 + header_len;
-    f->header_text = stc__malloc(a, (size_t)header_len + 1);
-    if (!f->header_text) {
-        st = out_of_memory(error);
-        goto fail;
-    }
-    if ((st = load_header_text(f, header_len, error)) != STC_OK) goto fail;
-    if ((st = parse_and_validate(f, header_len, error)) != STC_OK) goto fail;
+    if ((st = open_header(f, head, head_len, size_seen, options, error)) != STC_OK) goto fail;
     if (f->backend == STC_BACKEND_MMAP && (st = map_file(f, error)) != STC_OK) goto fail;
     assert_consistent(f);
     *out = f;
@@ -267,18 +270,8 @@ stc_status stc_open_memory(const void *data, size_t size, const stc_open_options
     f->writable = options && options->writable_image;
     f->file_size = size;
     f->backend = STC_BACKEND_MMAP;
-    uint64_t header_len = 0;
-    if ((st = check_prefix(f->base, size < 64 ? size : 64, size, max_header_of(options),
-                           &header_len, error)) != STC_OK)
+    if ((st = open_header(f, f->base, size < 64 ? size : 64, size, options, error)) != STC_OK)
         goto fail;
-    f->data_start = 8 + header_len;
-    f->header_text = stc__malloc(a, (size_t)header_len + 1);
-    if (!f->header_text) {
-        st = out_of_memory(error);
-        goto fail;
-    }
-    if ((st = load_header_text(f, header_len, error)) != STC_OK) goto fail;
-    if ((st = parse_and_validate(f, header_len, error)) != STC_OK) goto fail;
     assert_consistent(f);
     *out = f;
     return STC_OK;

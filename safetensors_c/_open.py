@@ -12,7 +12,8 @@ from ._core import SafetensorError
 
 __all__ = ["safe_open", "TensorSlice"]
 
-_FRAMEWORKS = ("np", "numpy")
+_FRAMEWORKS = ("np", "numpy", "pt", "torch")
+_TORCH_FRAMEWORKS = ("pt", "torch")
 _BACKENDS = ("mmap", "pread")
 
 
@@ -60,6 +61,13 @@ class safe_open:
     memory of their own instead, for untrusted or network file systems.
     Arrays stay valid after :meth:`close` and after the ``with`` block.
     """
+
+    def __new__(cls, filename=None, framework="np", *args, **kwargs):
+        # framework="pt" gives the torch flavour (safetensors_c.torch), chosen
+        # once here so that NumPy handles pay nothing per call.
+        if cls is safe_open and framework in _TORCH_FRAMEWORKS:
+            from .torch import _TorchSafeOpen as cls
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -139,6 +147,14 @@ class safe_open:
             f"<safetensors_c.safe_open {self._file.filename!r}: {len(self._file)} tensors, "
             f"backend={self._backend!r}>"
         )
+
+    def _repr_html_(self) -> str:
+        from ._display import safe_open_html
+
+        return safe_open_html(self)
+
+    def _ipython_key_completions_(self) -> list[str]:
+        return self.keys()
 
 
 def _is_basic_index(item: Any) -> bool:
@@ -231,3 +247,8 @@ class TensorSlice:
 
     def __repr__(self) -> str:
         return f"<safetensors_c.TensorSlice {self._name!r}: {self._code} {list(self._shape)}>"
+
+    def _repr_html_(self) -> str:
+        from ._display import slice_html
+
+        return slice_html(self)

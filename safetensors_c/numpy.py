@@ -123,3 +123,6 @@ def load_file(filename, *, backend: str = "mmap") -> Dict[str, np.ndarray]:
     memory of its own.
     """
     return open_file(filename, backend).tensors()
+
+
+from .sharded import load_sharded, safe_open_sharded, save_sharded  # noqa: E402

@@ -306,7 +306,7 @@ def test_framework_keyword(sample_file):
         assert "weight" in f.keys()
 
 
-@pytest.mark.parametrize("framework", ["pt", "torch", "tf", "flax", "jax", "NP", "Numpy", "xyz", ""])
+@pytest.mark.parametrize("framework", ["tf", "flax", "jax", "NP", "Numpy", "PT", "xyz", ""])
 def test_unsupported_framework_names_the_supported_ones(sample_file, framework):
     with pytest.raises(SafetensorError) as info:
         safe_open(sample_file, framework)

@@ -1,0 +1,192 @@
+"""Notebook display: HTML tables and short text for handles, slices and dicts.
+
+Every piece of text that comes from a file (tensor names, dtypes, metadata)
+is HTML-escaped: a tensor may be named ``<script>``. Long tables stop after
+``max_rows`` rows with a "… N more" row.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "MAX_ROWS",
+    "format_bytes",
+    "safe_open_html",
+    "safe_open_text",
+    "slice_html",
+    "slice_text",
+    "tensors_html",
+    "tensors_text",
+]
+
+MAX_ROWS = 30
+_MAX_CELL = 200  # characters of one metadata value shown
+
+
+def format_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _shape(shape: Iterable[int]) -> str:
+    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
+
+
+def _table(header: list[str], rows: list[list[str]], total: int, caption: str) -> str:
+    """rows hold already-escaped cells; total counts every row, shown or not."""
+    parts = [
+        '<table class="safetensors-c">',
+        f"<caption>{caption}</caption>",
+        "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead>",
+        "<tbody>",
+    ]
+    for row in rows:
+        parts.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>")
+    if total > len(rows):
+        parts.append(
+            f'<tr><td colspan="{len(header)}">… {total - len(rows)} more</td></tr>'
+        )
+    parts.append("</tbody></table>")
+    return "".join(parts)
+
+
+def _metadata_html(metadata: Mapping[str, str] | None, max_rows: int) -> str:
+    if not metadata:
+        return ""
+    items = list(metadata.items())
+    rows = []
+    for key, value in items[:max_rows]:
+        text = str(value)
+        if len(text) > _MAX_CELL:
+            text = text[:_MAX_CELL] + "…"
+        rows.append([f"<code>{_e(key)}</code>", _e(text)])
+    return _table(["key", "value"], rows, len(items), "metadata")
+
+
+# MARK: safe_open handles ---------------------------------------------------
+
+
+def _handle_rows(handle) -> tuple[list[tuple[str, str, list[int], int]], Any]:
+    file = handle._handle()
+    rows = []
+    for name in file.offset_keys():
+        code, shape, _numpy_shape, begin, end = file.info(name)
+        rows.append((name, code, list(shape), end - begin))
+    return rows, file
+
+
+def safe_open_html(handle, max_rows: int = MAX_ROWS) -> str:
+    """An HTML table of an open ``safe_open`` handle: tensors, then metadata."""
+    if getattr(handle, "_file", None) is None:
+        return "<p><code>safetensors_c.safe_open</code> (closed)</p>"
+    rows, file = _handle_rows(handle)
+    total_bytes = sum(r[3] for r in rows)
+    caption = (
+        f"<code>{_e(file.filename)}</code>: {len(rows)} tensors, {_e(format_bytes(total_bytes))}"
+    )
+    cells = [
+        [f"<code>{_e(n)}</code>", _e(c), _e(_shape(s)), _e(format_bytes(b))]
+        for n, c, s, b in rows[:max_rows]
+    ]
+    return _table(["name", "dtype", "shape", "size"], cells, len(rows), caption) + (
+        _metadata_html(file.metadata(), max_rows)
+    )
+
+
+def safe_open_text(handle, max_rows: int = 10) -> str:
+    """A few lines describing an open handle."""
+    if getattr(handle, "_file", None) is None:
+        return "safe_open (closed)"
+    rows, file = _handle_rows(handle)
+    lines = [f"{file.filename}: {len(rows)} tensors, "
+             f"{format_bytes(sum(r[3] for r in rows))}"]
+    for n, c, s, b in rows[:max_rows]:
+        lines.append(f"  {n}: {c} {_shape(s)} ({format_bytes(b)})")
+    if len(rows) > max_rows:
+        lines.append(f"  … {len(rows) - max_rows} more")
+    metadata = file.metadata()
+    if metadata:
+        lines.append(f"  metadata: {len(metadata)} entries")
+    return "\n".join(lines)
+
+
+# MARK: slices ------------------------------------------------------------------
+
+
+def slice_html(tensor_slice) -> str:
+    """An HTML summary of one TensorSlice."""
+    name = tensor_slice._name
+    size = tensor_slice._end - tensor_slice._begin
+    row = [
+        f"<code>{_e(name)}</code>",
+        _e(tensor_slice.get_dtype()),
+        _e(_shape(tensor_slice.get_shape())),
+        _e(format_bytes(size)),
+    ]
+    return _table(["name", "dtype", "shape", "size"], [row], 1, "TensorSlice")
+
+
+def slice_text(tensor_slice) -> str:
+    size = tensor_slice._end - tensor_slice._begin
+    return (
+        f"TensorSlice {tensor_slice._name!r}: {tensor_slice.get_dtype()} "
+        f"{_shape(tensor_slice.get_shape())} ({format_bytes(size)})"
+    )
+
+
+# MARK: dicts of arrays --------------------------------------------------------
+
+
+def _array_row(array: Any) -> tuple[str, list[int], int]:
+    from . import _dtypes
+
+    if isinstance(array, np.ndarray):
+        if isinstance(array, _dtypes.PackedArray) and array.format_dtype:
+            return array.format_dtype, list(array.logical_shape), array.nbytes
+        code = _dtypes.code_for_dtype(array.dtype) or str(array.dtype)
+        return code, list(array.shape), array.nbytes
+    dtype = getattr(array, "dtype", type(array).__name__)
+    shape = list(getattr(array, "shape", ()))
+    nbytes = getattr(array, "nbytes", None)
+    if nbytes is None:
+        nbytes = getattr(array, "element_size", lambda: 0)() * getattr(array, "numel", lambda: 0)()
+    return str(dtype), shape, int(nbytes)
+
+
+def tensors_html(tensors: Mapping[str, Any], max_rows: int = MAX_ROWS) -> str:
+    """An HTML table of a dict of arrays (e.g. what ``load_file`` returns)."""
+    items = list(tensors.items())
+    total = sum(_array_row(a)[2] for _, a in items)
+    cells = []
+    for name, array in items[:max_rows]:
+        code, shape, nbytes = _array_row(array)
+        cells.append([f"<code>{_e(name)}</code>", _e(code), _e(_shape(shape)),
+                      _e(format_bytes(nbytes))])
+    caption = f"{len(items)} tensors, {_e(format_bytes(total))}"
+    return _table(["name", "dtype", "shape", "size"], cells, len(items), caption)
+
+
+def tensors_text(tensors: Mapping[str, Any], max_rows: int = 10) -> str:
+    items = list(tensors.items())
+    lines = [f"{len(items)} tensors, {format_bytes(sum(_array_row(a)[2] for _, a in items))}"]
+    for name, array in items[:max_rows]:
+        code, shape, nbytes = _array_row(array)
+        lines.append(f"  {name}: {code} {_shape(shape)} ({format_bytes(nbytes)})")
+    if len(items) > max_rows:
+        lines.append(f"  … {len(items) - max_rows} more")
+    return "\n".join(lines)

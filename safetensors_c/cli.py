@@ -1,0 +1,392 @@
+"""The ``safetensors-c`` command line (also ``python -m safetensors_c``).
+
+    safetensors-c inspect FILE [--json]     tensors, dtypes, shapes, offsets, metadata
+    safetensors-c verify FILE...            strict validation (+ digests when recorded)
+    safetensors-c convert SRC DST           pickle / PyTorch / joblib / .npy / .npz ->
+                                            .safetensors, never executing the pickle
+    safetensors-c scan FILE...              globals and opcodes a pickle would use
+    safetensors-c bench                     a quick benchmark
+
+Exit status: 0 on success, 1 when a file is bad (or unsafe, for scan), 2 on
+usage errors. A bad file gives one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+PROG = "safetensors-c"
+_PROGRESS_MIN_BYTES = 64 << 20
+
+
+class _Failure(Exception):
+    """A per-file problem, reported as one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return " ".join(text.split())
+
+
+def _err(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+# MARK: inspect -----------------------------------------------------------------
+
+
+def _alignment(offset: int, cap: int = 4096) -> int:
+    """The largest power of two (up to ``cap``) that divides ``offset``."""
+    if offset == 0:
+        return cap
+    return min(offset & -offset, cap)
+
+
+def _file_rows(path: str, shard: str | None = None) -> tuple[list[dict], dict | None]:
+    from . import _core
+
+    file = _core.open(path, "mmap", 0)
+    rows = []
+    for name in file.offset_keys():
+        code, shape, _np_shape, begin, end = file.info(name)
+        offset = file.data_start + begin
+        row = {"name": name, "dtype": code, "shape": list(shape), "size": end - begin,
+               "offset": offset, "alignment": _alignment(offset)}
+        if shard is not None:
+            row["file"] = shard
+        rows.append(row)
+    return rows, file.metadata()
+
+
+def _is_sharded(path: str) -> bool:
+    return os.path.isdir(path) or path.endswith(".json")
+
+
+def _value(attribute: Any) -> Any:
+    return attribute() if callable(attribute) else attribute
+
+
+def _inspect_data(path: str) -> dict:
+    if not _is_sharded(path):
+        rows, metadata = _file_rows(path)
+        return {"file": path, "metadata": metadata, "tensors": rows}
+    try:
+        from .sharded import safe_open_sharded
+    except ImportError:
+        raise _Failure(f"{path}: sharded checkpoints need safetensors_c.sharded") from None
+    directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    with safe_open_sharded(path) as f:
+        weight_map = _value(f.weight_map)
+        index_metadata = _value(f.index_metadata)
+    rows: list[dict] = []
+    for shard in sorted(set(weight_map.values())):
+        shard_rows, _ = _file_rows(os.path.join(directory, shard), shard)
+        rows.extend(shard_rows)
+    return {"file": path, "metadata": index_metadata, "tensors": rows}
+
+
+def _format_size(n: int) -> str:
+    from ._display import format_bytes
+
+    return format_bytes(n)
+
+
+def _print_table(data: dict) -> None:
+    rows = data["tensors"]
+    sharded = any("file" in r for r in rows)
+    header = ["name", "dtype", "shape", "size", "offset", "align"] + (["file"] if sharded else [])
+    table = [header]
+    for r in rows:
+        line = [r["name"], r["dtype"], "[" + ", ".join(map(str, r["shape"])) + "]",
+                _format_size(r["size"]), str(r["offset"]), str(r["alignment"])]
+        if sharded:
+            line.append(r["file"])
+        table.append(line)
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    right = {3, 4, 5}
+    for line in table:
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(line, widths))]
+        print("  ".join(cells).rstrip())
+    total = sum(r["size"] for r in rows)
+    print(f"{len(rows)} tensors, {_format_size(total)}")
+    metadata = data["metadata"]
+    if metadata:
+        print("metadata:")
+        for key, value in metadata.items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            if len(text) > 200:
+                text = text[:200] + "…"
+            print(f"  {key}: {text}")
+    else:
+        print("metadata: none")
+
+
+def cmd_inspect(args) -> int:
+    try:
+        data = _inspect_data(args.file)
+    except (OSError, ValueError, _Failure) as exc:
+        _err(_one_line(exc))
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        _print_table(data)
+    return 0
+
+
+# MARK: verify ------------------------------------------------------------------
+
+
+def _verify_one(path: str) -> str:
+    from . import integrity
+    from ._open import safe_open
+
+    if _is_sharded(path):
+        data = _inspect_data(path)
+        return f"{len(data['tensors'])} tensors (sharded)"
+    with safe_open(path, framework="np") as f:
+        count = len(f)
+        has_digests = integrity.DIGEST_KEY in (f.metadata() or {})
+    if not has_digests:
+        return f"{count} tensors"
+    bad = integrity.verify_digests(path)
+    if bad:
+        shown = ", ".join(repr(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise _Failure(f"SHA-256 mismatch for {len(bad)} tensor(s): {shown}")
+    return f"{count} tensors, digests verified"
+
+
+def cmd_verify(args) -> int:
+    status = 0
+    for path in args.files:
+        try:
+            summary = _verify_one(path)
+        except (OSError, ValueError, _Failure) as exc:
+            message = _one_line(exc)
+            if not message.startswith(path):
+                message = f"{path}: {message}"
+            print(f"BAD {message}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"OK  {path}: {summary}")
+    return status
+
+
+# MARK: convert -----------------------------------------------------------------
+
+
+def _progress_callback(src: str, quiet: bool):
+    if quiet:
+        return None, None
+    try:
+        size = os.path.getsize(src)
+    except OSError:
+        return None, None
+    if size < _PROGRESS_MIN_BYTES:
+        return None, None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None, None
+    bar = tqdm(unit="tensor", desc="converting", file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar
+
+
+def _parse_metadata(items: Sequence[str]) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _Failure(f"--metadata expects KEY=VALUE, not {item!r}")
+        out[key] = value
+    return out
+
+
+def cmd_convert(args) -> int:
+    from .convert import ConversionError, convert
+
+    progress, bar = _progress_callback(args.src, args.quiet)
+    try:
+        report = convert(
+            args.src, args.dst,
+            metadata=_parse_metadata(args.metadata),
+            keep_scalars=args.keep_scalars,
+            max_shard_size=args.max_shard_size,
+            progress=progress,
+        )
+    except (OSError, ValueError, TypeError, ConversionError, _Failure) as exc:
+        _err(_one_line(exc))
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        extra = ""
+        if report.aliases:
+            extra += f", {len(report.aliases)} shared-storage aliases recorded in metadata"
+        if report.skipped:
+            extra += f", {len(report.skipped)} non-tensor values skipped"
+        print(f"{args.src} ({report.source_kind}) -> {args.dst}: "
+              f"{len(report.tensors)} tensors{extra}")
+    return 0
+
+
+# MARK: scan --------------------------------------------------------------------
+
+
+def cmd_scan(args) -> int:
+    from .convert import scan
+
+    status = 0
+    reports = []
+    for path in args.files:
+        try:
+            report = scan(path)
+        except (OSError, ValueError) as exc:
+            _err(_one_line(exc))
+            status = 1
+            continue
+        if not report.safe:
+            status = 1
+        if args.json:
+            reports.append(report.to_dict())
+        else:
+            print(report)
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    return status
+
+
+# MARK: bench -------------------------------------------------------------------
+
+
+def _source_benchmark() -> str | None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", "run.py")
+    return script if os.path.isfile(script) else None
+
+
+def _builtin_bench() -> int:
+    import pickle
+
+    import numpy as np
+
+    from .numpy import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {f"layer.{i}.weight": rng.standard_normal((256, 256), dtype=np.float32)
+               for i in range(64)}
+    with tempfile.TemporaryDirectory() as tmp:
+        st_path = os.path.join(tmp, "model.safetensors")
+        pk_path = os.path.join(tmp, "model.pkl")
+
+        def best(fn, repeat=5):
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            return min(times)
+
+        def save_pickle():
+            with open(pk_path, "wb") as f:
+                pickle.dump(tensors, f, protocol=5)
+
+        def load_pickle():
+            with open(pk_path, "rb") as f:
+                pickle.load(f)
+
+        rows = [
+            ("save", "safetensors_c", best(lambda: save_file(tensors, st_path))),
+            ("save", "pickle", best(save_pickle)),
+            ("load", "safetensors_c", best(lambda: load_file(st_path))),
+            ("load", "pickle", best(load_pickle)),
+        ]
+    size = sum(a.nbytes for a in tensors.values())
+    print(f"built-in benchmark: {len(tensors)} float32 tensors, {size >> 20} MiB (best of 5)")
+    for op, who, seconds in rows:
+        print(f"  {op:5} {who:14} {seconds * 1e3:9.3f} ms")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    script = _source_benchmark()
+    if script is not None and not args.builtin:
+        return subprocess.call([sys.executable, script, "--quick"])
+    return _builtin_bench()
+
+
+# MARK: main --------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Inspect, verify and convert "
+                                ".safetensors files; convert pickles without running them.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("inspect", help="list tensors and metadata")
+    s.add_argument("file", help="a .safetensors file, or a sharded checkpoint (directory "
+                                "or index .json)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("verify", help="validate files strictly (and their digests)")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("convert", help="convert a checkpoint without executing it")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--keep-scalars", action="store_true",
+                   help="keep numbers and strings of the checkpoint in __metadata__")
+    s.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--max-shard-size", default=None,
+                   help="write a sharded checkpoint into DST (a directory)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("scan", help="report what a pickle-based file would import and call")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser("bench", help="a quick benchmark")
+    s.add_argument("--builtin", action="store_true",
+                   help="the small built-in comparison even in a source checkout")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except _Failure as exc:
+        _err(_one_line(exc))
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,715 @@
+"""Convert pickle-based checkpoints to .safetensors without running them.
+
+    from safetensors_c.convert import convert, scan
+
+    report = scan("pytorch_model.bin")      # what the pickle would import/call
+    print(report.verdict)                   # "safe" or "unsafe"
+    convert("pytorch_model.bin", "model.safetensors")
+
+Sources: PyTorch checkpoints (the zip format of ``torch.save`` since 1.6 and
+the legacy non-zip format), plain pickles of dicts of NumPy arrays
+(protocols 2 to 5, out-of-band buffers with ``buffers=``), joblib files
+(uncompressed), ``.npy`` and ``.npz``. Torch is never imported.
+
+No pickle is ever executed: :mod:`safetensors_c._pickle_vm` interprets the
+opcodes itself and resolves globals only from an allow-list of tensor and
+array rebuilders (see ``ALLOWED_GLOBALS``), each mapped to a constructor of
+ours. Any other global, or an opcode tensors never need, stops the
+conversion with :class:`UnsafePickleError` naming it; nothing is written
+(the output is written atomically, and only after everything was read).
+
+Nested containers are flattened with dotted names
+(``{"state_dict": {"w": t}}`` -> ``"state_dict.w"``; list items by index).
+Numbers, strings, booleans and None met on the way are dropped, or kept in
+``__metadata__`` with ``keep_scalars=True`` (strings as they are, the rest
+JSON-encoded: ``3``, ``0.5``, ``true``, ``null``).
+
+Shared storage: tensors that are the same view of the same storage (same
+offset, shape, strides, dtype; e.g. tied embeddings) are aliases: the first
+name in sorted order is written and each dropped name is recorded in
+``__metadata__`` as ``{dropped: kept}``, as the reference's ``save_model``
+does. Tensors that share a storage but view different parts of it (a
+slice, a transpose) are each written as a copy of what they view, so no
+value is lost and no name disappears.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import mmap
+import os
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from . import _dtypes
+from ._pickle_vm import (
+    ALLOWED_GLOBALS,
+    ConversionError,
+    Finding,
+    Machine,
+    Opaque,
+    PendingArray,
+    StorageType,
+    TensorRef,
+    UnsafePickleError,
+)
+
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "ConversionError",
+    "ConversionReport",
+    "ScanReport",
+    "UnsafePickleError",
+    "convert",
+    "read_checkpoint",
+    "scan",
+]
+
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_MAX_DEPTH = 64
+_MAX_NODES = 5_000_000
+
+# torch dtype name -> NumPy dtype of its elements (float4 x2: one byte per element)
+_TORCH_NUMPY = {
+    "bool": "?", "uint8": "u1", "int8": "i1", "int16": "<i2", "uint16": "<u2",
+    "int32": "<i4", "uint32": "<u4", "int64": "<i8", "uint64": "<u8",
+    "float16": "<f2", "float32": "<f4", "float64": "<f8",
+    "complex64": "<c8", "complex128": "<c16", "float4_e2m1fn_x2": "u1",
+}
+
+
+def _torch_numpy_dtype(name: str) -> np.dtype:
+    if name in _TORCH_NUMPY:
+        return np.dtype(_TORCH_NUMPY[name])
+    return np.dtype(getattr(_dtypes._ml_dtypes(), name))
+
+
+# MARK: reports -------------------------------------------------------------
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` wrote."""
+
+    source_kind: str
+    tensors: list[str]
+    aliases: dict[str, str] = field(default_factory=dict)  # dropped -> kept
+    scalars: dict[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # names of values not written
+    metadata: dict[str, str] | None = None
+
+
+@dataclass
+class ScanReport:
+    """What a pickle-based file would import and call, found without running it."""
+
+    path: str
+    kind: str
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def safe(self) -> bool:
+        return all(f.safe for f in self.findings)
+
+    @property
+    def verdict(self) -> str:
+        return "safe" if self.safe else "unsafe"
+
+    @property
+    def globals(self) -> list[str]:
+        """Every distinct global, in order of first use."""
+        return list(dict.fromkeys(f.name for f in self.findings if f.kind == "global"))
+
+    @property
+    def unsafe_globals(self) -> list[str]:
+        return list(
+            dict.fromkeys(f.name for f in self.findings if f.kind == "global" and not f.safe)
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "verdict": self.verdict,
+            "findings": [
+                {"kind": f.kind, "name": f.name, "where": f.where, "offset": f.offset,
+                 "safe": f.safe, "note": f.note}
+                for f in self.findings
+            ],
+        }
+
+    def __str__(self) -> str:
+        lines = [f"{self.path}: {self.kind}: {self.verdict}"]
+        seen = set()
+        for f in self.findings:
+            key = (f.kind, f.name, f.where, f.safe)
+            if f.kind == "global" and f.safe and key in seen:
+                continue
+            seen.add(key)
+            where = f"{f.where} " if f.where else ""
+            mark = "ok    " if f.safe else "UNSAFE"
+            note = f" ({f.note})" if f.note else ""
+            lines.append(f"  {mark} {f.kind} {f.name}  [{where}byte {f.offset}]{note}")
+        return "\n".join(lines)
+
+
+# MARK: reading the source ---------------------------------------------------
+
+
+class _Storage:
+    """A torch storage: its element dtype and, once known, its bytes."""
+
+    __slots__ = ("key", "dtype", "numel", "data")
+
+    def __init__(self, key: str, dtype: str, numel: Any) -> None:
+        self.key = key
+        self.dtype = dtype
+        self.numel = numel
+        self.data: Any = None
+
+
+def _map_file(path: str):
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ConversionError(f"{path}: the file is empty")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return mm
+
+
+def _member_view(zf: zipfile.ZipFile, view: memoryview, info: zipfile.ZipInfo) -> Any:
+    """A zip member's bytes: a view of the mapping when stored, else decompressed."""
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return zf.read(info)
+    start = info.header_offset
+    if view[start : start + 4] != b"PK\x03\x04":
+        raise ConversionError(f"zip member {info.filename!r}: bad local header")
+    name_len, extra_len = struct.unpack("<HH", view[start + 26 : start + 30])
+    begin = start + 30 + name_len + extra_len
+    end = begin + info.file_size
+    if end > len(view):
+        raise ConversionError(f"zip member {info.filename!r} runs past the end of the file")
+    return view[begin:end]
+
+
+def _torch_zip_parts(zf: zipfile.ZipFile) -> tuple[str, zipfile.ZipInfo]:
+    candidates = [
+        i for i in zf.infolist()
+        if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1
+    ]
+    if len(candidates) != 1:
+        raise ConversionError("not a PyTorch zip checkpoint (no single <name>/data.pkl)")
+    return candidates[0].filename[: -len("data.pkl")], candidates[0]
+
+
+def _read_torch_zip(path, zf, view, buffers):
+    prefix, pkl = _torch_zip_parts(zf)
+    names = set(zf.namelist())
+    if prefix + "byteorder" in names:
+        order = zf.read(prefix + "byteorder").strip()
+        if order != b"little":
+            raise ConversionError(f"{path}: big-endian PyTorch checkpoints are not supported")
+    # Any other pickle in the archive must be safe too: a tampered archive is refused.
+    for info in zf.infolist():
+        if info.filename.endswith(".pkl") and info.filename != pkl.filename:
+            found = _scan_pickles(_member_view(zf, view, info), info.filename)
+            bad = [f for f in found if not f.safe]
+            if bad:
+                raise UnsafePickleError(
+                    f"{path}: {info.filename} uses " + _describe(bad)
+                    + "; nothing was executed and nothing was written",
+                    bad[0].name,
+                )
+    storages: dict[str, _Storage] = {}
+
+    def persistent_load(pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise ConversionError(f"{path}: unsupported persistent id {pid!r:.80}")
+        typ, key, _location, numel = pid[1:5]
+        if not isinstance(typ, StorageType) or not isinstance(key, str):
+            raise ConversionError(f"{path}: unsupported storage reference {pid!r:.80}")
+        storage = storages.get(key)
+        if storage is None:
+            member = prefix + "data/" + key
+            if "/" in key or member not in names:
+                raise ConversionError(f"{path}: storage {key!r} is missing from the archive")
+            storage = _Storage(key, typ.name, numel)
+            storage.data = _member_view(zf, view, zf.getinfo(member))
+            storages[key] = storage
+        return storage
+
+    data = _member_view(zf, view, pkl)
+    return _run_strict(data, pkl.filename, path, persistent_load=persistent_load)
+
+
+def _read_torch_legacy(path, view, pos):
+    machine_kwargs = dict(label="legacy PyTorch checkpoint")
+    proto, pos = _run_at(view, pos, **machine_kwargs)
+    sys_info, pos = _run_at(view, pos, **machine_kwargs)
+    if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
+        raise ConversionError(f"{path}: only little-endian legacy PyTorch checkpoints are supported")
+    storages: dict[str, _Storage] = {}
+
+    def persistent_load(pid):
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise ConversionError(f"{path}: unsupported persistent id {pid!r:.80}")
+        typ, key, _location, numel, view_metadata = pid[1:]
+        if not isinstance(typ, StorageType) or not isinstance(key, str):
+            raise ConversionError(f"{path}: unsupported storage reference {pid!r:.80}")
+        if view_metadata is not None:
+            raise ConversionError(f"{path}: storage views (PyTorch < 0.4 files) are not supported")
+        return storages.setdefault(key, _Storage(key, typ.name, numel))
+
+    obj, pos = _run_strict_at(view, pos, "the legacy checkpoint's main pickle", path,
+                              persistent_load=persistent_load)
+    keys, pos = _run_at(view, pos, **machine_kwargs)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ConversionError(f"{path}: bad storage key list")
+    for key in keys:
+        if pos + 8 > len(view):
+            raise ConversionError(f"{path}: truncated storage {key!r}")
+        (numel,) = struct.unpack("<q", view[pos : pos + 8])
+        pos += 8
+        storage = storages.get(key)
+        if storage is None:
+            raise ConversionError(f"{path}: storage {key!r} is not used by any tensor")
+        nbytes = numel * _torch_numpy_dtype(storage.dtype).itemsize
+        if numel < 0 or pos + nbytes > len(view):
+            raise ConversionError(f"{path}: storage {key!r} runs past the end of the file")
+        storage.data = view[pos : pos + nbytes]
+        pos += nbytes
+    missing = [k for k, s in storages.items() if s.data is None]
+    if missing:
+        raise ConversionError(f"{path}: storages {missing[:5]} have no data")
+    return obj
+
+
+def _run_at(view, pos, **kwargs):
+    machine = Machine(view, pos, **kwargs)
+    return machine.run(), machine.pos
+
+
+def _run_strict_at(view, pos, label, path, **kwargs):
+    try:
+        return _run_at(view, pos, label=label, **kwargs)
+    except UnsafePickleError as exc:
+        found = [f for f in _scan_one(view, pos, label) if not f.safe]
+        detail = _describe(found) if found else str(exc)
+        raise UnsafePickleError(
+            f"{path}: {label} uses {detail}; refusing to convert (nothing was executed and "
+            f"nothing was written)",
+            exc.found,
+        ) from None
+
+
+def _run_strict(data, label, path, **kwargs):
+    return _run_strict_at(memoryview(data).cast("B"), 0, label, path, **kwargs)[0]
+
+
+def _describe(findings: list[Finding]) -> str:
+    names = []
+    for f in findings:
+        if f.kind == "global":
+            names.append(f"global {f.name}")
+        elif f.kind == "opcode":
+            names.append(f"opcode {f.name}")
+        else:
+            names.append(f.name)
+    names = list(dict.fromkeys(names))
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return shown + " (not on the allow-list)"
+
+
+def _npy_array(data: Any, label: str) -> np.ndarray:
+    view = memoryview(data).cast("B")
+    fp = io.BytesIO(bytes(view[: min(len(view), 1 << 20)]))
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise ConversionError(f"{label}: .npy format version {version} is not supported")
+    except ConversionError:
+        raise
+    except Exception as exc:  # numpy raises ValueError / SyntaxError for bad headers
+        raise ConversionError(f"{label}: bad .npy header: {exc}") from None
+    if dtype.hasobject:
+        raise UnsafePickleError(
+            f"{label}: an object array (loading it would need pickle); refused", "object array"
+        )
+    count = 1
+    for d in shape:
+        count *= d
+    start = fp.tell()
+    need = count * dtype.itemsize
+    if len(view) - start != need:
+        raise ConversionError(
+            f"{label}: the array needs {need} bytes of data, the file has {len(view) - start}"
+        )
+    flat = np.frombuffer(view[start:], dtype=dtype, count=count)
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _read_source(path: str, mm, buffers, name: str | None):
+    """Returns (kind, object tree)."""
+    view = memoryview(mm)
+    head = bytes(view[:8])
+    stem = name or os.path.splitext(os.path.basename(path))[0]
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        zf = zipfile.ZipFile(io.BytesIO(view))  # BytesIO over the mapping: no copy of data
+        members = zf.namelist()
+        if any(m.endswith("/data.pkl") for m in members):
+            return "pytorch zip", _read_torch_zip(path, zf, view, buffers)
+        if members and all(m.endswith(".npy") for m in members):
+            arrays = {}
+            for info in zf.infolist():
+                arrays[info.filename[:-4]] = _npy_array(
+                    _member_view(zf, view, info), f"{path}:{info.filename}"
+                )
+            return "npz", arrays
+        raise ConversionError(f"{path}: a zip archive that is neither a PyTorch checkpoint nor .npz")
+    if head.startswith(b"\x93NUMPY"):
+        return "npy", {stem: _npy_array(view, path)}
+    if head[:1] == b"\x80" or head[:1] in _TEXT_PICKLE_STARTS:
+        first, pos = _run_strict_at(view, 0, "pickle", path, buffers=buffers)
+        if first == _TORCH_LEGACY_MAGIC and type(first) is int:
+            return "pytorch legacy", _read_torch_legacy(path, view, pos)
+        kind = "pickle"
+        if isinstance(first, (PendingArray, TensorRef)):
+            first = {stem: first}
+        return kind, first
+    if head[:2] in (b"\x1f\x8b", b"BZ") or head[:6] == b"\xfd7zXZ\x00" or head[:1] == b"\x78":
+        raise ConversionError(
+            f"{path}: a compressed file (gzip, bz2, xz or zlib, e.g. a compressed joblib "
+            f"dump); decompress it first"
+        )
+    raise ConversionError(
+        f"{path}: not a PyTorch checkpoint, pickle, joblib, .npy or .npz file"
+    )
+
+
+# Opcodes a protocol 0/1 pickle may start with (refused later, but by name).
+_TEXT_PICKLE_STARTS = {b"(", b"c", b"}", b"]", b")", b"l", b"d", b"i", b"I", b"S", b"V", b"N"}
+
+
+def _materialize(ref: TensorRef, name: str) -> np.ndarray:
+    storage = ref.storage
+    if not isinstance(storage, _Storage) or storage.data is None:
+        raise ConversionError(f"tensor {name!r}: its storage is missing")
+    tdtype = ref.dtype or storage.dtype
+    dtype = _torch_numpy_dtype(tdtype)
+    data = memoryview(storage.data).cast("B")
+    size, stride, offset = ref.size, ref.stride, ref.offset
+    if len(size) != len(stride):
+        raise ConversionError(f"tensor {name!r}: size and stride differ in length")
+    if 0 in size:
+        array = np.empty(size, dtype=dtype)
+    else:
+        last = offset + sum((s - 1) * st for s, st in zip(size, stride))
+        if (last + 1) * dtype.itemsize > data.nbytes:
+            raise ConversionError(
+                f"tensor {name!r}: its view (offset {offset}, size {list(size)}, stride "
+                f"{list(stride)}) reaches past its storage of {data.nbytes} bytes"
+            )
+        flat = np.frombuffer(data, dtype=dtype, count=data.nbytes // dtype.itemsize)
+        array = np.lib.stride_tricks.as_strided(
+            flat[offset:], shape=size, strides=tuple(st * dtype.itemsize for st in stride),
+            writeable=False,
+        )
+    if tdtype == "float4_e2m1fn_x2":
+        if not size:
+            raise ConversionError(f"tensor {name!r}: a 0-d float4_e2m1fn_x2 tensor")
+        array = _dtypes.packed(np.ascontiguousarray(array), "F4", size[:-1] + (2 * size[-1],))
+    return array
+
+
+def _flatten(tree: Any, kind: str):
+    """Walks the object tree: (tensors, view keys, scalars, skipped)."""
+    tensors: dict[str, np.ndarray] = {}
+    view_keys: dict[str, tuple] = {}
+    scalars: dict[str, Any] = {}
+    skipped: list[str] = []
+    nodes = 0
+    pending = [("", tree, 0)]
+    while pending:
+        prefix, value, depth = pending.pop()
+        nodes += 1
+        if nodes > _MAX_NODES:
+            raise ConversionError("the checkpoint's object tree is too large (shared containers?)")
+        if depth > _MAX_DEPTH:
+            raise ConversionError(
+                f"the checkpoint nests deeper than {_MAX_DEPTH} levels at {prefix!r} "
+                f"(a cycle?)"
+            )
+        if isinstance(value, dict):
+            items = []
+            for key, item in value.items():
+                if isinstance(key, bool) or not isinstance(key, (str, int)):
+                    skipped.append(f"{prefix}[{key!r:.40}]")
+                    continue
+                items.append((f"{prefix}.{key}" if prefix else str(key), item, depth + 1))
+            pending.extend(reversed(items))
+            continue
+        if isinstance(value, (list, tuple)):
+            items = [(f"{prefix}.{i}" if prefix else str(i), item, depth + 1)
+                     for i, item in enumerate(value)]
+            pending.extend(reversed(items))
+            continue
+        if isinstance(value, (PendingArray, TensorRef, np.ndarray)):
+            if prefix in tensors or prefix in scalars:
+                raise ConversionError(f"two values flatten to the same name {prefix!r}")
+            if isinstance(value, TensorRef):
+                tensors[prefix] = _materialize(value, prefix)
+                view_keys[prefix] = (id(value.storage), value.offset, value.size,
+                                     value.stride, value.dtype or value.storage.dtype)
+            else:
+                array = value.array if isinstance(value, PendingArray) else value
+                if array is None:
+                    raise ConversionError(f"array {prefix!r} was never filled in")
+                tensors[prefix] = array
+                view_keys[prefix] = (id(value),)
+            continue
+        if value is None or isinstance(value, (str, int, float, bool)):
+            if prefix in tensors or prefix in scalars:
+                raise ConversionError(f"two values flatten to the same name {prefix!r}")
+            scalars[prefix or "value"] = value
+            continue
+        skipped.append(prefix)
+    return tensors, view_keys, scalars, skipped
+
+
+def read_checkpoint(src, *, buffers: Iterable | None = None, name: str | None = None):
+    """Reads a checkpoint without executing it.
+
+    Returns ``(kind, tensors, aliases, scalars, skipped)``: ``tensors`` maps
+    flattened names to NumPy arrays (views of the source where possible),
+    ``aliases`` maps each dropped alias to the name kept. The arrays view a
+    read-only mapping of ``src``.
+    """
+    path = os.fspath(src)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    mm = _map_file(path)
+    kind, tree = _read_source(path, mm, buffers, name)
+    tensors, view_keys, scalars, skipped = _flatten(tree, kind)
+    # Aliases: the same view of the same storage (or the same array object).
+    groups: dict[tuple, list[str]] = {}
+    for key, vk in view_keys.items():
+        groups.setdefault(vk, []).append(key)
+    aliases: dict[str, str] = {}
+    for names in groups.values():
+        if len(names) > 1:
+            keep = sorted(names)[0]
+            for dropped in sorted(names)[1:]:
+                aliases[dropped] = keep
+                del tensors[dropped]
+    for key, array in tensors.items():
+        if isinstance(array, _dtypes.PackedArray):
+            continue
+        if _dtypes.code_for_dtype(array.dtype) is None:
+            raise ConversionError(
+                f"{path}: tensor {key!r} has dtype {array.dtype}, which a safetensors file "
+                f"cannot hold; nothing was written"
+            )
+    return kind, tensors, aliases, scalars, skipped
+
+
+def _scalar_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def convert(
+    src,
+    dst,
+    *,
+    metadata: dict[str, str] | None = None,
+    keep_scalars: bool = False,
+    buffers: Iterable | None = None,
+    name: str | None = None,
+    max_shard_size: int | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConversionReport:
+    """Converts a checkpoint to a .safetensors file (atomically) without executing it.
+
+    ``metadata`` is added to ``__metadata__`` last (it wins over generated
+    entries). ``keep_scalars`` keeps numbers and strings of the checkpoint in
+    ``__metadata__``. ``buffers`` are the out-of-band buffers of a protocol 5
+    pickle. ``name`` names the tensor of a single-array source (default: the
+    file's stem). ``max_shard_size`` writes a sharded set through
+    ``safetensors_c.sharded`` when that module exists. ``progress(done,
+    total)`` is called as tensors are prepared.
+
+    Raises :class:`UnsafePickleError` (naming the global or opcode) for a
+    pickle that would do anything but rebuild tensors, :class:`ConversionError`
+    for other bad input; nothing is written then.
+    """
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise TypeError("metadata must be a dict of str to str")
+    kind, tensors, aliases, scalars, skipped = read_checkpoint(src, buffers=buffers, name=name)
+    out_meta: dict[str, str] = {}
+    if kind.startswith("pytorch"):
+        out_meta["format"] = "pt"
+    if keep_scalars:
+        for key, value in scalars.items():
+            if key in tensors:
+                continue
+            out_meta[key] = _scalar_text(value)
+    else:
+        skipped.extend(scalars)
+    out_meta.update(aliases)
+    if metadata:
+        out_meta.update(metadata)
+    total = len(tensors)
+    if progress is not None:
+        for i, key in enumerate(tensors, 1):
+            progress(i, total)
+    if max_shard_size is not None:
+        try:
+            from .sharded import save_sharded
+        except ImportError:
+            raise ConversionError(
+                "sharded output needs safetensors_c.sharded, which this installation lacks"
+            ) from None
+        save_sharded(tensors, dst, max_shard_size=max_shard_size, metadata=out_meta or None)
+    else:
+        from .numpy import save_file
+
+        save_file(tensors, dst, metadata=out_meta or None)
+    return ConversionReport(
+        source_kind=kind,
+        tensors=list(tensors),
+        aliases=aliases,
+        scalars=scalars if keep_scalars else {},
+        skipped=skipped,
+        metadata=out_meta or None,
+    )
+
+
+# MARK: scanning --------------------------------------------------------------
+
+
+def _scan_one(view, pos: int, where: str, **kwargs) -> list[Finding]:
+    machine = Machine(view, pos, scan=True, label=where, **kwargs)
+    try:
+        machine.run()
+    except ConversionError as exc:
+        machine.findings.append(Finding("error", str(exc), machine.pos, False, "malformed"))
+    for f in machine.findings:
+        f.where = where
+    return machine.findings
+
+
+def _scan_pickles(data: Any, where: str) -> list[Finding]:
+    """Scans every pickle in ``data`` back to back (a legacy torch file has five)."""
+    view = memoryview(data).cast("B")
+    findings: list[Finding] = []
+    pos, index = 0, 0
+    first = None
+    while pos < len(view):
+        label = where if index == 0 else f"{where} (pickle #{index + 1})"
+        machine = Machine(view, pos, scan=True, label=label,
+                          persistent_load=lambda pid: Opaque("storage"))
+        try:
+            result = machine.run()
+        except ConversionError as exc:
+            machine.findings.append(Finding("error", str(exc), machine.pos, False, "malformed"))
+            result = None
+            for f in machine.findings:
+                f.where = label
+            findings.extend(machine.findings)
+            break
+        for f in machine.findings:
+            f.where = label
+        findings.extend(machine.findings)
+        if index == 0:
+            first = result
+        pos = machine.pos
+        index += 1
+        if first == _TORCH_LEGACY_MAGIC and type(first) is int:
+            if index == 5:
+                break  # the rest is raw storage bytes
+            continue
+        if pos < len(view):
+            if view[pos] != 0x80:
+                break  # trailing bytes pickle.load never reads
+            findings.append(Finding("opcode", "trailing pickle", pos, True,
+                                    "another pickle after STOP (pickle.load stops at STOP)",
+                                    where))
+    return findings
+
+
+def scan(path) -> ScanReport:
+    """Reports every global and suspicious opcode a file's pickles would use.
+
+    Works on PyTorch zip checkpoints (every ``.pkl`` member, not only
+    ``data.pkl``), legacy PyTorch files, plain pickles, joblib files,
+    ``.npy``/``.npz`` (object arrays embed a pickle) and ``.safetensors``
+    files (no code at all). Nothing is executed.
+    """
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    mm = _map_file(path)
+    view = memoryview(mm)
+    head = bytes(view[:8])
+    findings: list[Finding] = []
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        try:
+            zf = zipfile.ZipFile(io.BytesIO(view))
+        except zipfile.BadZipFile as exc:
+            return ScanReport(path, "zip", [Finding("error", f"bad zip: {exc}", 0, False)])
+        members = zf.infolist()
+        torch_like = any(m.filename.endswith("/data.pkl") for m in members)
+        for info in members:
+            name = info.filename
+            if name.endswith(".pkl"):
+                findings.extend(_scan_pickles(_member_view(zf, view, info), name))
+            elif name.endswith(".npy"):
+                findings.extend(_scan_npy(_member_view(zf, view, info), name))
+        return ScanReport(path, "pytorch zip" if torch_like else "zip", findings)
+    if head.startswith(b"\x93NUMPY"):
+        return ScanReport(path, "npy", _scan_npy(view, os.path.basename(path)))
+    try:
+        from ._core import open as _open_core
+
+        _open_core(path, "pread", 0)
+        return ScanReport(path, "safetensors", [])
+    except Exception:
+        pass
+    findings = _scan_pickles(view, os.path.basename(path))
+    kind = "pickle"
+    try:
+        first, _ = _run_at(view, 0, label="pickle")
+        if first == _TORCH_LEGACY_MAGIC and type(first) is int:
+            kind = "pytorch legacy"
+    except ConversionError:
+        pass
+    return ScanReport(path, kind, findings)
+
+
+def _scan_npy(data: Any, where: str) -> list[Finding]:
+    try:
+        _npy_array(data, where)
+        return []
+    except UnsafePickleError:
+        view = memoryview(data).cast("B")
+        fp = io.BytesIO(bytes(view[: min(len(view), 1 << 20)]))
+        version = np.lib.format.read_magic(fp)
+        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        reader(fp)
+        found = [Finding("opcode", "object array", 0, False,
+                         "an object array: loading it runs pickle", where)]
+        return found + _scan_pickles(view[fp.tell():], where)
+    except ConversionError as exc:
+        return [Finding("error", str(exc), 0, False, "malformed", where)]

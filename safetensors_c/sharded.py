@@ -1,0 +1,570 @@
+"""Sharded checkpoints: one model split over several .safetensors files.
+
+The layout Hugging Face ``transformers`` and ``huggingface_hub`` write and
+read::
+
+    model-00001-of-00003.safetensors
+    model-00002-of-00003.safetensors
+    model-00003-of-00003.safetensors
+    model.safetensors.index.json   {"metadata": {"total_size": N},
+                                    "weight_map": {tensor name: shard file}}
+
+A checkpoint that fits in one shard is a plain ``model.safetensors`` with no
+index. :func:`save_sharded` writes this layout, :func:`load_sharded` reads it
+all, and :class:`safe_open_sharded` opens it lazily with the methods of
+:class:`~safetensors_c.safe_open`.
+
+The index is untrusted input, checked before any tensor is handed out:
+shard names must be plain file names inside the checkpoint's directory (no
+``..``, no absolute paths, no symlink leading out); ``weight_map`` is an
+allow-list (every shard holds exactly the tensors the index assigns to it,
+so no tensor is missing, unlisted, or in two shards); ``total_size`` must
+equal the bytes of all tensors. Every shard is itself fully validated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+from . import _core
+from ._core import SafetensorError
+from ._open import _TORCH_FRAMEWORKS, safe_open
+
+__all__ = [
+    "save_sharded",
+    "load_sharded",
+    "safe_open_sharded",
+    "parse_size",
+    "INDEX_SUFFIX",
+]
+
+INDEX_SUFFIX = ".safetensors.index.json"
+MAX_INDEX_SIZE = 100_000_000  # bytes; the same cap as a file's header
+_SHARD_PATTERN = "{prefix}-{index:05d}-of-{count:05d}.safetensors"
+
+
+# ---------------------------------------------------------------------------
+# MARK: sizes
+
+_BINARY_UNITS = (("PIB", 2**50), ("TIB", 2**40), ("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10))
+_DECIMAL_UNITS = (("PB", 10**15), ("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3))
+
+
+def parse_size(size: Union[int, str]) -> int:
+    """Bytes in a size such as ``"5GB"`` (10^9), ``"10KiB"`` (2^10) or an int.
+
+    The rules of ``transformers.utils.hub.convert_file_size_to_int``: the
+    unit is case-insensitive, except that a lower-case ``b`` after a decimal
+    unit means bits (``"8Mb"`` is 1,000,000 bytes).
+    """
+    if isinstance(size, bool):
+        raise TypeError("max_shard_size must be an int or a string like '5GB', not bool")
+    if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"max_shard_size must be positive, not {size}")
+        return size
+    if not isinstance(size, str):
+        raise TypeError(
+            f"max_shard_size must be an int or a string like '5GB', not {type(size).__name__}"
+        )
+    upper = size.upper()
+    value = None
+    for unit, multiplier in _BINARY_UNITS:
+        if upper.endswith(unit):
+            value = _parse_count(size, size[: -len(unit)]) * multiplier
+            break
+    else:
+        for unit, multiplier in _DECIMAL_UNITS:
+            if upper.endswith(unit):
+                value = _parse_count(size, size[: -len(unit)]) * multiplier
+                if size.endswith("b"):
+                    value //= 8
+                break
+    if value is None:
+        raise ValueError(
+            f"max_shard_size {size!r} is not a valid size: use an integer number of bytes or "
+            "an integer followed by a unit, e.g. '5GB' (10^9 bytes) or '500MiB' (2^20 bytes)"
+        )
+    if value <= 0:
+        raise ValueError(f"max_shard_size must be positive, not {size!r}")
+    return value
+
+
+def _parse_count(size: str, digits: str) -> int:
+    if not digits.isdigit() or not digits.isascii():
+        raise ValueError(
+            f"max_shard_size {size!r} is not a valid size: the number before the unit must "
+            "be a whole number, e.g. '5GB' or '500MiB'"
+        )
+    return int(digits)
+
+
+# ---------------------------------------------------------------------------
+# MARK: saving
+
+def _check_prefix(prefix: Any) -> str:
+    if (
+        not isinstance(prefix, str)
+        or not prefix
+        or prefix in (".", "..")
+        or "/" in prefix
+        or "\\" in prefix
+        or "\x00" in prefix
+    ):
+        raise ValueError(f"prefix must be a plain file name such as 'model', not {prefix!r}")
+    return prefix
+
+
+def _prepare(tensors, metadata, framework: str):
+    if framework in _TORCH_FRAMEWORKS:
+        from .torch import _prepare as prepare
+    elif framework in ("np", "numpy"):
+        from .numpy import _prepare as prepare
+    else:
+        raise SafetensorError(
+            f"framework {framework!r} is not supported; use one of 'np', 'numpy', 'pt', 'torch'"
+        )
+    return prepare(tensors, metadata)
+
+
+def _split(names: List[str], sizes: List[int], limit: int) -> List[List[int]]:
+    """Shards as lists of tensor positions, filled as huggingface_hub does.
+
+    Tensors go in order into the current shard until the next would tip it
+    over ``limit``; a tensor larger than ``limit`` gets a shard of its own,
+    placed when it is met (so it precedes the shard being filled).
+    """
+    shards: List[List[int]] = []
+    current: List[int] = []
+    current_size = 0
+    for i, size in enumerate(sizes):
+        if size > limit:
+            shards.append([i])
+            continue
+        if current_size + size > limit:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(i)
+        current_size += size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
+    """A tqdm bar over shards, when asked for, useful (2+) and tqdm is installed."""
+    if not enabled or total < 2:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, unit="shard")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_sharded(
+    tensors: Mapping[str, Any],
+    directory: Union[str, os.PathLike],
+    max_shard_size: Union[int, str] = "5GB",
+    prefix: str = "model",
+    metadata: Optional[Dict[str, str]] = None,
+    *,
+    framework: str = "np",
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Saves ``tensors`` into ``directory`` as a (possibly) sharded checkpoint.
+
+    Tensors fill shards in order; a shard is closed when the next tensor would
+    take it past ``max_shard_size`` bytes (an int, or "5GB", "500MB",
+    "10KiB": GB = 10^9, GiB = 2^30), and a tensor larger than that is alone
+    in its shard. Shards are ``{prefix}-00001-of-0000N.safetensors`` with a
+    ``{prefix}.safetensors.index.json`` written last (sorted keys, 2-space
+    indent, as transformers writes it); one shard is a plain
+    ``{prefix}.safetensors`` with no index. ``metadata`` goes into every
+    shard. Shard files and an index left from an earlier save with this
+    prefix are removed. Every input is checked before anything is written;
+    each file is written atomically. Returns the index as a dict.
+
+    ``framework="np"`` takes NumPy arrays, ``"pt"`` torch tensors (the same
+    checks as ``safetensors_c.torch.save_file``, over all the tensors).
+    """
+    names, codes, shapes, arrays, metadata = _prepare(tensors, metadata, framework)
+    limit = parse_size(max_shard_size)
+    prefix = _check_prefix(prefix)
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a str or os.PathLike, not {type(directory).__name__}")
+    directory = os.fsdecode(os.fspath(directory))
+    sizes = [int(a.nbytes) for a in arrays]
+    shards = _split(names, sizes, limit) or [[]]
+    count = len(shards)
+    if count == 1:
+        files = [f"{prefix}.safetensors"]
+    else:
+        files = [_SHARD_PATTERN.format(prefix=prefix, index=i + 1, count=count) for i in range(count)]
+    weight_map = {names[i]: files[k] for k, shard in enumerate(shards) for i in shard}
+    index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
+
+    os.makedirs(directory, exist_ok=True)
+    for file, shard in _progress(zip(files, shards), count, "Saving shards", progress):
+        _core.save(
+            [names[i] for i in shard],
+            [codes[i] for i in shard],
+            [shapes[i] for i in shard],
+            [arrays[i] for i in shard],
+            metadata,
+            os.path.join(directory, file),
+        )
+    index_path = os.path.join(directory, prefix + INDEX_SUFFIX)
+    if count > 1:
+        _write_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    _remove_stale(directory, prefix, set(files), remove_index=count == 1)
+    return index
+
+
+def _remove_stale(directory: str, prefix: str, keep: set, remove_index: bool) -> None:
+    """Removes shards of an earlier save with this prefix (and its index when
+    the new checkpoint has none), so a loader never mixes the two."""
+    stale = re.compile(re.escape(prefix) + r"-\d{5}-of-\d{5}\.safetensors")
+    for entry in os.scandir(directory):
+        if entry.name not in keep and stale.fullmatch(entry.name) and entry.is_file():
+            os.unlink(entry.path)
+    if remove_index:
+        try:
+            os.unlink(os.path.join(directory, prefix + INDEX_SUFFIX))
+        except FileNotFoundError:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# MARK: reading the index
+
+def _reject_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    result: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _IndexError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> None:
+    raise _IndexError(f"{name} is not valid JSON")
+
+
+class _IndexError(Exception):
+    """Raised inside JSON parsing; reported as a SafetensorError."""
+
+
+def _index_error(path: str, message: str) -> SafetensorError:
+    return SafetensorError(f"{path}: invalid sharded checkpoint index: {message}")
+
+
+def _read_index(path: str) -> Tuple[Dict[str, str], Optional[Dict[str, Any]]]:
+    """(weight_map, metadata) of an index file, with its structure checked."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_INDEX_SIZE + 1)
+    if len(raw) > MAX_INDEX_SIZE:
+        raise _index_error(path, f"the file is larger than {MAX_INDEX_SIZE} bytes")
+    try:
+        text = raw.decode("utf-8")
+        index = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except UnicodeDecodeError as exc:
+        raise _index_error(path, f"not UTF-8 ({exc})") from None
+    except _IndexError as exc:
+        raise _index_error(path, str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        raise _index_error(path, f"not valid JSON ({exc})") from None
+    if not isinstance(index, dict):
+        raise _index_error(path, f"expected a JSON object, found {type(index).__name__}")
+    if "weight_map" not in index:
+        raise _index_error(path, 'no "weight_map"')
+    weight_map = index["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise _index_error(path, '"weight_map" must map tensor names to shard file names')
+    for name, file in weight_map.items():
+        if not isinstance(file, str):
+            raise _index_error(
+                path, f"tensor {name!r}: shard file name must be a string, not {file!r}"
+            )
+    metadata = index.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _index_error(path, '"metadata" must be an object')
+    if metadata is not None and "total_size" in metadata:
+        total = metadata["total_size"]
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise _index_error(path, f'"total_size" must be a non-negative integer, not {total!r}')
+    return weight_map, metadata
+
+
+def _shard_path(directory: str, real_directory: str, name: str, index_path: str) -> str:
+    """The path of shard ``name``, which must stay inside the directory."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or os.path.isabs(name)
+    ):
+        raise _index_error(
+            index_path,
+            f"shard {name!r} is not a plain file name in the checkpoint's directory",
+        )
+    path = os.path.join(directory, name)
+    real = os.path.realpath(path)
+    if real == real_directory or os.path.commonpath([real, real_directory]) != real_directory:
+        raise _index_error(
+            index_path, f"shard {name!r} is a symbolic link leading out of the checkpoint's "
+            f"directory (to {real!r})"
+        )
+    return path
+
+
+def _locate(path, prefix: str) -> Tuple[str, Optional[str], Optional[str]]:
+    """(directory, index path or None, single-file name or None)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    path = os.fsdecode(os.fspath(path))
+    prefix = _check_prefix(prefix)
+    if os.path.isdir(path):
+        index = os.path.join(path, prefix + INDEX_SUFFIX)
+        if os.path.isfile(index):
+            return path, index, None
+        single = os.path.join(path, prefix + ".safetensors")
+        if os.path.isfile(single):
+            return path, None, prefix + ".safetensors"
+        raise FileNotFoundError(
+            f"{path}: no sharded checkpoint here: neither {prefix + INDEX_SUFFIX} nor "
+            f"{prefix}.safetensors exists"
+        )
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint directory or file")
+    directory = os.path.dirname(path) or "."
+    if path.endswith(".json"):
+        return directory, path, None
+    return directory, None, os.path.basename(path)
+
+
+# ---------------------------------------------------------------------------
+# MARK: opening
+
+class safe_open_sharded:
+    """Opens a sharded checkpoint lazily, with the methods of ``safe_open``.
+
+    safe_open_sharded(path, framework="np", device="cpu", *, prefix="model",
+                      backend="mmap")
+
+    ``path`` is the checkpoint's directory, its index file, or a single
+    .safetensors file. Every shard is opened (mapped and its header fully
+    validated) once, here, and checked against the index; no tensor data is
+    read until asked for. ``get_tensor``, ``get_slice`` and ``get_tensors``
+    then serve every tensor from its shard, zero-copy.
+    """
+
+    def __init__(
+        self,
+        path,
+        framework: str = "np",
+        device: Any = "cpu",
+        *,
+        prefix: str = "model",
+        backend: str = "mmap",
+    ) -> None:
+        self._shards: Optional[Dict[str, safe_open]] = None
+        directory, index_path, single = _locate(path, prefix)
+        self._directory = directory
+        self._index_path = index_path
+        if index_path is not None:
+            weight_map, index_metadata = _read_index(index_path)
+        else:
+            weight_map, index_metadata = None, None
+        shards: Dict[str, safe_open] = {}
+        try:
+            if weight_map is None:
+                shards[single] = safe_open(
+                    os.path.join(directory, single), framework, device, backend=backend
+                )
+                weight_map = {name: single for name in shards[single].keys()}
+            else:
+                real_directory = os.path.realpath(directory)
+                files = sorted(set(weight_map.values()))
+                paths = [_shard_path(directory, real_directory, f, index_path) for f in files]
+                for file, shard_path in zip(files, paths):
+                    shards[file] = safe_open(shard_path, framework, device, backend=backend)
+                self._check_against_index(index_path, weight_map, index_metadata, shards)
+        except BaseException:
+            for shard in shards.values():
+                shard.close()
+            raise
+        self._weight_map: Dict[str, str] = weight_map
+        self._index_metadata = index_metadata
+        self._shards = shards
+
+    @staticmethod
+    def _check_against_index(index_path, weight_map, index_metadata, shards) -> None:
+        total = 0
+        for file, shard in shards.items():
+            present = shard.keys()
+            for name in present:
+                listed = weight_map.get(name)
+                if listed is None:
+                    raise _index_error(
+                        index_path,
+                        f"shard {file!r} holds tensor {name!r}, which the index's weight_map "
+                        "does not list",
+                    )
+                if listed != file:
+                    raise _index_error(
+                        index_path,
+                        f"tensor {name!r} is in two shards: {listed!r} (as the index says) "
+                        f"and {file!r}",
+                    )
+            present_set = set(present)
+            for name, listed in weight_map.items():
+                if listed == file and name not in present_set:
+                    raise _index_error(
+                        index_path,
+                        f"tensor {name!r} is listed in shard {file!r}, which does not hold it",
+                    )
+            handle = shard._handle()
+            total += handle.file_size - handle.data_start  # the tensors tile the data exactly
+        if index_metadata is not None and "total_size" in index_metadata:
+            if index_metadata["total_size"] != total:
+                raise _index_error(
+                    index_path,
+                    f'"total_size" is {index_metadata["total_size"]}, but the shards\' tensors '
+                    f"take {total} bytes",
+                )
+
+    # -- lifetime -------------------------------------------------------
+
+    def _open_shards(self) -> Dict[str, safe_open]:
+        shards = self._shards
+        if shards is None:
+            raise SafetensorError(
+                "this safe_open_sharded handle is closed; tensors it returned stay valid, "
+                "but open the checkpoint again to read more"
+            )
+        return shards
+
+    def _shard_of(self, name: str) -> safe_open:
+        shards = self._open_shards()
+        file = self._weight_map.get(name) if isinstance(name, str) else None
+        if file is None:
+            raise SafetensorError(f"no tensor named {name!r} in this checkpoint")
+        return shards[file]
+
+    def close(self) -> None:
+        """Closes every shard. Tensors already returned stay valid."""
+        shards, self._shards = self._shards, None
+        for shard in (shards or {}).values():
+            shard.close()
+
+    def __enter__(self) -> "safe_open_sharded":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- the index ------------------------------------------------------
+
+    def keys(self) -> List[str]:
+        """Every tensor name, sorted."""
+        self._open_shards()
+        return sorted(self._weight_map)
+
+    def offset_keys(self) -> List[str]:
+        """Tensor names shard by shard, each shard in file order."""
+        return [name for shard in self._open_shards().values() for name in shard.offset_keys()]
+
+    def metadata(self) -> Optional[Dict[str, str]]:
+        """The ``__metadata__`` of the first shard (save_sharded gives every
+        shard the same), or None."""
+        shards = self._open_shards()
+        return next(iter(shards.values())).metadata() if shards else None
+
+    def index_metadata(self) -> Optional[Dict[str, Any]]:
+        """The index's ``"metadata"`` object (None for a single file)."""
+        self._open_shards()
+        return None if self._index_metadata is None else dict(self._index_metadata)
+
+    @property
+    def weight_map(self) -> Dict[str, str]:
+        """Tensor name -> shard file name."""
+        return dict(self._weight_map)
+
+    @property
+    def shard_files(self) -> List[str]:
+        """The shard file names, in order."""
+        return list(self._open_shards())
+
+    # -- tensors --------------------------------------------------------
+
+    def get_tensor(self, name: str):
+        return self._shard_of(name).get_tensor(name)
+
+    def get_slice(self, name: str):
+        return self._shard_of(name).get_slice(name)
+
+    def get_tensors(self, *, progress: bool = False) -> Dict[str, Any]:
+        """Every tensor, shard by shard, each shard in file order."""
+        shards = self._open_shards()
+        result: Dict[str, Any] = {}
+        for shard in _progress(shards.values(), len(shards), "Loading shards", progress):
+            result.update(shard.get_tensors())
+        return result
+
+    def __contains__(self, name: object) -> bool:
+        self._open_shards()
+        return name in self._weight_map
+
+    def __len__(self) -> int:
+        self._open_shards()
+        return len(self._weight_map)
+
+    def __repr__(self) -> str:
+        if self._shards is None:
+            return "<safetensors_c.safe_open_sharded (closed)>"
+        return (
+            f"<safetensors_c.safe_open_sharded {self._directory!r}: "
+            f"{len(self._weight_map)} tensors in {len(self._shards)} shards>"
+        )
+
+
+def load_sharded(
+    path,
+    framework: str = "np",
+    device: Any = "cpu",
+    *,
+    prefix: str = "model",
+    backend: str = "mmap",
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Every tensor of a sharded checkpoint (a directory, its index file, or
+    a single .safetensors file), shard by shard. With several shards and
+    ``progress=True`` a tqdm bar shows progress, if tqdm is installed."""
+    with safe_open_sharded(path, framework, device, prefix=prefix, backend=backend) as f:
+        return f.get_tensors(progress=progress)

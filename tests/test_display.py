@@ -1,0 +1,69 @@
+"""Notebook display helpers: escaped, truncated HTML and short text."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from safetensors_c import safe_open, save_file
+from safetensors_c._display import (
+    safe_open_html,
+    safe_open_text,
+    slice_text,
+    tensors_html,
+    tensors_text,
+)
+
+EVIL = "<script>alert(1)</script>"
+
+
+def _file(tmp_path, n=3):
+    tensors = {f"t{i:03d}": np.zeros((2, i + 1), np.float32) for i in range(n)}
+    tensors[EVIL] = np.ones(4, np.int16)
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, path, metadata={"note": '"><img src=x onerror=alert(1)>'})
+    return path
+
+
+def test_handle_html_escapes_names_and_metadata(tmp_path):
+    with safe_open(_file(tmp_path)) as f:
+        html = f._repr_html_()
+        assert html == safe_open_html(f)
+        assert f._ipython_key_completions_() == f.keys()
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&quot;&gt;&lt;img" in html
+    assert "<td>I16</td>" in html and "<td>[4]</td>" in html and "8 B" in html
+    assert "<td>F32</td>" in html and "[2, 3]" in html
+
+
+def test_truncation(tmp_path):
+    with safe_open(_file(tmp_path, n=40)) as f:
+        html = safe_open_html(f, max_rows=5)
+        text = safe_open_text(f, max_rows=5)
+    tensor_table, metadata_table = html.split("</table>")[:2]
+    assert tensor_table.count("<tr><td><code>") == 5
+    assert "… 36 more" in tensor_table
+    assert "<code>note</code>" in metadata_table
+    assert "… 36 more" in text
+    assert "41 tensors" in text
+
+
+def test_slice_and_dict(tmp_path):
+    with safe_open(_file(tmp_path)) as f:
+        sl = f.get_slice(EVIL)
+        html = sl._repr_html_()
+        text = slice_text(sl)
+    assert "&lt;script&gt;" in html and "<script>" not in html
+    assert "I16" in html and "[4]" in html
+    assert text == f"TensorSlice {EVIL!r}: I16 [4] (8 B)"
+    d = {EVIL: np.zeros((3, 2), np.float64), "b": np.zeros(1, np.uint8)}
+    html = tensors_html(d, max_rows=1)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "F64" in html and "[3, 2]" in html and "… 1 more" in html
+    assert tensors_text(d).splitlines()[0] == "2 tensors, 49 B"
+
+
+def test_closed_handle(tmp_path):
+    f = safe_open(_file(tmp_path))
+    f.close()
+    assert "closed" in f._repr_html_()

@@ -1,0 +1,69 @@
+"""Per-tensor SHA-256 digests in __metadata__."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from safetensors_c import load_file, safe_open, save_file
+from safetensors_c.integrity import (
+    DIGEST_KEY,
+    add_digests,
+    has_digests,
+    save_file_with_digests,
+    verify_digests,
+)
+
+TENSORS = {
+    "a": np.arange(10, dtype=np.float32),
+    "b": np.arange(6, dtype=">i4").reshape(2, 3).T,  # big-endian, non-contiguous
+    "c": np.ones(3, dtype=ml_dtypes.bfloat16),
+    "z": np.zeros((0,), np.int8),
+}
+
+
+def test_roundtrip_and_key_format(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file_with_digests(TENSORS, path, metadata={"k": "v"})
+    with safe_open(path) as f:
+        meta = f.metadata()
+    assert meta["k"] == "v"
+    digests = json.loads(meta[DIGEST_KEY])
+    assert sorted(digests) == sorted(TENSORS)
+    stored = load_file(path)
+    for name, array in stored.items():
+        assert digests[name] == hashlib.sha256(array.tobytes()).hexdigest()
+    assert verify_digests(path) == []
+    assert has_digests(path)
+
+
+def test_tampered_byte_names_the_tensor(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file_with_digests(TENSORS, path)
+    with safe_open(path) as f:
+        file = f._handle()
+        _code, _shape, _np, begin, _end = file.info("c")
+        start = file.data_start
+    raw = bytearray(path.read_bytes())
+    raw[start + begin] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert verify_digests(path) == ["c"]
+
+
+def test_missing_and_extra_digests(tmp_path):
+    path = tmp_path / "m.safetensors"
+    meta = add_digests({"a": TENSORS["a"], "gone": TENSORS["a"]})
+    save_file({"a": TENSORS["a"], "new": TENSORS["a"]}, path, metadata=meta)
+    assert verify_digests(path) == ["gone", "new"]
+
+
+def test_no_digests_raises(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file(TENSORS, path)
+    assert not has_digests(path)
+    with pytest.raises(ValueError, match="no tensor digests"):
+        verify_digests(path)

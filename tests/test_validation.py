@@ -624,3 +624,34 @@ def test_max_header_size_raises_the_cap(tmp_path):
     with safe_open(path, "np", backend="pread", max_header_size=n) as f:
         assert f.keys() == []
         assert f.metadata() is None
+
+
+# MARK: - Valid files that NumPy cannot represent
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [
+        ("F32", [0, 2**40, 2**40]),  # zero-size, but NumPy refuses the size product
+        ("U8", [0, 2**63 + 1]),  # a dimension above NumPy's index type
+        ("F32", [0, 2**61]),  # 4 * 2**61 bytes per row: just past the limit
+        ("U8", [1] * 65),  # more dimensions than NumPy arrays have
+    ],
+    ids=["size-product", "huge-dimension", "itemsize-times-dim", "65-dimensions"],
+)
+def test_tensors_beyond_numpy_raise_safetensor_error(dtype, shape, backend, tmp_path):
+    nbytes = 0 if 0 in shape else 1
+    data = build({"t": entry(dtype, shape, 0, nbytes)}, b"\0" * nbytes)
+    path = tmp_path / "beyond.safetensors"
+    path.write_bytes(data)
+    with safe_open(path, "np", backend=backend) as f:
+        assert f.keys() == ["t"]  # the file itself is valid
+        with pytest.raises(SafetensorError) as info:
+            f.get_tensor("t")
+    assert info.value.code == "STC_ERR_SIZE_OVERFLOW"
+    assert "'t'" in str(info.value) and "NumPy" in str(info.value)
+
+
+def test_largest_zero_size_tensor_numpy_can_hold_loads():
+    data = build({"t": entry("F32", [0, 2**60], 0, 0)})
+    assert safetensors_c.load(data)["t"].shape == (0, 2**60)

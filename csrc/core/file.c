@@ -404,25 +404,34 @@ static bool view_bounds(uint64_t offset, size_t ndim, const uint64_t *shape,
 stc_status stc_read_strided(const stc_file *f, uint64_t offset, size_t ndim,
                             const uint64_t *shape, const int64_t *strides, size_t itemsize,
                             void *dst, stc_error *error) {
-    for (size_t d = 0; d < ndim; d++)
+    /* Dimensions of size 1 move nothing: drop them, keeping at most
+     * STC_MAX_STRIDED_DIMS others (which needs no allocation). */
+    uint64_t dims[STC_MAX_STRIDED_DIMS];
+    int64_t steps[STC_MAX_STRIDED_DIMS];
+    size_t n = 0;
+    for (size_t d = 0; d < ndim; d++) {
         if (shape[d] == 0) return STC_OK;
+        if (shape[d] == 1) continue;
+        if (n == STC_MAX_STRIDED_DIMS)
+            return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "too many dimensions",
+                             STC_NO_OFFSET, NULL, 0);
+        dims[n] = shape[d];
+        steps[n] = strides[d];
+        n++;
+    }
     size_t k;
     uint64_t run, out_size;
     /* The output (which dst must hold) has to be addressable, even when the
      * view revisits the same bytes through zero strides. */
-    if (!stc__element_count(shape, ndim, &out_size) ||
+    if (!stc__element_count(dims, n, &out_size) ||
         !stc__mul_u64(out_size, itemsize, &out_size) || out_size > SIZE_MAX)
         return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "strided view is too large",
                          STC_NO_OFFSET, NULL, 0);
-    if (itemsize == 0 ||
-        !view_bounds(offset, ndim, shape, strides, itemsize, data_len(f), &k, &run))
+    if (itemsize == 0 || !view_bounds(offset, n, dims, steps, itemsize, data_len(f), &k, &run))
         return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
                          "strided view is outside the data section", STC_NO_OFFSET, NULL, 0);
     /* Walk the outer k dimensions like an odometer, one read per run. */
-    uint64_t index[64] = {0};
-    if (k > 64)
-        return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "too many dimensions", STC_NO_OFFSET,
-                         NULL, 0);
+    uint64_t index[STC_MAX_STRIDED_DIMS] = {0};
     uint8_t *out = dst;
     uint64_t at = offset;
     for (;;) {
@@ -432,11 +441,11 @@ stc_status stc_read_strided(const stc_file *f, uint64_t offset, size_t ndim,
         size_t d = k;
         while (d > 0) {
             d--;
-            if (++index[d] < shape[d]) {
-                at = (uint64_t)((int64_t)at + strides[d]);
+            if (++index[d] < dims[d]) {
+                at = (uint64_t)((int64_t)at + steps[d]);
                 break;
             }
-            at = (uint64_t)((int64_t)at - strides[d] * (int64_t)(shape[d] - 1));
+            at = (uint64_t)((int64_t)at - steps[d] * (int64_t)(dims[d] - 1));
             index[d] = 0;
             if (d == 0) return STC_OK;
         }

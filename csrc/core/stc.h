@@ -51,6 +51,10 @@ extern "C" {
  * depth 1); one more level is an error. Bounds the parser's stack. */
 #define STC_MAX_NESTING_DEPTH 127
 
+/* stc_read_strided handles views with at most this many dimensions larger
+ * than 1 (NumPy's own limit on dimensions). */
+#define STC_MAX_STRIDED_DIMS 64
+
 /* Value of stc_error.offset when no byte offset applies. */
 #define STC_NO_OFFSET UINT64_MAX
 
@@ -285,7 +289,8 @@ stc_status stc_read(const stc_file *file, uint64_t offset, size_t len, void *dst
  * touches must lie inside the data section (else STC_ERR_INVALID_ARGUMENT).
  * Contiguous runs are read with one read each, so slicing whole rows of a
  * tensor costs one read per run, not per element. dst must hold
- * itemsize * product(shape) bytes. Needs no allocation. */
+ * itemsize * product(shape) bytes. Needs no allocation; at most
+ * STC_MAX_STRIDED_DIMS dimensions may be larger than 1. */
 stc_status stc_read_strided(const stc_file *file, uint64_t offset, size_t ndim,
                             const uint64_t *shape, const int64_t *strides,
                             size_t itemsize, void *dst, stc_error *error);

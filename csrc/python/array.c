@@ -3,6 +3,8 @@
  */
 #include "binding.h"
 
+#include <string.h>
+
 /* MARK: - Dtypes */
 
 PyArray_Descr *descr_for(module_state *st, stc_dtype dtype) {
@@ -28,37 +30,62 @@ PyArray_Descr *descr_for(module_state *st, stc_dtype dtype) {
 
 static bool is_packed(stc_dtype dtype) { return stc_dtype_bits(dtype) % 8 != 0; }
 
+/* *out = a * b, if that is at most limit. */
+static bool mul_fits(uint64_t a, uint64_t b, uint64_t limit, uint64_t *out) {
+    if (b != 0 && a > limit / b) return false;
+    *out = a * b;
+    return true;
+}
+
+/* Raises SafetensorError (code STC_ERR_SIZE_OVERFLOW) for a valid tensor that
+ * NumPy cannot represent, naming the tensor. Returns -1. */
+static int beyond_numpy(module_state *st, const stc_tensor *t, const char *message) {
+    stc_error error = {.status = STC_ERR_SIZE_OVERFLOW, .message = message,
+                       .offset = t->header_offset};
+    size_t kept = t->name_len < STC_ERROR_TENSOR_CAPACITY ? t->name_len
+                                                          : STC_ERROR_TENSOR_CAPACITY;
+    memcpy(error.tensor, t->name, kept);
+    error.tensor_len = kept;
+    error.tensor_truncated = kept < t->name_len;
+    raise_core_error(st, &error, NULL);
+    return -1;
+}
+
 /* The NumPy shape of tensor t. Whole-byte dtypes keep their shape. Packed
  * sub-byte dtypes (F4, F6_*) become uint8 arrays of their raw bytes: the last
  * dimension is divided into bytes when it fills whole bytes (F4 [.., 2k]
  * -> [.., k]; F6 [.., 4k] -> [.., 3k]), otherwise the tensor is one flat
  * run of bytes. Returns the number of dimensions, or -1 with an exception. */
 int numpy_shape(module_state *st, const stc_tensor *t, npy_intp *dims) {
-    if (t->ndim > NPY_MAXDIMS) {
-        PyErr_Format(st->safetensor_error,
-                     "tensor %s has %zu dimensions; NumPy arrays have at most %d", t->name,
-                     t->ndim, NPY_MAXDIMS);
-        return -1;
-    }
-    for (size_t d = 0; d < t->ndim; d++) {
-        if (t->shape[d] > (uint64_t)NPY_MAX_INTP) {
-            PyErr_Format(st->safetensor_error,
-                         "tensor %s: dimension %zu is %llu, too large for a NumPy array",
-                         t->name, d, (unsigned long long)t->shape[d]);
-            return -1;
-        }
-        dims[d] = (npy_intp)t->shape[d];
-    }
-    int nd = (int)t->ndim;
-    if (!is_packed(t->dtype)) return nd;
+    if (t->ndim > NPY_MAXDIMS)
+        return beyond_numpy(st, t, "more dimensions than a NumPy array can have (64)");
+    uint64_t shape[NPY_MAXDIMS];
+    size_t nd = t->ndim;
+    for (size_t d = 0; d < nd; d++) shape[d] = t->shape[d];
     unsigned bits = stc_dtype_bits(t->dtype);
-    if (nd > 0 && (t->shape[nd - 1] * bits) % 8 == 0) {
-        /* shape[nd-1] <= NPY_MAX_INTP, so the product fits 64 bits. */
-        dims[nd - 1] = (npy_intp)(t->shape[nd - 1] * bits / 8);
-        return nd;
+    if (is_packed(t->dtype)) {
+        /* Values per whole group of bytes: 2 for F4 (1 byte), 4 for F6 (3). */
+        uint64_t group = bits == 4 ? 2 : 4, group_bytes = bits == 4 ? 1 : 3;
+        if (nd > 0 && shape[nd - 1] % group == 0) {
+            shape[nd - 1] = shape[nd - 1] / group * group_bytes;
+        } else {
+            nd = 1;
+            shape[0] = t->nbytes;
+        }
+        bits = 8;
     }
-    dims[0] = (npy_intp)t->nbytes;
-    return 1;
+    /* NumPy refuses an array whose item size times its non-zero dimensions
+     * exceeds NPY_MAX_INTP, even when another dimension is zero: check the
+     * same way so that the error is ours, with the tensor's name. */
+    uint64_t running = bits / 8;
+    for (size_t d = 0; d < nd; d++) {
+        if (shape[d] > (uint64_t)NPY_MAX_INTP ||
+            (shape[d] != 0 && !mul_fits(running, shape[d], (uint64_t)NPY_MAX_INTP, &running)))
+            return beyond_numpy(st, t, "too large for a NumPy array (its dimensions overflow "
+                                       "NumPy's index type)");
+        dims[d] = (npy_intp)shape[d];
+    }
+    return (int)nd;
 }
 
 static PyObject *logical_shape(const stc_tensor *t) {

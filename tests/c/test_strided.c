@@ -238,9 +238,47 @@ static void test_strided_files(const uint8_t *data) {
     dir_remove_tree(dir);
 }
 
+/* Dimensions of size 1 do not count against STC_MAX_STRIDED_DIMS: a view of
+ * "m" with 100 of them around its 5 x 7 gathers like the plain 5 x 7 view;
+ * 65 dimensions larger than 1 are refused. */
+static void test_many_dimensions(const uint8_t *data) {
+    image img = image_make(k_json, sizeof k_json - 1, data, DATA_LEN);
+    stc_file *f = NULL;
+    stc_error err;
+    enum { MANY = 100 };
+    uint64_t shape[MANY + 2];
+    int64_t strides[MANY + 2];
+    for (size_t d = 0; d < MANY + 2; d++) {
+        shape[d] = 1;
+        strides[d] = 1000; /* never applied: the index stays 0 */
+    }
+    shape[MANY / 2] = 5;
+    strides[MANY / 2] = 28;
+    shape[MANY + 1] = 7;
+    strides[MANY + 1] = 4;
+    float got[35], want[35];
+    if (CHECK_OK(stc_open_memory(img.bytes, img.len, NULL, &f, &err), &err)) {
+        CHECK_OK(stc_read_strided(f, M_BEGIN, MANY + 2, shape, strides, 4, got, &err), &err);
+        memcpy(want, data + M_BEGIN, sizeof want);
+        CHECK(memcmp(got, want, sizeof want) == 0);
+        uint64_t twos[STC_MAX_STRIDED_DIMS + 1];
+        int64_t zeros[STC_MAX_STRIDED_DIMS + 1];
+        for (size_t d = 0; d <= STC_MAX_STRIDED_DIMS; d++) {
+            twos[d] = 2;
+            zeros[d] = 0;
+        }
+        /* 2^65 one-byte elements: refused before anything is read. */
+        CHECK_STATUS(stc_read_strided(f, 0, STC_MAX_STRIDED_DIMS + 1, twos, zeros, 1, got, &err),
+                     STC_ERR_INVALID_ARGUMENT, &err);
+        stc_close(f);
+    }
+    image_free(&img);
+}
+
 void run_strided_tests(void) {
     uint8_t data[DATA_LEN];
     fill_pattern(data, sizeof data, 42);
     test_strided_memory(data);
     test_strided_files(data);
+    test_many_dimensions(data);
 }

@@ -14,6 +14,7 @@ from ._core import SafetensorError
 from ._dtypes import PackedArray, packed
 from ._open import TensorSlice, safe_open
 from .numpy import load, load_file, save, save_file
+from .sharded import load_sharded, safe_open_sharded, save_sharded
 
 __version__ = "0.1.0"
 
@@ -26,8 +27,11 @@ __all__ = [
     "__version__",
     "load",
     "load_file",
+    "load_sharded",
     "packed",
     "safe_open",
+    "safe_open_sharded",
     "save",
     "save_file",
+    "save_sharded",
 ]

@@ -60,6 +60,10 @@ class safe_open:
     writing never changes the file. ``backend="pread"`` reads tensors into
     memory of their own instead, for untrusted or network file systems.
     Arrays stay valid after :meth:`close` and after the ``with`` block.
+
+    ``verify_digests=True`` checks every tensor against the SHA-256 digests
+    recorded by ``save_file(..., digests=True)`` before returning, and raises
+    SafetensorError naming the tensors that changed.
     """
 
     def __new__(cls, filename=None, framework="np", *args, **kwargs):
@@ -77,12 +81,17 @@ class safe_open:
         *,
         backend: str = "mmap",
         max_header_size: int | None = None,
+        verify_digests: bool = False,
     ) -> None:
         _check_framework(framework)
         _check_device(device)
         self._file = None
         self._file = open_file(filename, backend, max_header_size)
         self._backend = backend
+        if verify_digests:
+            from .integrity import check_digests
+
+            check_digests(self._file)
 
     # -- lifetime -------------------------------------------------------
 

@@ -22,12 +22,14 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
+from ._core import SafetensorError
 from ._open import safe_open
 from .numpy import save_file
 
 __all__ = [
     "DIGEST_KEY",
     "add_digests",
+    "check_digests",
     "has_digests",
     "save_file_with_digests",
     "tensor_digest",
@@ -88,6 +90,21 @@ def has_digests(filename) -> bool:
         return DIGEST_KEY in (f.metadata() or {})
 
 
+def _mismatches(file) -> Optional[list[str]]:
+    """Names of tensors of an open core file whose digests do not match,
+    sorted; None if the file records no digests."""
+    digests = _read_digests(file.metadata(), file.filename)
+    if digests is None:
+        return None
+    bad = [
+        name
+        for name in file.keys()
+        if digests.get(name) is None or tensor_digest(file.tensor(name)) != digests[name].lower()
+    ]
+    bad.extend(name for name in digests if name not in file)
+    return sorted(bad)
+
+
 def verify_digests(filename) -> list[str]:
     """Names of tensors whose bytes do not match their recorded SHA-256, sorted.
 
@@ -96,14 +113,29 @@ def verify_digests(filename) -> list[str]:
     records no digests at all.
     """
     with safe_open(filename, framework="np") as f:
-        digests = _read_digests(f.metadata(), filename)
-        if digests is None:
-            raise ValueError(f"{filename}: the file records no tensor digests ({DIGEST_KEY})")
-        bad = []
-        names = f.keys()
-        for name in names:
-            expected = digests.get(name)
-            if expected is None or tensor_digest(f.get_tensor(name)) != expected.lower():
-                bad.append(name)
-        bad.extend(name for name in digests if name not in f)
-    return sorted(bad)
+        bad = _mismatches(f._handle())
+    if bad is None:
+        raise ValueError(f"{filename}: the file records no tensor digests ({DIGEST_KEY})")
+    return bad
+
+
+def check_digests(file) -> None:
+    """Raises SafetensorError (code ``"DIGEST_MISMATCH"``) naming the tensors of
+    an open core file whose bytes differ from their recorded digests, or
+    ``"NO_DIGESTS"`` if the file records none."""
+    bad = _mismatches(file)
+    if bad:
+        error = SafetensorError(
+            f"{file.filename}: tensor data does not match its recorded SHA-256 digest: "
+            + ", ".join(repr(name) for name in bad[:10])
+            + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        )
+        error.code = "DIGEST_MISMATCH"
+        raise error
+    if bad is None:
+        error = SafetensorError(
+            f"{file.filename}: verify_digests=True, but the file records no tensor digests "
+            f"(save it with save_file(..., digests=True))"
+        )
+        error.code = "NO_DIGESTS"
+        raise error

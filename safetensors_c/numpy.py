@@ -82,14 +82,23 @@ def save_file(
     tensors: Dict[str, np.ndarray],
     filename,
     metadata: Optional[Dict[str, str]] = None,
+    *,
+    digests: bool = False,
 ) -> None:
     """Writes ``tensors`` to ``filename`` atomically.
 
     The data streams from the arrays' own memory into a temporary file in
     the same directory, which is flushed to disk and renamed over
     ``filename``: readers see the old file or the new one, never a part.
+    ``digests=True`` records each tensor's SHA-256 in the metadata (see
+    :mod:`safetensors_c.integrity`), checked by ``safe_open(...,
+    verify_digests=True)`` and ``safetensors-c verify``.
     """
     names, codes, shapes, arrays, metadata = _prepare(tensors, metadata)
+    if digests:
+        from .integrity import add_digests
+
+        metadata = add_digests(dict(zip(names, arrays)), metadata)
     if not isinstance(filename, (str, os.PathLike)):
         raise TypeError(f"filename must be a str or os.PathLike, not {type(filename).__name__}")
     path = os.fspath(filename)

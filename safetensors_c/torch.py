@@ -200,10 +200,16 @@ class _TorchSafeOpen(safe_open):
         *,
         backend: str = "mmap",
         max_header_size: Optional[int] = None,
+        verify_digests: bool = False,
     ) -> None:
         self._device = _resolve_device(device)
         super().__init__(
-            filename, framework, "cpu", backend=backend, max_header_size=max_header_size
+            filename,
+            framework,
+            "cpu",
+            backend=backend,
+            max_header_size=max_header_size,
+            verify_digests=verify_digests,
         )
 
     def _place(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import safetensors_c
+
 from safetensors_c import load_file, safe_open, save_file
 from safetensors_c.integrity import (
     DIGEST_KEY,
@@ -67,3 +69,33 @@ def test_no_digests_raises(tmp_path):
     assert not has_digests(path)
     with pytest.raises(ValueError, match="no tensor digests"):
         verify_digests(path)
+
+
+def test_save_file_digests_and_safe_open_verification(tmp_path):
+    path = tmp_path / "digested.safetensors"
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.int64)}
+    safetensors_c.save_file(tensors, path, metadata={"note": "x"}, digests=True)
+    with safetensors_c.safe_open(path, "np", verify_digests=True) as f:
+        assert f.metadata()["note"] == "x"
+        assert np.array_equal(f.get_tensor("a"), tensors["a"])
+    # Flip one byte of "b" (the I64 tensor comes first in the file).
+    raw = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(raw[:8], "little")
+    raw[start] ^= 0xFF
+    tampered = tmp_path / "tampered.safetensors"
+    tampered.write_bytes(raw)
+    with pytest.raises(safetensors_c.SafetensorError) as info:
+        safetensors_c.safe_open(tampered, "np", verify_digests=True)
+    assert info.value.code == "DIGEST_MISMATCH"
+    assert "'b'" in str(info.value) and "'a'" not in str(info.value)
+    # Opening without verification still works: digests are opt-in.
+    with safetensors_c.safe_open(tampered, "np") as f:
+        assert f.keys() == ["a", "b"]
+
+
+def test_verify_digests_on_a_file_without_digests_is_an_error(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    safetensors_c.save_file({"a": np.zeros(2)}, path)
+    with pytest.raises(safetensors_c.SafetensorError) as info:
+        safetensors_c.safe_open(path, "np", verify_digests=True)
+    assert info.value.code == "NO_DIGESTS"

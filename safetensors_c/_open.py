@@ -143,6 +143,10 @@ class safe_open:
         file = self._handle()
         return TensorSlice(file, name, file.info(name))
 
+    def __getitem__(self, name: str):
+        """``f[name]`` is ``f.get_tensor(name)`` (and tab-completes in IPython)."""
+        return self.get_tensor(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._handle()
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+import safetensors_c
 
 from safetensors_c import safe_open, save_file
 from safetensors_c._display import (
@@ -67,3 +70,13 @@ def test_closed_handle(tmp_path):
     f = safe_open(_file(tmp_path))
     f.close()
     assert "closed" in f._repr_html_()
+
+
+def test_item_access_is_get_tensor_and_completes_names(tmp_path):
+    path = tmp_path / "items.safetensors"
+    safetensors_c.save_file({"beta": np.arange(3), "alpha": np.ones(2)}, path)
+    with safetensors_c.safe_open(path, "np") as f:
+        assert f._ipython_key_completions_() == ["alpha", "beta"]
+        assert np.array_equal(f["beta"], np.arange(3))
+        with pytest.raises(safetensors_c.SafetensorError):
+            f["gamma"]

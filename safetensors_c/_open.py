@@ -52,7 +52,10 @@ class safe_open:
     """Opens a .safetensors file for lazy, zero-copy reading.
 
     safe_open(filename, framework="np", device="cpu", *, backend="mmap",
-              max_header_size=None)
+              max_header_size=None, verify_digests=False)
+
+    ``framework`` is "np"/"numpy" for NumPy arrays or "pt"/"torch" for torch
+    tensors (see :mod:`safetensors_c.torch`).
 
     The header is parsed and fully validated here; no tensor is read until
     asked for. With ``backend="mmap"`` (the default) every tensor is a view

@@ -190,3 +190,13 @@ def tensors_text(tensors: Mapping[str, Any], max_rows: int = 10) -> str:
     if len(items) > max_rows:
         lines.append(f"  … {len(items) - max_rows} more")
     return "\n".join(lines)
+
+
+class TensorDict(dict):
+    """The dict ``load_file`` and ``load`` return: a plain ``dict`` of name to
+    array that also displays as a table in Jupyter."""
+
+    __slots__ = ()
+
+    def _repr_html_(self) -> str:
+        return tensors_html(self)

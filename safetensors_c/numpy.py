@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _core, _dtypes
 from ._core import SafetensorError
+from ._display import TensorDict
 from ._open import open_file
 
 __all__ = ["save", "save_file", "load", "load_file"]
@@ -120,7 +121,7 @@ def load(data: bytes) -> Dict[str, np.ndarray]:
         raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
     if view.readonly:
         data = bytearray(view)
-    return _core.open_buffer(data).tensors()
+    return TensorDict(_core.open_buffer(data).tensors())
 
 
 def load_file(filename, *, backend: str = "mmap") -> Dict[str, np.ndarray]:
@@ -131,7 +132,7 @@ def load_file(filename, *, backend: str = "mmap") -> Dict[str, np.ndarray]:
     disk only when touched. ``backend="pread"`` reads each tensor into
     memory of its own.
     """
-    return open_file(filename, backend).tensors()
+    return TensorDict(open_file(filename, backend).tensors())
 
 
 from .sharded import load_sharded, safe_open_sharded, save_sharded  # noqa: E402

@@ -80,3 +80,13 @@ def test_item_access_is_get_tensor_and_completes_names(tmp_path):
         assert np.array_equal(f["beta"], np.arange(3))
         with pytest.raises(safetensors_c.SafetensorError):
             f["gamma"]
+
+
+def test_loaded_dicts_display_as_tables(tmp_path):
+    path = tmp_path / "d.safetensors"
+    safetensors_c.save_file({"w<script>": np.zeros((2, 3), np.float32)}, path)
+    for loaded in (safetensors_c.load_file(path), safetensors_c.load(path.read_bytes())):
+        assert isinstance(loaded, dict) and list(loaded) == ["w<script>"]
+        html = loaded._repr_html_()
+        assert "w&lt;script&gt;" in html and "<script>" not in html
+        assert "<td>F32</td><td>[2, 3]</td><td>24 B</td>" in html

@@ -440,3 +440,57 @@ def test_torch_sharded_round_trip(tmp_path):
                         progress=False)
     assert not (tmp_path / "shared").exists()
     assert load_sharded(tmp_path, progress=False)["a"].dtype.name == "bfloat16"
+
+
+# MARK: - Interoperability with huggingface_hub (the layout transformers shares)
+
+
+def _hub_state_dict(torch):
+    generator = torch.Generator().manual_seed(0)
+    return {
+        f"layers.{i}.{part}": torch.randn(16, 16, generator=generator)
+        for i in range(6)
+        for part in ("attn.weight", "mlp.weight")
+    } | {"embed.weight": torch.randn(32, 16, generator=generator)}
+
+
+def test_we_load_what_huggingface_hub_writes(tmp_path):
+    torch = pytest.importorskip("torch")
+    hub = pytest.importorskip("huggingface_hub")
+    state = _hub_state_dict(torch)
+    (tmp_path / "hub").mkdir()
+    hub.save_torch_state_dict(state, tmp_path / "hub", max_shard_size="4KB")
+    assert (tmp_path / "hub" / "model.safetensors.index.json").exists()
+    loaded = load_sharded(tmp_path / "hub", framework="pt")
+    assert loaded.keys() == state.keys()
+    for name, tensor in state.items():
+        assert torch.equal(loaded[name], tensor), name
+
+
+def test_huggingface_hub_loads_what_we_write(tmp_path):
+    torch = pytest.importorskip("torch")
+    hub = pytest.importorskip("huggingface_hub")
+    state = _hub_state_dict(torch)
+    save_sharded(state, tmp_path / "ours", max_shard_size="4KB", framework="pt")
+    (tmp_path / "hub").mkdir()
+    hub.save_torch_state_dict(state, tmp_path / "hub", max_shard_size="4KB")
+    # The same shards, the same weight map, the same total size.
+    ours = json.loads((tmp_path / "ours" / "model.safetensors.index.json").read_text())
+    theirs = json.loads((tmp_path / "hub" / "model.safetensors.index.json").read_text())
+    assert ours["weight_map"] == theirs["weight_map"]
+    assert ours["metadata"]["total_size"] == theirs["metadata"]["total_size"]
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name, tensor in state.items():
+                self.register_buffer(name.replace(".", "_"), torch.zeros_like(tensor))
+
+    # load_torch_model reads the index and every shard we wrote.
+    model = Model()
+    renamed = {name.replace(".", "_"): t for name, t in state.items()}
+    save_sharded(renamed, tmp_path / "model", max_shard_size="4KB", framework="pt")
+    result = hub.load_torch_model(model, tmp_path / "model", strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for name, tensor in renamed.items():
+        assert torch.equal(getattr(model, name), tensor), name

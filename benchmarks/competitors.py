@@ -184,12 +184,19 @@ class Loader:
     limit: bool = False
     cold_check: bool = False  # also measured cold in a warm run (the cold target)
     quick: bool = True  # also measured by --quick
+    needs: Optional[str] = None  # an optional module the loader itself requires
 
 
 def _stc(path, name, rows):
     import safetensors_c
 
     return safetensors_c.load_file(path)
+
+
+def _stc_torch(path, name, rows):
+    import safetensors_c.torch
+
+    return safetensors_c.torch.load_file(path)
 
 
 def _stc_pread(path, name, rows):
@@ -282,6 +289,8 @@ LOADERS = [
            cold_check=True),
     Loader("stc.safe_open", "safetensors_c safe_open+get_tensor", "stc", "load", NOT_BIG,
            _stc_open_all, quick=False),
+    Loader("stc_torch.load_file", "safetensors_c.torch load_file", "stc", "load", ALL_KINDS,
+           _stc_torch, quick=False, needs="torch"),
     Loader("stc.pread", "safetensors_c load_file (pread)", "stc", "load", ALL_KINDS, _stc_pread,
            cold_check=True),
     Loader("stc.keys", "safetensors_c safe_open+keys", "stc", "keys", NOT_BIG, _stc_keys),

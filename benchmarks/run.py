@@ -149,7 +149,7 @@ def plan(spec, paths, failed, args, available) -> list:
     for loader in competitors.LOADERS:
         if spec.kind not in loader.kinds or (args.reduced and not loader.quick):
             continue
-        needs = competitors.FORMATS[loader.fmt].needs if loader.fmt else None
+        needs = loader.needs or (competitors.FORMATS[loader.fmt].needs if loader.fmt else None)
         job = {"path": paths.get(loader.fmt)}
         add(loader, loader.action, loader.fmt, needs, args.cold, job)
         if loader.cold_check and not args.cold and spec.kind == "llm":
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 if job is None:
                     continue
-                group = "torch" if row.key.startswith("torch.") else "base"
+                group = "torch" if row.key.startswith(("torch.", "stc_torch.")) else "base"
                 row_started = time.perf_counter()
                 result = zygotes.run(job, group)
                 row.samples = result["samples"]

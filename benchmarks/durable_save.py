@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import safetensors_c  # noqa: E402
+import _paths  # noqa: F401  (the in-tree package when it is built in place)
+import safetensors_c
 
 
 def fsync_path(path: str) -> None:

@@ -81,12 +81,11 @@ def describe(root: str, tmpdir: str, missing: set) -> list[tuple[str, str]]:
 
 
 def _version_of_tree(root: str) -> str:
-    sys.path.insert(0, root)
+    # run.py has already put the in-tree package first when it is built in
+    # place; otherwise this is the installed package.
     try:
         import safetensors_c
 
         return safetensors_c.__version__
     except Exception as exc:  # the build may be missing: say so, don't crash
         return f"unimportable ({type(exc).__name__})"
-    finally:
-        sys.path.remove(root)

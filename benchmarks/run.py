@@ -23,7 +23,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [HERE, ROOT]  # the in-tree safetensors_c, built with build_ext --inplace
+sys.path.insert(0, HERE)
+
+import _paths  # noqa: E402  (puts the in-tree package first when it is built in place)
 
 import chart  # noqa: E402
 import checkpoints  # noqa: E402
@@ -203,7 +205,10 @@ class Zygotes:
 
 def worker_env(args) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    if _paths.ROOT_FOR_WORKERS:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [_paths.ROOT_FOR_WORKERS, env.get("PYTHONPATH")])
+        )
     # A fixed threshold turns off glibc's adaptive one: large freed arrays go back
     # to the kernel, so every run in a worker pays for its memory like a fresh process.
     env["MALLOC_MMAP_THRESHOLD_"] = str(128 << 10)
@@ -230,6 +235,7 @@ def main(argv=None) -> int:
     machine_rows = machine.describe(ROOT, args.tmp, missing)
     zygotes = Zygotes(worker_env(args), available)
     rows = []
+    stc_failures = []
     try:
         for kind in checkpoints.KINDS:
             if kind not in args.sizes:
@@ -237,6 +243,8 @@ def main(argv=None) -> int:
             spec = checkpoints.spec(kind, args.sizes[kind])
             log(f"{kind}: {spec.describe()}")
             paths, failed = write_native_files(spec, args.tmp, available)
+            if "stc" in failed:
+                stc_failures.append(f"{kind}: {failed['stc']}")
             for row, job in plan(spec, paths, failed, args, available):
                 rows.append(row)
                 if job is None:
@@ -266,6 +274,9 @@ def main(argv=None) -> int:
         json.dump({"settings": settings, "sizes": args.sizes, "machine": machine_rows,
                    "notes": notes, "rows": [r.to_json() for r in rows]}, f, indent=1)
     write_report(rows, args.sizes, settings, machine_rows, notes, args.out)
+    if stc_failures:
+        log("error: safetensors_c could not write its own checkpoints: " + "; ".join(stc_failures))
+        return 1
     return 0
 
 

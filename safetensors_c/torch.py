@@ -368,12 +368,9 @@ def _remove_duplicate_names(
         complete = {name for name in shared if _is_complete(state_dict[name])}
         if not complete:
             raise RuntimeError(
-                "Error while trying to find names to remove to save state dict, but found no "
-                f"suitable name to keep for saving amongst: {shared}. None is covering the entire "
-                "storage.Refusing to save/load the model since you could be storing much more "
-                "memory than needed. Please refer to "
-                "https://huggingface.co/docs/safetensors/torch_shared_tensors for more "
-                "information. Or open an issue."
+                f"these tensors share storage, but none of them covers all of it: {shared}; "
+                "refusing to save or load them, since the file could hold much more than the "
+                "model needs"
             )
         keep = sorted(complete)[0]
         kept_not_discarded = complete.difference(discard)
@@ -393,31 +390,30 @@ def _remove_duplicate_names(
 # MARK: saving
 
 def _evaluate_tensors_for_save(tensors) -> None:
-    """The reference's input checks, in its order and with its messages."""
+    """Input checks, in the reference's order and with its exception types."""
     if not isinstance(tensors, dict):
-        raise ValueError(f"Expected a dict of [str, torch.Tensor] but received {type(tensors)}")
+        raise ValueError(
+            f"tensors must be a dict of str to torch.Tensor, not {type(tensors).__name__}"
+        )
     sparse = []
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(
-                f"Key `{name}` is invalid, expected torch.Tensor but received {type(tensor)}"
+                f"tensor {name!r}: expected a torch.Tensor, not {type(tensor).__name__}"
             )
         if tensor.layout != torch.strided:
             sparse.append(name)
     if sparse:
         raise ValueError(
-            f"You are trying to save a sparse tensors: `{sparse}` which this library does not "
-            "support. You can make it a dense tensor before saving with `.to_dense()` but be "
-            "aware this might make a much larger file than needed."
+            f"sparse tensors cannot be stored: {sparse}; convert them with .to_dense() first "
+            "(the file may then be much larger)"
         )
     failing = [names for names in _find_shared_tensors(tensors) if len(names) > 1]
     if failing:
         raise RuntimeError(
-            f"""
-            Some tensors share memory, this will lead to duplicate memory on disk and potential differences when loading them again: {failing}.
-            A potential way to correctly save your model is to use `save_model`.
-            More information at https://huggingface.co/docs/safetensors/torch_shared_tensors
-            """
+            f"these tensors share memory, so they would be stored twice and load back as "
+            f"separate copies: {failing}; save the model with save_model(), which stores "
+            "shared weights once"
         )
 
 
@@ -544,8 +540,7 @@ def save_model(
         if isinstance(e, SafetensorError):
             raise
         raise ValueError(
-            str(e) + " Or use save_model(..., force_contiguous=True), read the docs for "
-            "potential caveats."
+            f"{e} (save_model(..., force_contiguous=True) makes every tensor contiguous first)"
         ) from None
 
 
@@ -572,14 +567,15 @@ def load_model(
             else:
                 missing.remove(name)
     if strict and (missing or unexpected):
-        missing_keys = ", ".join(f'"{k}"' for k in sorted(missing))
-        unexpected_keys = ", ".join(f'"{k}"' for k in sorted(unexpected))
-        error = f"Error(s) in loading state_dict for {model.__class__.__name__}:"
+        problems = []
         if missing:
-            error += f"\n    Missing key(s) in state_dict: {missing_keys}"
+            problems.append(f"missing from the file: {sorted(missing)}")
         if unexpected:
-            error += f"\n    Unexpected key(s) in state_dict: {unexpected_keys}"
-        raise RuntimeError(error)
+            problems.append(f"not in the model: {sorted(unexpected)}")
+        raise RuntimeError(
+            f"{filename}: the tensors do not match {model.__class__.__name__}'s state dict; "
+            + "; ".join(problems)
+        )
     return missing, unexpected
 
 

@@ -50,12 +50,14 @@ KNOWN_CORE_BUGS: dict[str, str] = {
 }
 
 
-def vector_params():
+def vector_params() -> list:
+    params = []
     for name in NAMES:
         marks = []
         if name in KNOWN_CORE_BUGS:
             marks.append(pytest.mark.xfail(reason=KNOWN_CORE_BUGS[name], strict=True))
-        yield pytest.param(name, marks=marks, id=name)
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
 
 
 def outcome(fn) -> str:

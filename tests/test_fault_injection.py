@@ -219,6 +219,25 @@ def test_file_size_limit_save_that_fits_succeeds(tmp_path):
     assert os.path.getsize(target) == helper_file_size()
 
 
-@pytest.mark.skip(reason="a tiny tmpfs (real ENOSPC) needs root to mount; RLIMIT_FSIZE covers the path")
-def test_disk_full_on_tiny_tmpfs():  # pragma: no cover
-    pass
+def test_disk_full_on_tiny_tmpfs(tmp_path):
+    """A real full disk: a 1 MiB tmpfs, where the new file cannot fit beside the old."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()[:200]}")
+    try:
+        target = mount_point / "model.safetensors"
+        safetensors_c.save_file({"old": np.arange(1000, dtype=np.int64)}, target)
+        before = target.read_bytes()
+        with pytest.raises(OSError) as info:
+            safetensors_c.save_file({"new": np.ones(1 << 18, np.float32)}, target)  # 1 MiB
+        assert info.value.errno == errno.ENOSPC
+        assert target.read_bytes() == before
+        assert sorted(p.name for p in mount_point.iterdir()) == ["model.safetensors"]
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)

@@ -95,17 +95,6 @@ def code_for_dtype(dtype: np.dtype) -> str | None:
     return _CODE_BY_KIND.get((dtype.kind, dtype.itemsize))
 
 
-def packed_numpy_shape(code: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The uint8 shape of a packed tensor (the rule the loader applies)."""
-    bits = PACKED_BITS[code]
-    if shape and (shape[-1] * bits) % 8 == 0:
-        return tuple(shape[:-1]) + (shape[-1] * bits // 8,)
-    count = 1
-    for d in shape:
-        count *= d
-    return ((count * bits) // 8,)
-
-
 class PackedArray(np.ndarray):
     """The raw bytes (``uint8``) of a packed sub-byte tensor: F4 or F6.
 

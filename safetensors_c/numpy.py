@@ -19,29 +19,40 @@ from ._open import open_file
 __all__ = ["save", "save_file", "load", "load_file"]
 
 
+def check_metadata(metadata) -> Optional[Dict[str, str]]:
+    """Metadata to save, checked (a dict of str to str, or None) and copied."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(
+            f"metadata must be a dict of str to str or None, not {type(metadata).__name__}"
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(
+                f"metadata must map str to str; got {type(key).__name__} -> "
+                f"{type(value).__name__} for key {key!r}"
+            )
+    return dict(metadata)
+
+
+def check_tensor_name(name) -> None:
+    """Raises unless ``name`` can name a tensor in a file."""
+    if not isinstance(name, str):
+        raise TypeError(f"tensor names must be str, not {type(name).__name__}: {name!r}")
+    if name == "__metadata__":
+        raise ValueError('"__metadata__" is reserved for metadata and cannot name a tensor')
+
+
 def _prepare(tensors: Mapping[str, np.ndarray], metadata: Optional[Dict[str, str]]):
     if not isinstance(tensors, Mapping):
         raise TypeError(
             f"tensors must be a dict of str to numpy.ndarray, not {type(tensors).__name__}"
         )
-    if metadata is not None:
-        if not isinstance(metadata, Mapping):
-            raise TypeError(
-                f"metadata must be a dict of str to str or None, not {type(metadata).__name__}"
-            )
-        for key, value in metadata.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise TypeError(
-                    f"metadata must map str to str; got {type(key).__name__} -> "
-                    f"{type(value).__name__} for key {key!r}"
-                )
-        metadata = dict(metadata)
+    metadata = check_metadata(metadata)
     names, codes, shapes, arrays = [], [], [], []
     for name, array in tensors.items():
-        if not isinstance(name, str):
-            raise TypeError(f"tensor names must be str, not {type(name).__name__}: {name!r}")
-        if name == "__metadata__":
-            raise ValueError('"__metadata__" is reserved for metadata and cannot name a tensor')
+        check_tensor_name(name)
         if not isinstance(array, np.ndarray):
             raise TypeError(
                 f"tensor {name!r}: expected a numpy.ndarray, not {type(array).__name__}"

@@ -31,6 +31,7 @@ import numpy as np
 from . import _core
 from ._core import SafetensorError
 from ._open import TensorSlice, safe_open
+from .numpy import check_metadata, check_tensor_name
 
 __all__ = [
     "save",
@@ -417,22 +418,6 @@ def _evaluate_tensors_for_save(tensors) -> None:
         )
 
 
-def _check_metadata(metadata) -> Optional[Dict[str, str]]:
-    if metadata is None:
-        return None
-    if not isinstance(metadata, Mapping):
-        raise TypeError(
-            f"metadata must be a dict of str to str or None, not {type(metadata).__name__}"
-        )
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(
-                f"metadata must map str to str; got {type(key).__name__} -> "
-                f"{type(value).__name__} for key {key!r}"
-            )
-    return dict(metadata)
-
-
 def _bytes_of(tensor: torch.Tensor) -> np.ndarray:
     """A flat uint8 NumPy view of a contiguous CPU tensor's bytes (no copy)."""
     if tensor.nelement() == 0:
@@ -446,21 +431,16 @@ def _bytes_of(tensor: torch.Tensor) -> np.ndarray:
 def _prepare(tensors, metadata):
     """names, codes, logical shapes, byte arrays and metadata for the core writer."""
     _evaluate_tensors_for_save(tensors)
-    metadata = _check_metadata(metadata)
+    metadata = check_metadata(metadata)
     names, codes, shapes, arrays = [], [], [], []
     for name, tensor in tensors.items():
         if not tensor.is_contiguous():
             raise ValueError(
-                f"You are trying to save a non contiguous tensor: `{name}` which is not allowed. "
-                "It either means you are trying to save tensors which are reference of each "
-                "other in which case it's recommended to save only the full tensors, and "
-                "reslice at load time, or simply call `.contiguous()` on your tensor to pack "
-                "it before saving."
+                f"tensor {name!r} is not contiguous; call .contiguous() on it before saving "
+                "(or, if it is a view of another tensor, save only the full tensor and slice "
+                "it after loading)"
             )
-        if not isinstance(name, str):
-            raise TypeError(f"tensor names must be str, not {type(name).__name__}: {name!r}")
-        if name == "__metadata__":
-            raise ValueError('"__metadata__" is reserved for metadata and cannot name a tensor')
+        check_tensor_name(name)
         code = _CODE_BY_TORCH.get(tensor.dtype)
         if code is None:
             raise SafetensorError(

@@ -88,25 +88,25 @@ int numpy_shape(module_state *st, const stc_tensor *t, npy_intp *dims) {
     return (int)nd;
 }
 
-static PyObject *logical_shape(const stc_tensor *t) {
-    PyObject *shape = PyTuple_New((Py_ssize_t)t->ndim);
-    if (!shape) return NULL;
-    for (size_t d = 0; d < t->ndim; d++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(t->shape[d]);
+PyObject *dims_tuple(const uint64_t *dims, size_t n) {
+    PyObject *tuple = PyTuple_New((Py_ssize_t)n);
+    if (!tuple) return NULL;
+    for (size_t d = 0; d < n; d++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(dims[d]);
         if (!v) {
-            Py_DECREF(shape);
+            Py_DECREF(tuple);
             return NULL;
         }
-        PyTuple_SET_ITEM(shape, (Py_ssize_t)d, v);
+        PyTuple_SET_ITEM(tuple, (Py_ssize_t)d, v);
     }
-    return shape;
+    return tuple;
 }
 
 /* Packed arrays go through the package's hook, which marks them with their
  * format dtype and logical shape so that saving them restores both. */
 static PyObject *wrap_if_packed(module_state *st, PyObject *array, const stc_tensor *t) {
     if (!array || !is_packed(t->dtype) || !st->wrap_packed) return array;
-    PyObject *shape = logical_shape(t);
+    PyObject *shape = dims_tuple(t->shape, t->ndim);
     if (!shape) {
         Py_DECREF(array);
         return NULL;

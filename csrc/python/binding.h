@@ -68,6 +68,9 @@ PyObject *tensor_to_array(module_state *st, file_object *owner, const stc_tensor
  * uint8 bytes; see array.c) and returns ndim, or -1 with an exception. */
 int numpy_shape(module_state *st, const stc_tensor *t, npy_intp *dims);
 
+/* A tuple of Python ints from n dimensions (new reference, or NULL). */
+PyObject *dims_tuple(const uint64_t *dims, size_t n);
+
 /* The NumPy dtype for a format dtype (borrowed reference), or NULL with an
  * exception set. */
 PyArray_Descr *descr_for(module_state *st, stc_dtype dtype);

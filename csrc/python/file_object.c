@@ -243,20 +243,6 @@ static PyObject *file_tensors(PyObject *self, PyObject *unused) {
     return dict;
 }
 
-static PyObject *dims_tuple(const uint64_t *dims, size_t n) {
-    PyObject *tuple = PyTuple_New((Py_ssize_t)n);
-    if (!tuple) return NULL;
-    for (size_t d = 0; d < n; d++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(dims[d]);
-        if (!v) {
-            Py_DECREF(tuple);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(tuple, (Py_ssize_t)d, v);
-    }
-    return tuple;
-}
-
 static PyObject *file_info(PyObject *self, PyObject *name) {
     module_state *st = state_of_self(self);
     file_object *f = (file_object *)self;

@@ -120,6 +120,17 @@ static int fill_metadata(save_inputs *in, PyObject *metadata) {
     return 0;
 }
 
+/* Checks that array i holds exactly the bytes the plan gives it. */
+static int check_nbytes(module_state *st, save_inputs *in, Py_ssize_t i, PyArrayObject *array,
+                        uint64_t nbytes) {
+    if ((uint64_t)PyArray_NBYTES(array) == nbytes) return 0;
+    PyErr_Format(st->safetensor_error,
+                 "tensor %R: the array holds %zd bytes but its dtype and shape need %llu",
+                 PyTuple_GET_ITEM(in->names, i), PyArray_NBYTES(array),
+                 (unsigned long long)nbytes);
+    return -1;
+}
+
 /* The bytes of array i in C order: its own buffer when it is C-contiguous
  * and exactly the planned size, else a fresh C-ordered copy (*copy). */
 static const void *array_bytes(module_state *st, save_inputs *in, Py_ssize_t i, uint64_t nbytes,
@@ -131,12 +142,8 @@ static const void *array_bytes(module_state *st, save_inputs *in, Py_ssize_t i, 
         if (!*copy) return NULL;
         array = (PyArrayObject *)*copy;
     }
-    if ((uint64_t)PyArray_NBYTES(array) != nbytes) {
+    if (check_nbytes(st, in, i, array, nbytes) < 0) {
         Py_CLEAR(*copy);
-        PyErr_Format(st->safetensor_error,
-                     "tensor %R: the array holds %zd bytes but its dtype and shape need %llu",
-                     PyTuple_GET_ITEM(in->names, i), PyArray_NBYTES(array),
-                     (unsigned long long)nbytes);
         return NULL;
     }
     return PyArray_DATA(array);
@@ -199,12 +206,8 @@ static PyObject *write_bytes(module_state *st, save_inputs *in, stc_plan *plan) 
         size_t k = stc_plan_order(plan, (size_t)i);
         uint64_t nbytes = stc_plan_nbytes(plan, k);
         PyArrayObject *array = (PyArrayObject *)PyTuple_GET_ITEM(in->arrays, (Py_ssize_t)k);
-        if ((uint64_t)PyArray_NBYTES(array) != nbytes) {
+        if (check_nbytes(st, in, (Py_ssize_t)k, array, nbytes) < 0) {
             Py_DECREF(result);
-            PyErr_Format(st->safetensor_error,
-                         "tensor %R: the array holds %zd bytes but its dtype and shape need %llu",
-                         PyTuple_GET_ITEM(in->names, (Py_ssize_t)k), PyArray_NBYTES(array),
-                         (unsigned long long)nbytes);
             return NULL;
         }
         if (PyArray_IS_C_CONTIGUOUS(array)) {

@@ -211,45 +211,135 @@ static stc_status map_file(stc_file *f, stc_error *error) {
     return STC_OK;
 }
 
-stc_status stc_open(const char *path, const stc_open_options *options, stc_file **out,
-                    stc_error *error) {
-    const stc_allocator *a = stc__allocator_or_default(options ? options->allocator : NULL);
-    stc_status st;
-    stc_file *f = new_file(a);
-    if (!f) return out_of_memory(error);
-    f->backend = options ? options->backend : STC_BACKEND_MMAP;
-    if (f->backend != STC_BACKEND_MMAP && f->backend != STC_BACKEND_PREAD) {
-        st = stc__fail(error, STC_ERR_INVALID_ARGUMENT, "unknown backend", STC_NO_OFFSET, NULL,
-                       0);
-        goto fail;
-    }
+/* Names what a non-regular file is, for the error message. */
+static const char *kind_of(mode_t mode) {
+    if (S_ISFIFO(mode)) return "this is a FIFO (named pipe), not a regular file; refusing to wait on it";
+    if (S_ISCHR(mode)) return "this is a character device, not a regular file";
+    if (S_ISBLK(mode)) return "this is a block device, not a regular file";
+    if (S_ISSOCK(mode)) return "this is a socket, not a regular file";
+    return "this is not a regular file";
+}
 
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0) {
-        st = stc__fail_errno(error, "cannot open the file", errno);
-        goto fail;
-    }
+/* Everything after the descriptor exists: check that it is a regular file
+ * (what was checked is what is read: the same descriptor), read and validate
+ * the header, then map. */
+static stc_status open_descriptor(stc_file *f, const stc_open_options *options,
+                                  stc_error *error) {
     struct stat sb;
-    if (fstat(f->fd, &sb) != 0) {
-        st = stc__fail_errno(error, "cannot stat the file", errno);
-        goto fail;
-    }
-    if (S_ISDIR(sb.st_mode)) {
-        st = stc__fail_errno(error, "is a directory", EISDIR);
-        goto fail;
-    }
+    if (fstat(f->fd, &sb) != 0) return stc__fail_errno(error, "cannot stat the file", errno);
+    if (S_ISDIR(sb.st_mode)) return stc__fail_errno(error, "is a directory", EISDIR);
+    if (!S_ISREG(sb.st_mode))
+        return stc__fail(error, STC_ERR_NOT_REGULAR_FILE, kind_of(sb.st_mode), STC_NO_OFFSET,
+                         NULL, 0);
     f->file_size = (uint64_t)sb.st_size;
 
     uint8_t head[64];
     size_t head_len = 0;
     int err = pread_full(f->fd, head, sizeof head, 0, &head_len);
-    if (err) {
-        st = stc__fail_errno(error, "cannot read the file", err);
+    if (err) return stc__fail_errno(error, "cannot read the file", err);
+    uint64_t size_seen = head_len < sizeof head ? head_len : f->file_size;
+    stc_status st = open_header(f, head, head_len, size_seen, options, error);
+    if (st != STC_OK) return st;
+    if (f->backend == STC_BACKEND_MMAP && (st = map_file(f, error)) != STC_OK) return st;
+    assert_consistent(f);
+    return STC_OK;
+}
+
+static stc_status new_file_for(const stc_open_options *options, stc_file **out,
+                               stc_error *error) {
+    const stc_allocator *a = stc__allocator_or_default(options ? options->allocator : NULL);
+    stc_file *f = new_file(a);
+    if (!f) return out_of_memory(error);
+    f->backend = options ? options->backend : STC_BACKEND_MMAP;
+    if (f->backend != STC_BACKEND_MMAP && f->backend != STC_BACKEND_PREAD) {
+        stc_close(f);
+        return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "unknown backend", STC_NO_OFFSET,
+                         NULL, 0);
+    }
+    *out = f;
+    return STC_OK;
+}
+
+stc_status stc_open(const char *path, const stc_open_options *options, stc_file **out,
+                    stc_error *error) {
+    stc_file *f = NULL;
+    stc_status st = new_file_for(options, &f, error);
+    if (st != STC_OK) return st;
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+     * writer forever. It changes nothing for regular files. */
+    f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (f->fd < 0) {
+        st = stc__fail_errno(error, "cannot open the file", errno);
         goto fail;
     }
-    uint64_t size_seen = head_len < sizeof head ? head_len : f->file_size;
-    if ((st = open_header(f, head, head_len, size_seen, options, error)) != STC_OK) goto fail;
-    if (f->backend == STC_BACKEND_MMAP && (st = map_file(f, error)) != STC_OK) goto fail;
+    if ((st = open_descriptor(f, options, error)) != STC_OK) goto fail;
+    *out = f;
+    return STC_OK;
+fail:
+    stc_close(f);
+    return st;
+}
+
+stc_status stc_open_fd(int fd, const stc_open_options *options, stc_file **out,
+                       stc_error *error) {
+    stc_file *f = NULL;
+    stc_status st = new_file_for(options, &f, error);
+    if (st != STC_OK) return st;
+    f->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (f->fd < 0) {
+        st = stc__fail_errno(error, "cannot use the file descriptor", errno);
+        goto fail;
+    }
+    if ((st = open_descriptor(f, options, error)) != STC_OK) goto fail;
+    *out = f;
+    return STC_OK;
+fail:
+    stc_close(f);
+    return st;
+}
+
+stc_status stc_header_length(const void *head, size_t head_len, uint64_t file_size,
+                             const stc_open_options *options, uint64_t *header_len,
+                             stc_error *error) {
+    if (head_len > file_size || (head_len < 8 && head_len < file_size))
+        return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
+                         "give the first 8 bytes of the file (all of it if shorter)",
+                         STC_NO_OFFSET, NULL, 0);
+    size_t seen = head_len < 64 ? head_len : 64;
+    return check_prefix(head, seen, file_size, max_header_of(options), header_len, error);
+}
+
+stc_status stc_open_header(const void *head, size_t head_len, uint64_t file_size,
+                           const stc_open_options *options, stc_file **out,
+                           stc_error *error) {
+    uint64_t header_len = 0;
+    stc_status st = stc_header_length(head, head_len, file_size, options, &header_len, error);
+    if (st != STC_OK) return st;
+    if (head_len - 8 < header_len)
+        return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
+                         "the bytes given end before the header does", STC_NO_OFFSET, NULL, 0);
+    const stc_allocator *a = stc__allocator_or_default(options ? options->allocator : NULL);
+    stc_file *f = new_file(a);
+    if (!f) return out_of_memory(error);
+    f->backend = STC_BACKEND_PREAD;
+    f->file_size = file_size;
+    f->data_start = 8 + header_len;
+    if (header_len > SIZE_MAX - 1) {
+        st = out_of_memory(error);
+        goto fail;
+    }
+    f->header_text = stc__malloc(a, (size_t)header_len + 1);
+    if (!f->header_text) {
+        st = out_of_memory(error);
+        goto fail;
+    }
+    /* A header-only file has neither a descriptor nor a base: point base at
+     * the caller's bytes only while loading the text. */
+    f->base = (uint8_t *)(uintptr_t)head;
+    st = load_header_text(f, header_len, error);
+    if (st == STC_OK) st = parse_and_validate(f, header_len, error);
+    f->base = NULL;
+    if (st != STC_OK) goto fail;
     assert_consistent(f);
     *out = f;
     return STC_OK;
@@ -352,8 +442,15 @@ stc_status stc_check_unchanged(const stc_file *f, stc_error *error) {
 
 static uint64_t data_len(const stc_file *f) { return f->file_size - f->data_start; }
 
+static stc_status no_data(stc_error *error) {
+    return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
+                     "this file was opened from its header alone and holds no tensor data",
+                     STC_NO_OFFSET, NULL, 0);
+}
+
 stc_status stc_read(const stc_file *f, uint64_t offset, size_t len, void *dst,
                     stc_error *error) {
+    if (!f->base && f->fd < 0) return no_data(error);
     if (offset > data_len(f) || len > data_len(f) - offset)
         return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
                          "read range is outside the data section", STC_NO_OFFSET, NULL, 0);
@@ -401,9 +498,12 @@ static bool view_bounds(uint64_t offset, size_t ndim, const uint64_t *shape,
     return true;
 }
 
-stc_status stc_read_strided(const stc_file *f, uint64_t offset, size_t ndim,
-                            const uint64_t *shape, const int64_t *strides, size_t itemsize,
-                            void *dst, stc_error *error) {
+/* The strided gather over the window [base, base + limit) of the data
+ * section; offset is relative to base. */
+static stc_status read_strided(const stc_file *f, uint64_t base, uint64_t limit,
+                               uint64_t offset, size_t ndim, const uint64_t *shape,
+                               const int64_t *strides, size_t itemsize, void *dst,
+                               stc_error *error) {
     /* Dimensions of size 1 move nothing: drop them, keeping at most
      * STC_MAX_STRIDED_DIMS others (which needs no allocation). */
     uint64_t dims[STC_MAX_STRIDED_DIMS];
@@ -427,15 +527,18 @@ stc_status stc_read_strided(const stc_file *f, uint64_t offset, size_t ndim,
         !stc__mul_u64(out_size, itemsize, &out_size) || out_size > SIZE_MAX)
         return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "strided view is too large",
                          STC_NO_OFFSET, NULL, 0);
-    if (itemsize == 0 || !view_bounds(offset, n, dims, steps, itemsize, data_len(f), &k, &run))
+    if (itemsize == 0 || !view_bounds(offset, n, dims, steps, itemsize, limit, &k, &run))
         return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
-                         "strided view is outside the data section", STC_NO_OFFSET, NULL, 0);
+                         base == 0 && limit == data_len(f)
+                             ? "strided view is outside the data section"
+                             : "strided view is outside the tensor",
+                         STC_NO_OFFSET, NULL, 0);
     /* Walk the outer k dimensions like an odometer, one read per run. */
     uint64_t index[STC_MAX_STRIDED_DIMS] = {0};
     uint8_t *out = dst;
     uint64_t at = offset;
     for (;;) {
-        stc_status st = stc_read(f, at, (size_t)run, out, error);
+        stc_status st = stc_read(f, base + at, (size_t)run, out, error);
         if (st != STC_OK) return st;
         out += run;
         size_t d = k;
@@ -451,4 +554,17 @@ stc_status stc_read_strided(const stc_file *f, uint64_t offset, size_t ndim,
         }
         if (k == 0) return STC_OK;
     }
+}
+
+stc_status stc_read_strided(const stc_file *f, uint64_t offset, size_t ndim,
+                            const uint64_t *shape, const int64_t *strides, size_t itemsize,
+                            void *dst, stc_error *error) {
+    return read_strided(f, 0, data_len(f), offset, ndim, shape, strides, itemsize, dst, error);
+}
+
+stc_status stc_read_tensor_strided(const stc_file *f, const stc_tensor *t, uint64_t offset,
+                                   size_t ndim, const uint64_t *shape, const int64_t *strides,
+                                   size_t itemsize, void *dst, stc_error *error) {
+    return read_strided(f, t->begin, t->nbytes, offset, ndim, shape, strides, itemsize, dst,
+                        error);
 }

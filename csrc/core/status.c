@@ -32,6 +32,8 @@ static const struct {
     [STC_ERR_TRAILING_DATA] = {"STC_ERR_TRAILING_DATA", "unexpected bytes after the last tensor"},
     [STC_ERR_FILE_CHANGED] = {"STC_ERR_FILE_CHANGED", "file changed on disk since it was opened"},
     [STC_ERR_INVALID_ARGUMENT] = {"STC_ERR_INVALID_ARGUMENT", "invalid argument"},
+    [STC_ERR_NOT_REGULAR_FILE] = {"STC_ERR_NOT_REGULAR_FILE",
+                                  "not a regular file (a FIFO, device or socket)"},
 };
 
 const char *stc_status_name(stc_status status) {

@@ -81,6 +81,7 @@ typedef enum stc_status {
     STC_ERR_TRAILING_DATA,    /* bytes follow the last tensor */
     STC_ERR_FILE_CHANGED,     /* the file shrank since it was opened */
     STC_ERR_INVALID_ARGUMENT, /* the caller passed something invalid */
+    STC_ERR_NOT_REGULAR_FILE, /* a FIFO, device, socket: never read, never waited on */
     STC_STATUS_COUNT
 } stc_status;
 
@@ -221,6 +222,34 @@ typedef struct stc_file stc_file;
 stc_status stc_open(const char *path, const stc_open_options *options,
                     stc_file **out, stc_error *error);
 
+/* stc_open on an open descriptor (e.g. a Python file object's fileno()).
+ * The descriptor is duplicated, so the caller keeps and closes its own; its
+ * file position is neither used nor changed (all reads are pread). It must
+ * refer to a regular file, as for stc_open. */
+stc_status stc_open_fd(int fd, const stc_open_options *options, stc_file **out,
+                       stc_error *error);
+
+/* For sources that are neither a path nor a descriptor (file objects,
+ * remote storage): the caller reads the first bytes itself.
+ *
+ * stc_header_length checks the 8-byte prefix of a file of file_size bytes
+ * (head holds its first head_len >= 8 bytes; up to 64 help name a foreign
+ * format) against options->max_header_size and the size, and gives N: the
+ * caller then needs head to hold 8 + N bytes. Same errors as stc_open.
+ *
+ * stc_open_header parses and fully validates the header in head (the first
+ * head_len >= 8 + N bytes of the file, copied, not borrowed) for a file of
+ * file_size bytes. The result knows every tensor but holds no data:
+ * stc_data is NULL and stc_read/stc_read_strided fail with
+ * STC_ERR_INVALID_ARGUMENT; the caller reads tensor bytes from its source at
+ * stc_data_start + begin. options->backend is ignored. */
+stc_status stc_header_length(const void *head, size_t head_len, uint64_t file_size,
+                             const stc_open_options *options, uint64_t *header_len,
+                             stc_error *error);
+stc_status stc_open_header(const void *head, size_t head_len, uint64_t file_size,
+                           const stc_open_options *options, stc_file **out,
+                           stc_error *error);
+
 /* Parses and validates a whole file image held in memory. The bytes are
  * borrowed, not copied: they must outlive the stc_file and stay unchanged.
  * options->backend is ignored (tensors are views into data); the views are
@@ -294,6 +323,15 @@ stc_status stc_read(const stc_file *file, uint64_t offset, size_t len, void *dst
 stc_status stc_read_strided(const stc_file *file, uint64_t offset, size_t ndim,
                             const uint64_t *shape, const int64_t *strides,
                             size_t itemsize, void *dst, stc_error *error);
+
+/* stc_read_strided confined to one tensor: offset is relative to the
+ * tensor's first byte, and every byte the view touches must lie inside that
+ * tensor (else STC_ERR_INVALID_ARGUMENT), so a view can never reach a
+ * neighbour's bytes. */
+stc_status stc_read_tensor_strided(const stc_file *file, const stc_tensor *tensor,
+                                   uint64_t offset, size_t ndim, const uint64_t *shape,
+                                   const int64_t *strides, size_t itemsize, void *dst,
+                                   stc_error *error);
 
 /* MARK: - Writing */
 

@@ -218,8 +218,8 @@ PyObject *read_view_to_array(module_state *st, file_object *owner, const stc_ten
     }
     /* Without the GIL: reads into an array no other thread can see yet. */
     Py_BEGIN_ALLOW_THREADS
-    status = stc_read_strided(owner->file, t->begin + offset, (size_t)nd, ushape, ustrides,
-                              itemsize, dst, &error);
+    status = stc_read_tensor_strided(owner->file, t, offset, (size_t)nd, ushape, ustrides,
+                                     itemsize, dst, &error);
     Py_END_ALLOW_THREADS
     if (status != STC_OK) {
         Py_DECREF(array);

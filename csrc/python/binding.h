@@ -57,6 +57,16 @@ PyObject *open_path(PyObject *module, PyObject *args, PyObject *kwargs);
 /* open_buffer(data, max_header_size=0) -> _File (zero-copy over data) */
 PyObject *open_buffer(PyObject *module, PyObject *args, PyObject *kwargs);
 
+/* open_fd(fd, backend="mmap", max_header_size=0, name=None): a file opened
+ * from a descriptor, which the core duplicates. */
+PyObject *open_fd(PyObject *module, PyObject *args, PyObject *kwargs);
+
+/* header_length(head, file_size, max_header_size=0, name=None) -> N, and
+ * open_header(head, file_size, ...) -> a _File that knows every tensor but
+ * holds no data: for sources the Python layer reads itself. */
+PyObject *header_length(PyObject *module, PyObject *args, PyObject *kwargs);
+PyObject *open_header(PyObject *module, PyObject *args, PyObject *kwargs);
+
 /* MARK: - Arrays (array.c) */
 
 /* The one array factory: a NumPy array for tensor t of file `owner`. A view

@@ -120,6 +120,98 @@ PyObject *open_buffer(PyObject *module, PyObject *args, PyObject *kwargs) {
     return (PyObject *)f;
 }
 
+PyObject *open_fd(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"fd", "backend", "max_header_size", "name", NULL};
+    module_state *st = state_of_module(module);
+    int fd;
+    PyObject *backend = NULL, *name = Py_None;
+    unsigned long long max_header = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "i|OKO:open_fd", keywords, &fd, &backend,
+                                     &max_header, &name))
+        return NULL;
+    if (name != Py_None && !PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "name must be a str or None");
+        return NULL;
+    }
+    stc_open_options options = {.max_header_size = max_header};
+    if (parse_backend(backend, &options.backend) < 0) return NULL;
+    file_object *f = (file_object *)new_file_object(st);
+    if (!f) return NULL;
+    f->filename = name == Py_None ? NULL : Py_NewRef(name);
+    stc_error error;
+    stc_status status;
+    stc_file *file = NULL;
+    /* Without the GIL: the core duplicates fd and touches only C memory. */
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_open_fd(fd, &options, &file, &error);
+    Py_END_ALLOW_THREADS
+    if (status != STC_OK) {
+        raise_core_error(st, &error, f->filename);
+        Py_DECREF(f);
+        return NULL;
+    }
+    f->file = file;
+    return (PyObject *)f;
+}
+
+PyObject *header_length(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"head", "file_size", "max_header_size", "name", NULL};
+    module_state *st = state_of_module(module);
+    Py_buffer head;
+    unsigned long long file_size, max_header = 0;
+    PyObject *name = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*K|KO:header_length", keywords, &head,
+                                     &file_size, &max_header, &name))
+        return NULL;
+    stc_open_options options = {.max_header_size = max_header};
+    stc_error error;
+    uint64_t n = 0;
+    stc_status status = stc_header_length(head.buf, (size_t)head.len, file_size, &options, &n,
+                                          &error);
+    PyBuffer_Release(&head);
+    if (status != STC_OK)
+        return raise_core_error(st, &error, name == Py_None ? NULL : name);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
+PyObject *open_header(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"head", "file_size", "max_header_size", "name", NULL};
+    module_state *st = state_of_module(module);
+    Py_buffer head;
+    unsigned long long file_size, max_header = 0;
+    PyObject *name = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*K|KO:open_header", keywords, &head,
+                                     &file_size, &max_header, &name))
+        return NULL;
+    if (name != Py_None && !PyUnicode_Check(name)) {
+        PyBuffer_Release(&head);
+        PyErr_SetString(PyExc_TypeError, "name must be a str or None");
+        return NULL;
+    }
+    file_object *f = (file_object *)new_file_object(st);
+    if (!f) {
+        PyBuffer_Release(&head);
+        return NULL;
+    }
+    f->filename = name == Py_None ? NULL : Py_NewRef(name);
+    stc_open_options options = {.max_header_size = max_header};
+    stc_error error;
+    stc_status status;
+    stc_file *file = NULL;
+    /* Without the GIL: the buffer export keeps the bytes alive; the core copies them. */
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_open_header(head.buf, (size_t)head.len, file_size, &options, &file, &error);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&head);
+    if (status != STC_OK) {
+        raise_core_error(st, &error, f->filename);
+        Py_DECREF(f);
+        return NULL;
+    }
+    f->file = file;
+    return (PyObject *)f;
+}
+
 /* MARK: - Lookups */
 
 /* The tensor called `name` (a str), or NULL with SafetensorError/TypeError. */

@@ -51,6 +51,17 @@ static PyMethodDef core_functions[] = {
     {"open_buffer", (PyCFunction)(void (*)(void))open_buffer, METH_VARARGS | METH_KEYWORDS,
      "open_buffer(data, max_header_size=0)\n--\n\n"
      "Validates a whole file image held in a bytes-like object, without copying it."},
+    {"open_fd", (PyCFunction)(void (*)(void))open_fd, METH_VARARGS | METH_KEYWORDS,
+     "open_fd(fd, backend='mmap', max_header_size=0, name=None)\n--\n\n"
+     "Opens and fully validates the regular file behind a descriptor (duplicated)."},
+    {"header_length", (PyCFunction)(void (*)(void))header_length,
+     METH_VARARGS | METH_KEYWORDS,
+     "header_length(head, file_size, max_header_size=0, name=None)\n--\n\n"
+     "Checks a file's first bytes and returns its header length N."},
+    {"open_header", (PyCFunction)(void (*)(void))open_header, METH_VARARGS | METH_KEYWORDS,
+     "open_header(head, file_size, max_header_size=0, name=None)\n--\n\n"
+     "Validates a header (the file's first 8 + N bytes) for a file of file_size bytes; "
+     "the result holds no tensor data."},
     {"save", save_tensors, METH_VARARGS,
      "save(names, codes, shapes, arrays, metadata, path)\n--\n\n"
      "Writes a file atomically (path) or returns its bytes (path None)."},

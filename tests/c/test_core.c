@@ -33,6 +33,7 @@ static const char *const k_status_names[STC_STATUS_COUNT] = {
     "STC_ERR_TRAILING_DATA",
     "STC_ERR_FILE_CHANGED",
     "STC_ERR_INVALID_ARGUMENT",
+    "STC_ERR_NOT_REGULAR_FILE",
 };
 
 static void test_status_names_and_messages(void) {

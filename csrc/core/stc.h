@@ -333,6 +333,50 @@ stc_status stc_read_tensor_strided(const stc_file *file, const stc_tensor *tenso
                                    const int64_t *strides, size_t itemsize, void *dst,
                                    stc_error *error);
 
+/* MARK: - Reading into caller buffers (read_into.c) */
+
+/* Copies len bytes of `tensor`, starting byte_offset bytes into it, to dst:
+ * memcpy from the mapping or image, pread (retrying EINTR and short reads)
+ * for STC_BACKEND_PREAD. tensor must be one of file's own tensors (as
+ * returned by its lookups) and the range must lie inside it: a range that
+ * reaches past the tensor's last byte fails with STC_ERR_INVALID_ARGUMENT
+ * and copies nothing, so a neighbour's bytes are never read. dst must hold
+ * len bytes; it may be NULL when len is 0. STC_ERR_FILE_CHANGED if the file
+ * ends early (pread). For a mapped file the caller checks
+ * stc_check_unchanged first, as touching lost pages raises SIGBUS. Needs no
+ * allocation; safe to call from many threads on one file, for ranges of one
+ * tensor or of different tensors, which is how large tensors are split. */
+stc_status stc_read_tensor_into(const stc_file *file, const stc_tensor *tensor,
+                                uint64_t byte_offset, size_t len, void *dst,
+                                stc_error *error);
+
+/* The same for STC_BACKEND_PREAD, reading the aligned middle of the range
+ * through direct_fd: a descriptor of the same file opened by the caller
+ * with O_DIRECT (the caller vouches it is the same file; a descriptor of a
+ * file of another size is refused with STC_ERR_INVALID_ARGUMENT). align is
+ * the file system's direct I/O alignment (a power of two, e.g. 4096). Bytes
+ * move from the device straight into dst, bypassing the page cache, for the
+ * whole blocks where dst + k and the file offset are both multiples of
+ * align; the unaligned head and tail, every byte when the two are not
+ * congruent modulo align, and the rest after a file system refuses the
+ * direct read (EINVAL) go through the ordinary path. A mapped file, or
+ * direct_fd < 0, always takes the ordinary path. *direct_bytes (when not
+ * NULL) tells how many bytes were read directly. */
+stc_status stc_read_tensor_direct(const stc_file *file, const stc_tensor *tensor,
+                                  uint64_t byte_offset, size_t len, void *dst, int direct_fd,
+                                  size_t align, size_t *direct_bytes, stc_error *error);
+
+/* Asks the system to bring the range of `tensor` (bounded as above) into
+ * memory now. For a mapped file with populate set, the pages are faulted in
+ * before returning (MADV_POPULATE_READ where the kernel has it), so a thread
+ * can pay for the I/O ahead of the code that reads the tensor; otherwise
+ * read-ahead is started (MADV_WILLNEED) and the call returns at once. A
+ * no-op for the pread backend and for memory images. Advice the kernel
+ * refuses is ignored: only a bad range is an error. */
+stc_status stc_prefetch_tensor(const stc_file *file, const stc_tensor *tensor,
+                               uint64_t byte_offset, size_t len, int populate,
+                               stc_error *error);
+
 /* MARK: - Writing */
 
 /* One tensor to write. The shape is the logical shape (F4 counts 4-bit

@@ -409,6 +409,98 @@ static PyObject *get_file_size(PyObject *self, void *closure) {
     return PyLong_FromUnsignedLongLong(stc_file_size(((file_object *)self)->file));
 }
 
+/* MARK: - Reading into caller buffers */
+
+static PyObject *file_read_into(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"name", "buffer", "byte_offset", "direct_fd", "align", NULL};
+    module_state *st = state_of_self(self);
+    file_object *f = (file_object *)self;
+    PyObject *name, *buffer;
+    unsigned long long byte_offset = 0;
+    int direct_fd = -1;
+    Py_ssize_t align = 4096;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|K$in:read_into", keywords, &name, &buffer,
+                                     &byte_offset, &direct_fd, &align))
+        return NULL;
+    const stc_tensor *t = lookup(st, f, name);
+    if (!t) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    size_t len = (size_t)view.len;
+    if (byte_offset > t->nbytes || len > t->nbytes - byte_offset) {
+        PyErr_Format(st->safetensor_error,
+                     "tensor %R holds %llu bytes: %zu bytes from byte %llu reach past its end",
+                     name, (unsigned long long)t->nbytes, len, byte_offset);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (align <= 0 || (align & (align - 1)) != 0) {
+        PyErr_Format(PyExc_ValueError, "align must be a power of two, not %zd", align);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (check_unchanged(st, f) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    stc_error error;
+    stc_status status;
+    size_t direct_bytes = 0;
+    void *dst = view.buf;
+    /* Without the GIL: the copy or read touches only the file's C state
+     * (immutable after opening, and kept alive by the reference the call
+     * holds on self) and the caller's memory, pinned by the buffer export
+     * until PyBuffer_Release below. Other threads may read other ranges,
+     * of this tensor or others, at the same time. */
+    Py_BEGIN_ALLOW_THREADS
+    if (direct_fd >= 0)
+        status = stc_read_tensor_direct(f->file, t, byte_offset, len, dst, direct_fd,
+                                        (size_t)align, &direct_bytes, &error);
+    else
+        status = stc_read_tensor_into(f->file, t, byte_offset, len, dst, &error);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (status != STC_OK) return raise_core_error(st, &error, f->filename);
+    return PyLong_FromSize_t(direct_bytes);
+}
+
+static PyObject *file_prefetch(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"name", "byte_offset", "length", "populate", NULL};
+    module_state *st = state_of_self(self);
+    file_object *f = (file_object *)self;
+    PyObject *name, *length = Py_None;
+    unsigned long long byte_offset = 0;
+    int populate = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|KO$p:prefetch", keywords, &name,
+                                     &byte_offset, &length, &populate))
+        return NULL;
+    const stc_tensor *t = lookup(st, f, name);
+    if (!t) return NULL;
+    unsigned long long len;
+    if (length == Py_None) {
+        len = byte_offset <= t->nbytes ? t->nbytes - byte_offset : 0;
+    } else {
+        len = PyLong_AsUnsignedLongLong(length);
+        if (PyErr_Occurred()) return NULL;
+    }
+    if (byte_offset > t->nbytes || len > t->nbytes - byte_offset) {
+        PyErr_Format(st->safetensor_error,
+                     "tensor %R holds %llu bytes: %llu bytes from byte %llu reach past its end",
+                     name, (unsigned long long)t->nbytes, len, byte_offset);
+        return NULL;
+    }
+    if (check_unchanged(st, f) < 0) return NULL;
+    stc_error error;
+    stc_status status;
+    /* Without the GIL: madvise on the file's own mapping; populating it
+     * blocks on the storage, which is the point of calling it in a worker. */
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_prefetch_tensor(f->file, t, byte_offset, (size_t)len, populate, &error);
+    Py_END_ALLOW_THREADS
+    if (status != STC_OK) return raise_core_error(st, &error, f->filename);
+    Py_RETURN_NONE;
+}
+
 /* MARK: - Type */
 
 static void file_dealloc(PyObject *self) {
@@ -438,6 +530,16 @@ static PyMethodDef file_methods[] = {
      "read_view($self, name, offset, shape, strides, /)\n--\n\n"
      "Gathers a strided view of a tensor (byte offset and strides relative to the tensor) "
      "into a new array."},
+    {"read_into", (PyCFunction)(void (*)(void))file_read_into, METH_VARARGS | METH_KEYWORDS,
+     "read_into($self, name, buffer, byte_offset=0, *, direct_fd=-1, align=4096)\n--\n\n"
+     "Copies len(buffer) bytes of a tensor, from byte_offset on, into a writable C-contiguous "
+     "buffer, without the GIL. With direct_fd (a descriptor of this file opened with O_DIRECT; "
+     "pread backend only) aligned blocks bypass the page cache. Returns how many bytes were "
+     "read with O_DIRECT."},
+    {"prefetch", (PyCFunction)(void (*)(void))file_prefetch, METH_VARARGS | METH_KEYWORDS,
+     "prefetch($self, name, byte_offset=0, length=None, *, populate=True)\n--\n\n"
+     "Brings a mapped tensor's pages (or a range of them) into memory now: faults them in "
+     "with populate, else starts read-ahead. Does nothing without a mapping."},
     {NULL, NULL, 0, NULL},
 };
 

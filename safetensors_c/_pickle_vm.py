@@ -33,6 +33,7 @@ import numpy as np
 __all__ = [
     "ALLOWED_GLOBALS",
     "ConversionError",
+    "OrderedDictData",
     "UnsafePickleError",
     "Machine",
     "Opaque",
@@ -92,6 +93,23 @@ class StorageType(_Marker):
 
 class TorchDtype(_Marker):
     """``torch.float32`` and friends."""
+
+
+class OrderedDictData(dict):
+    """A ``collections.OrderedDict`` rebuilt as data: a plain dict (insertion
+    order is a dict's order) plus the one attribute pickles of
+    ``Module.state_dict()`` restore on it with BUILD.
+
+    ``state_metadata`` is ``None``, or the ``_metadata`` attribute's value as
+    plain data (dicts, lists, tuples, strings, numbers, booleans, None): the
+    per-module ``{"version": N}`` records that ``load_state_dict`` reads.
+    """
+
+    __slots__ = ("state_metadata",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state_metadata: Any = None
 
 
 @dataclass
@@ -255,10 +273,64 @@ def _empty_bytes(*args: Any) -> bytes:
     return b""
 
 
-def _ordered_dict(*args: Any) -> dict:
+def _ordered_dict(*args: Any) -> OrderedDictData:
     if args and args != ([],):
         raise ConversionError("collections.OrderedDict is only accepted empty (items follow)")
-    return {}
+    return OrderedDictData()
+
+
+#: The attribute a ``state_dict()`` OrderedDict carries; the only BUILD state accepted.
+STATE_METADATA_ATTRIBUTE = "_metadata"
+_PLAIN_DEPTH = 32
+_PLAIN_NODES = 1_000_000
+
+
+def _check_plain_data(value: Any, what: str) -> None:
+    """Refuses anything but nested dicts/lists/tuples of str, int, float, bool, None."""
+    pending = [(value, 0)]
+    nodes = 0
+    while pending:
+        item, depth = pending.pop()
+        nodes += 1
+        if nodes > _PLAIN_NODES:
+            raise ConversionError(f"{what} holds more than {_PLAIN_NODES} values")
+        if depth > _PLAIN_DEPTH:
+            raise ConversionError(f"{what} nests deeper than {_PLAIN_DEPTH} levels (a cycle?)")
+        if item is None or isinstance(item, (str, int, float, bool)):
+            continue
+        if type(item) in (dict, OrderedDictData):
+            if isinstance(item, OrderedDictData) and item.state_metadata is not None:
+                raise ConversionError(f"{what} holds an OrderedDict with attributes")
+            for key, sub in item.items():
+                if key is not None and not isinstance(key, (str, int, float, bool)):
+                    raise ConversionError(f"{what} has a key of type {type(key).__name__}")
+                pending.append((sub, depth + 1))
+            continue
+        if type(item) in (list, tuple):
+            pending.extend((sub, depth + 1) for sub in item)
+            continue
+        raise ConversionError(
+            f"{what} must be plain data (dicts, lists, strings, numbers), "
+            f"not {type(item).__name__}"
+        )
+
+
+def _build_ordered_dict(target: OrderedDictData, state: Any) -> None:
+    # What pickle's BUILD would do here is setattr(target, key, value) for each
+    # key of a dict state (OrderedDict has no __setstate__). Only a state_dict's
+    # `_metadata` of plain data is accepted, and it is recorded, not set.
+    if type(state) is not dict or set(state) != {STATE_METADATA_ATTRIBUTE}:
+        shown = sorted(map(repr, state))[:4] if isinstance(state, dict) else type(state).__name__
+        raise UnsafePickleError(
+            f"BUILD on an OrderedDict may only restore its {STATE_METADATA_ATTRIBUTE!r} "
+            f"attribute (a state_dict's), not {shown}",
+            "BUILD",
+        )
+    if target.state_metadata is not None:
+        raise ConversionError(f"BUILD restores {STATE_METADATA_ATTRIBUTE!r} twice")
+    value = state[STATE_METADATA_ATTRIBUTE]
+    _check_plain_data(value, f"the OrderedDict's {STATE_METADATA_ATTRIBUTE!r}")
+    target.state_metadata = value
 
 
 def _rebuild_tensor(storage, offset, size, stride, *rest) -> TensorRef:
@@ -509,6 +581,11 @@ class Machine:
                 _build_dtype(obj, state)
             elif isinstance(obj, JoblibWrapper):
                 return self._read_joblib(obj, state)
+            elif type(obj) is OrderedDictData:
+                try:
+                    _build_ordered_dict(obj, state)
+                except UnsafePickleError as exc:
+                    self._refuse("BUILD", str(exc), offset)
             else:
                 self._refuse("BUILD", f"BUILD on {type(obj).__name__} is not allowed", offset)
         except ConversionError as exc:

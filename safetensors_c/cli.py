@@ -185,27 +185,41 @@ def cmd_verify(args) -> int:
 # MARK: convert -----------------------------------------------------------------
 
 
-def _progress_callback(src: str, quiet: bool):
-    if quiet:
-        return None, None
+def _source_bytes(src: str) -> int:
+    """The bytes a conversion reads: the file, or every regular file of a directory."""
     try:
-        size = os.path.getsize(src)
+        if os.path.isdir(src):
+            return sum(e.stat().st_size for e in os.scandir(src) if e.is_file())
+        if src.endswith(".json"):
+            return _source_bytes(os.path.dirname(src) or ".")
+        return os.path.getsize(src)
     except OSError:
-        return None, None
-    if size < _PROGRESS_MIN_BYTES:
+        return 0
+
+
+def _progress_bar(size: int, desc: str, quiet: bool):
+    """A tqdm bar over bytes, or (None, None): with --quiet, when stderr is not a
+    terminal, for inputs under 64 MiB, or without tqdm."""
+    if quiet or size < _PROGRESS_MIN_BYTES or not sys.stderr.isatty():
         return None, None
     try:
         from tqdm import tqdm
     except ImportError:
         return None, None
-    bar = tqdm(unit="tensor", desc="converting", file=sys.stderr)
+    bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+               file=sys.stderr, leave=False)
 
     def update(done: int, total: int) -> None:
-        bar.total = total
+        if bar.total != total:
+            bar.total = total
         bar.n = done
         bar.refresh()
 
     return update, bar
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def _parse_metadata(items: Sequence[str]) -> dict[str, str] | None:
@@ -221,17 +235,21 @@ def _parse_metadata(items: Sequence[str]) -> dict[str, str] | None:
 
 
 def cmd_convert(args) -> int:
-    from .convert import ConversionError, convert
+    from .convert import ConversionError, convert, convert_sharded
 
-    progress, bar = _progress_callback(args.src, args.quiet)
+    directory_source = os.path.isdir(args.src) or args.src.endswith(".json")
+    if directory_source and args.max_shard_size is not None:
+        _err("--max-shard-size applies to single-file sources (a sharded source keeps its shards)")
+        return 2
+    progress, bar = _progress_bar(_source_bytes(args.src), "converting", args.quiet)
+    options = dict(metadata=None, keep_scalars=args.keep_scalars,
+                   allow_expansion=args.allow_expansion, progress=progress)
     try:
-        report = convert(
-            args.src, args.dst,
-            metadata=_parse_metadata(args.metadata),
-            keep_scalars=args.keep_scalars,
-            max_shard_size=args.max_shard_size,
-            progress=progress,
-        )
+        options["metadata"] = _parse_metadata(args.metadata)
+        if directory_source:
+            report = convert_sharded(args.src, args.dst, **options)
+        else:
+            report = convert(args.src, args.dst, max_shard_size=args.max_shard_size, **options)
     except (OSError, ValueError, TypeError, ConversionError, _Failure) as exc:
         _err(_one_line(exc))
         return 1
@@ -241,11 +259,18 @@ def cmd_convert(args) -> int:
     if not args.quiet:
         extra = ""
         if report.aliases:
-            extra += f", {len(report.aliases)} shared-storage aliases recorded in metadata"
+            extra += (f", {_plural(len(report.aliases), 'shared-storage alias')} recorded "
+                      f"in metadata")
         if report.skipped:
-            extra += f", {len(report.skipped)} non-tensor values skipped"
+            extra += (f", {_plural(len(report.skipped), 'non-tensor value')} skipped "
+                      f"(--keep-scalars keeps them in metadata)")
+        elif report.scalars:
+            extra += f", {_plural(len(report.scalars), 'non-tensor value')} kept in metadata"
+        if directory_source:
+            shards = [f for f in report.files if f.endswith(".safetensors")]
+            extra = f" in {_plural(len(shards), 'file')}" + extra
         print(f"{args.src} ({report.source_kind}) -> {args.dst}: "
-              f"{len(report.tensors)} tensors{extra}")
+              f"{_plural(len(report.tensors), 'tensor')}{extra}")
     return 0
 
 
@@ -353,14 +378,20 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("convert", help="convert a checkpoint without executing it")
-    s.add_argument("src")
-    s.add_argument("dst")
+    s.add_argument("src", help="a checkpoint file, or a model directory / *.bin.index.json "
+                               "of sharded .bin weights")
+    s.add_argument("dst", help="the .safetensors file (a directory for a directory source)")
     s.add_argument("--keep-scalars", action="store_true",
-                   help="keep numbers and strings of the checkpoint in __metadata__")
+                   help="keep the non-tensor values of the checkpoint (numbers, strings, "
+                        "a state_dict's _metadata) in __metadata__")
     s.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--max-shard-size", default=None,
                    help="write a sharded checkpoint into DST (a directory)")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--allow-expansion", action="store_true",
+                   help="write overlapping or stride-0 views as copies, even when that "
+                        "writes more bytes than the checkpoint stores")
+    s.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary line")
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("scan", help="report what a pickle-based file would import and call")

@@ -35,11 +35,16 @@ value is lost and no name disappears.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import mmap
 import os
+import shutil
+import stat
 import struct
+import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -51,13 +56,17 @@ from ._pickle_vm import (
     ALLOWED_GLOBALS,
     ConversionError,
     Finding,
+    STATE_METADATA_ATTRIBUTE,
     Machine,
     Opaque,
+    OrderedDictData,
     PendingArray,
     StorageType,
     TensorRef,
     UnsafePickleError,
 )
+from .numpy import save_file
+from .sharded import save_sharded
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -66,7 +75,9 @@ __all__ = [
     "ScanReport",
     "UnsafePickleError",
     "convert",
+    "convert_sharded",
     "read_checkpoint",
+    "safetensors_name",
     "scan",
 ]
 
@@ -102,6 +113,7 @@ class ConversionReport:
     scalars: dict[str, Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # names of values not written
     metadata: dict[str, str] | None = None
+    files: list[str] = field(default_factory=list)  # what was written
 
 
 @dataclass
@@ -399,6 +411,17 @@ def _read_source(path: str, mm, buffers, name: str | None):
 _TEXT_PICKLE_STARTS = {b"(", b"c", b"}", b"]", b")", b"l", b"d", b"i", b"I", b"S", b"V", b"N"}
 
 
+def _element_size(tdtype: str) -> int:
+    return _torch_numpy_dtype(tdtype).itemsize
+
+
+def _numel(shape: tuple) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
 def _materialize(ref: TensorRef, name: str) -> np.ndarray:
     storage = ref.storage
     if not isinstance(storage, _Storage) or storage.data is None:
@@ -418,11 +441,16 @@ def _materialize(ref: TensorRef, name: str) -> np.ndarray:
                 f"tensor {name!r}: its view (offset {offset}, size {list(size)}, stride "
                 f"{list(stride)}) reaches past its storage of {data.nbytes} bytes"
             )
-        flat = np.frombuffer(data, dtype=dtype, count=data.nbytes // dtype.itemsize)
+        # as_strided goes through the array interface, which cannot name the
+        # ml_dtypes types: stride a same-sized integer type and view it back.
+        carrier = dtype if dtype.type.__module__ != "ml_dtypes" else np.dtype(f"<u{dtype.itemsize}")
+        flat = np.frombuffer(data, dtype=carrier, count=data.nbytes // dtype.itemsize)
         array = np.lib.stride_tricks.as_strided(
             flat[offset:], shape=size, strides=tuple(st * dtype.itemsize for st in stride),
             writeable=False,
         )
+        if carrier is not dtype:
+            array = array.view(dtype)
     if tdtype == "float4_e2m1fn_x2":
         if not size:
             raise ConversionError(f"tensor {name!r}: a 0-d float4_e2m1fn_x2 tensor")
@@ -430,10 +458,23 @@ def _materialize(ref: TensorRef, name: str) -> np.ndarray:
     return array
 
 
-def _flatten(tree: Any, kind: str):
-    """Walks the object tree: (tensors, view keys, scalars, skipped)."""
-    tensors: dict[str, np.ndarray] = {}
-    view_keys: dict[str, tuple] = {}
+class _Attribute:
+    """An attribute restored on a container (a state_dict's ``_metadata``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _flatten(tree: Any, kind: str = ""):
+    """Walks the object tree: (found, scalars, skipped).
+
+    ``found`` maps each flattened name to a :class:`TensorRef` (not read
+    yet) or an ndarray. ``scalars`` holds the plain values met on the way,
+    and each state_dict's ``_metadata`` as ``"<prefix>._metadata"``.
+    """
+    found: dict[str, Any] = {}
     scalars: dict[str, Any] = {}
     skipped: list[str] = []
     nodes = 0
@@ -448,6 +489,12 @@ def _flatten(tree: Any, kind: str):
                 f"the checkpoint nests deeper than {_MAX_DEPTH} levels at {prefix!r} "
                 f"(a cycle?)"
             )
+        if isinstance(value, _Attribute):
+            if prefix in found or prefix in scalars:
+                skipped.append(prefix)  # a key of the same name wins over the attribute
+            else:
+                scalars[prefix] = value.value
+            continue
         if isinstance(value, dict):
             items = []
             for key, item in value.items():
@@ -455,6 +502,9 @@ def _flatten(tree: Any, kind: str):
                     skipped.append(f"{prefix}[{key!r:.40}]")
                     continue
                 items.append((f"{prefix}.{key}" if prefix else str(key), item, depth + 1))
+            if isinstance(value, OrderedDictData) and value.state_metadata is not None:
+                name = f"{prefix}.{STATE_METADATA_ATTRIBUTE}" if prefix else STATE_METADATA_ATTRIBUTE
+                items.append((name, _Attribute(value.state_metadata), depth + 1))
             pending.extend(reversed(items))
             continue
         if isinstance(value, (list, tuple)):
@@ -463,66 +513,225 @@ def _flatten(tree: Any, kind: str):
             pending.extend(reversed(items))
             continue
         if isinstance(value, (PendingArray, TensorRef, np.ndarray)):
-            if prefix in tensors or prefix in scalars:
+            if prefix in found or prefix in scalars:
                 raise ConversionError(f"two values flatten to the same name {prefix!r}")
-            if isinstance(value, TensorRef):
-                tensors[prefix] = _materialize(value, prefix)
-                view_keys[prefix] = (id(value.storage), value.offset, value.size,
-                                     value.stride, value.dtype or value.storage.dtype)
-            else:
-                array = value.array if isinstance(value, PendingArray) else value
-                if array is None:
-                    raise ConversionError(f"array {prefix!r} was never filled in")
-                tensors[prefix] = array
-                view_keys[prefix] = (id(value),)
+            if isinstance(value, PendingArray) and value.array is None:
+                raise ConversionError(f"array {prefix!r} was never filled in")
+            # The object itself is what a pickle memoizes: the same one twice is an alias.
+            found[prefix] = value
             continue
         if value is None or isinstance(value, (str, int, float, bool)):
-            if prefix in tensors or prefix in scalars:
+            if prefix in found or prefix in scalars:
                 raise ConversionError(f"two values flatten to the same name {prefix!r}")
             scalars[prefix or "value"] = value
             continue
         skipped.append(prefix)
-    return tensors, view_keys, scalars, skipped
+    return found, scalars, skipped
 
 
-def read_checkpoint(src, *, buffers: Iterable | None = None, name: str | None = None):
+def _view_key(value: Any) -> tuple:
+    if isinstance(value, TensorRef):
+        return ("view", id(value.storage), value.offset, value.size, value.stride,
+                value.dtype or getattr(value.storage, "dtype", None))
+    return ("object", id(value))
+
+
+def _split_aliases(found: dict[str, Any]) -> dict[str, str]:
+    """Removes every name that is the same view as another; returns {dropped: kept}."""
+    groups: dict[tuple, list[str]] = {}
+    for key, value in found.items():
+        groups.setdefault(_view_key(value), []).append(key)
+    aliases: dict[str, str] = {}
+    for names in groups.values():
+        if len(names) > 1:
+            keep, *dropped = sorted(names)
+            for name in dropped:
+                aliases[name] = keep
+                del found[name]
+    return aliases
+
+
+def _root_buffer(array: np.ndarray) -> Any:
+    """The object that owns an array's bytes (bytes, an mmap, a buffer...)."""
+    obj: Any = array
+    while isinstance(obj, np.ndarray) and obj.base is not None:
+        obj = obj.base
+    if isinstance(obj, memoryview):
+        obj = obj.obj
+    return obj
+
+
+def _buffer_size(obj: Any) -> int:
+    try:
+        return memoryview(obj).nbytes
+    except (TypeError, ValueError):
+        return obj.nbytes if isinstance(obj, np.ndarray) else 0
+
+
+def _source_of(name: str, value: Any) -> tuple[int, int, int, Any]:
+    """(source id, bytes the source stores, bytes this tensor writes, source)."""
+    if isinstance(value, TensorRef):
+        storage = value.storage
+        if not isinstance(storage, _Storage) or storage.data is None:
+            raise ConversionError(f"tensor {name!r}: its storage is missing")
+        tdtype = value.dtype or storage.dtype
+        written = _numel(value.size) * _element_size(tdtype)
+        return id(storage), memoryview(storage.data).nbytes, written, storage
+    array = value.array if isinstance(value, PendingArray) else value
+    root = _root_buffer(array)
+    return id(root), _buffer_size(root), array.nbytes, root
+
+
+def _check_expansion(path: str, found: dict[str, Any], allow_expansion: bool) -> int:
+    """Refuses views that would write more bytes than their source stores.
+
+    Returns the number of bytes the tensors will write. Each distinct
+    source (a torch storage, the bytes a pickle holds for an array, the
+    mapped file) may be written at most once over: overlapping views, views
+    that repeat elements (stride 0) and one buffer rebuilt into several
+    arrays are what make a small file expand into a large output.
+    """
+    per_source: dict[int, list] = {}
+    total = 0
+    for name, value in found.items():
+        source_id, stored, written, source = _source_of(name, value)
+        total += written
+        entry = per_source.setdefault(source_id, [stored, 0, [], source])
+        entry[1] += written
+        entry[2].append(name)
+    if allow_expansion:
+        return total
+    for stored, written, names, _source in per_source.values():
+        if written > stored:
+            shown = ", ".join(repr(n) for n in sorted(names)[:4])
+            more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+            raise ConversionError(
+                f"{path}: the tensors {shown}{more} share {stored} stored bytes but together "
+                f"would write {written} bytes (their views overlap or repeat elements, e.g. "
+                f"stride 0); by default a conversion writes no more than the checkpoint "
+                f"stores. To write each view as a copy anyway, pass allow_expansion=True "
+                f"(CLI: --allow-expansion): the output is then {total} bytes of tensor data; "
+                f"nothing was written"
+            )
+    return total
+
+
+def read_checkpoint(
+    src,
+    *,
+    buffers: Iterable | None = None,
+    name: str | None = None,
+    allow_expansion: bool = False,
+):
     """Reads a checkpoint without executing it.
 
     Returns ``(kind, tensors, aliases, scalars, skipped)``: ``tensors`` maps
     flattened names to NumPy arrays (views of the source where possible),
     ``aliases`` maps each dropped alias to the name kept. The arrays view a
-    read-only mapping of ``src``.
+    read-only mapping of ``src``. Views that would write more bytes than
+    their storage holds are refused unless ``allow_expansion`` (see
+    :func:`convert`).
     """
     path = os.fspath(src)
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     mm = _map_file(path)
     kind, tree = _read_source(path, mm, buffers, name)
-    tensors, view_keys, scalars, skipped = _flatten(tree, kind)
-    # Aliases: the same view of the same storage (or the same array object).
-    groups: dict[tuple, list[str]] = {}
-    for key, vk in view_keys.items():
-        groups.setdefault(vk, []).append(key)
-    aliases: dict[str, str] = {}
-    for names in groups.values():
-        if len(names) > 1:
-            keep = sorted(names)[0]
-            for dropped in sorted(names)[1:]:
-                aliases[dropped] = keep
-                del tensors[dropped]
-    for key, array in tensors.items():
-        if isinstance(array, _dtypes.PackedArray):
-            continue
-        if _dtypes.code_for_dtype(array.dtype) is None:
+    found, scalars, skipped = _flatten(tree, kind)
+    aliases = _split_aliases(found)
+    _check_expansion(path, found, allow_expansion)
+    tensors: dict[str, np.ndarray] = {}
+    for key, value in found.items():
+        if isinstance(value, TensorRef):
+            array = _materialize(value, key)
+        else:
+            array = value.array if isinstance(value, PendingArray) else value
+        if not isinstance(array, _dtypes.PackedArray) and _dtypes.code_for_dtype(array.dtype) is None:
             raise ConversionError(
                 f"{path}: tensor {key!r} has dtype {array.dtype}, which a safetensors file "
                 f"cannot hold; nothing was written"
             )
+        tensors[key] = array
     return kind, tensors, aliases, scalars, skipped
 
 
 def _scalar_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _tensor_bytes(tensors: dict[str, np.ndarray]) -> int:
+    return sum(int(a.nbytes) for a in tensors.values())
+
+
+class _WriteMeter:
+    """Reports the bytes this process writes while a writer call runs.
+
+    The core writer releases the GIL and writes with write(2), so a thread
+    reading ``/proc/self/io`` sees the output grow. Where that file does
+    not exist (not Linux), the only report is the final one.
+    """
+
+    _IO = "/proc/self/io"
+
+    def __init__(self, progress: Callable[[int, int], None] | None, done: int, total: int):
+        self.progress = progress
+        self.done = done
+        self.total = total
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = self._written() if progress is not None else None
+
+    def _written(self) -> int | None:
+        try:
+            with open(self._IO, "rb") as f:
+                for line in f:
+                    if line.startswith(b"wchar:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            now = self._written()
+            if now is not None and self._start is not None:
+                self.progress(min(self.total, self.done + now - self._start), self.total)
+
+    def __enter__(self) -> "_WriteMeter":
+        if self.progress is not None and self._start is not None:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _output_metadata(kind, scalars, aliases, keep_scalars, skipped, metadata, found_names):
+    out_meta: dict[str, str] = {}
+    if kind.startswith("pytorch"):
+        out_meta["format"] = "pt"
+    if keep_scalars:
+        for key, value in scalars.items():
+            if key in found_names:
+                continue
+            out_meta[key] = _scalar_text(value)
+    else:
+        skipped.extend(scalars)
+    out_meta.update(aliases)
+    if metadata:
+        out_meta.update(metadata)
+    return out_meta
+
+
+def _check_metadata_arg(metadata) -> None:
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise TypeError("metadata must be a dict of str to str")
 
 
 def convert(
@@ -534,57 +743,48 @@ def convert(
     buffers: Iterable | None = None,
     name: str | None = None,
     max_shard_size: int | str | None = None,
+    allow_expansion: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> ConversionReport:
     """Converts a checkpoint to a .safetensors file (atomically) without executing it.
 
     ``metadata`` is added to ``__metadata__`` last (it wins over generated
-    entries). ``keep_scalars`` keeps numbers and strings of the checkpoint in
-    ``__metadata__``. ``buffers`` are the out-of-band buffers of a protocol 5
-    pickle. ``name`` names the tensor of a single-array source (default: the
-    file's stem). ``max_shard_size`` writes a sharded set through
-    ``safetensors_c.sharded`` when that module exists. ``progress(done,
-    total)`` is called as tensors are prepared.
+    entries). ``keep_scalars`` keeps the checkpoint's non-tensor values
+    (numbers, strings, a state_dict's ``_metadata``) in ``__metadata__``;
+    otherwise they are listed in the report's ``skipped``. ``buffers`` are
+    the out-of-band buffers of a protocol 5 pickle. ``name`` names the
+    tensor of a single-array source (default: the file's stem).
+    ``max_shard_size`` writes a sharded set (see
+    :func:`safetensors_c.sharded.save_sharded`).
+
+    The bytes written never exceed the bytes the checkpoint stores: the
+    tensors that view one storage may write at most that storage's size.
+    Overlapping or stride-0 views (a transpose kept next to its original, a
+    broadcast) are refused with a message saying how much they would write;
+    ``allow_expansion=True`` writes each as a copy, and the output is then
+    the sum of numel x element size over the tensors (the message states
+    it), which a crafted file can make far larger than itself.
+
+    ``progress(done, total)`` is called with bytes of tensor data written
+    (from a helper thread while the writer runs).
 
     Raises :class:`UnsafePickleError` (naming the global or opcode) for a
     pickle that would do anything but rebuild tensors, :class:`ConversionError`
     for other bad input; nothing is written then.
     """
-    if metadata is not None and (
-        not isinstance(metadata, dict)
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-    ):
-        raise TypeError("metadata must be a dict of str to str")
-    kind, tensors, aliases, scalars, skipped = read_checkpoint(src, buffers=buffers, name=name)
-    out_meta: dict[str, str] = {}
-    if kind.startswith("pytorch"):
-        out_meta["format"] = "pt"
-    if keep_scalars:
-        for key, value in scalars.items():
-            if key in tensors:
-                continue
-            out_meta[key] = _scalar_text(value)
-    else:
-        skipped.extend(scalars)
-    out_meta.update(aliases)
-    if metadata:
-        out_meta.update(metadata)
-    total = len(tensors)
+    _check_metadata_arg(metadata)
+    kind, tensors, aliases, scalars, skipped = read_checkpoint(
+        src, buffers=buffers, name=name, allow_expansion=allow_expansion
+    )
+    out_meta = _output_metadata(kind, scalars, aliases, keep_scalars, skipped, metadata, tensors)
+    total = _tensor_bytes(tensors)
+    with _WriteMeter(progress, 0, total):
+        if max_shard_size is not None:
+            save_sharded(tensors, dst, max_shard_size=max_shard_size, metadata=out_meta or None)
+        else:
+            save_file(tensors, dst, metadata=out_meta or None)
     if progress is not None:
-        for i, key in enumerate(tensors, 1):
-            progress(i, total)
-    if max_shard_size is not None:
-        try:
-            from .sharded import save_sharded
-        except ImportError:
-            raise ConversionError(
-                "sharded output needs safetensors_c.sharded, which this installation lacks"
-            ) from None
-        save_sharded(tensors, dst, max_shard_size=max_shard_size, metadata=out_meta or None)
-    else:
-        from .numpy import save_file
-
-        save_file(tensors, dst, metadata=out_meta or None)
+        progress(total, total)
     return ConversionReport(
         source_kind=kind,
         tensors=list(tensors),
@@ -592,7 +792,258 @@ def convert(
         scalars=scalars if keep_scalars else {},
         skipped=skipped,
         metadata=out_meta or None,
+        files=[os.fspath(dst)],
     )
+
+
+# MARK: sharded .bin checkpoints ---------------------------------------------------
+
+_MAX_INDEX_BYTES = 64 << 20
+#: Single-file weights a model directory may hold, and what they become.
+_SINGLE_WEIGHTS = {
+    "pytorch_model.bin": "model.safetensors",
+    "diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
+}
+#: Files copied next to the converted weights when the output is another directory.
+_SIDE_FILE_SUFFIXES = (".json", ".txt", ".md", ".model")
+
+
+def safetensors_name(bin_name: str) -> str:
+    """The safetensors name of a ``.bin`` weights file or index, as transformers names them.
+
+    ``pytorch_model-00001-of-00002.bin`` -> ``model-00001-of-00002.safetensors``,
+    ``pytorch_model.bin.index.json`` -> ``model.safetensors.index.json``,
+    ``diffusion_pytorch_model.bin`` -> ``diffusion_pytorch_model.safetensors``.
+    """
+    if ".bin.index" in bin_name:
+        stem, _, rest = bin_name.partition(".bin.index")
+        tail = ".safetensors.index" + rest
+    elif bin_name.endswith(".bin"):
+        stem, tail = bin_name[: -len(".bin")], ".safetensors"
+    else:
+        stem, tail = os.path.splitext(bin_name)[0], ".safetensors"
+    if stem.startswith("pytorch_model"):
+        stem = "model" + stem[len("pytorch_model"):]
+    return stem + tail
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _read_bin_index(index_path: str) -> tuple[dict[str, str], dict]:
+    """(weight_map, metadata) of a ``*.bin.index.json``, checked."""
+    if not _is_regular(index_path):
+        raise ConversionError(f"{index_path}: the index is not a regular file")
+    with open(index_path, "rb") as f:
+        raw = f.read(_MAX_INDEX_BYTES + 1)
+    if len(raw) > _MAX_INDEX_BYTES:
+        raise ConversionError(f"{index_path}: the index is larger than {_MAX_INDEX_BYTES} bytes")
+
+    def no_duplicates(pairs):
+        out = {}
+        for key, value in pairs:
+            if key in out:
+                raise ConversionError(f"{index_path}: the index repeats the key {key!r}")
+            out[key] = value
+        return out
+
+    try:
+        index = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{index_path}: the index is not valid JSON ({exc})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise ConversionError(
+            f'{index_path}: expected {{"weight_map": {{tensor name: shard file}}}}'
+        )
+    meta = index.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise ConversionError(f'{index_path}: "metadata" must be an object')
+    for shard in set(weight_map.values()):
+        if (not shard or shard in (".", "..") or "/" in shard or "\\" in shard
+                or "\x00" in shard):
+            raise ConversionError(
+                f"{index_path}: shard name {shard!r} is not a file name in the index's directory"
+            )
+    return weight_map, meta
+
+
+def _locate_bin(src: str) -> tuple[str, str | None, str | None]:
+    """(directory, index path or None, single weights file name or None)."""
+    if os.path.isdir(src):
+        names = sorted(os.listdir(src))
+        indexes = [n for n in names if ".bin.index" in n and n.endswith(".json")]
+        if len(indexes) > 1:
+            raise ConversionError(
+                f"{src}: several .bin indexes ({', '.join(indexes)}); pass the one to convert"
+            )
+        if indexes:
+            return src, os.path.join(src, indexes[0]), None
+        singles = [n for n in _SINGLE_WEIGHTS if n in names]
+        if len(singles) == 1:
+            return src, None, singles[0]
+        raise ConversionError(
+            f"{src}: no *.bin.index.json, pytorch_model.bin or diffusion_pytorch_model.bin "
+            f"in this directory"
+        )
+    if src.endswith(".json"):
+        return os.path.dirname(src) or ".", src, None
+    raise ConversionError(f"{src}: expected a model directory or a *.bin.index.json")
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def convert_sharded(
+    src,
+    dst,
+    *,
+    metadata: dict[str, str] | None = None,
+    keep_scalars: bool = False,
+    allow_expansion: bool = False,
+    copy_side_files: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConversionReport:
+    """Converts a model directory of ``.bin`` weights to safetensors, never executing them.
+
+    ``src`` is a directory or its ``*.bin.index.json``. A sharded
+    checkpoint (``pytorch_model-0000k-of-0000N.bin`` and
+    ``pytorch_model.bin.index.json``, as ``save_pretrained(...,
+    safe_serialization=False)`` writes it) becomes
+    ``model-0000k-of-0000N.safetensors`` and ``model.safetensors.index.json``
+    in the directory ``dst``, shard for shard, one shard in memory at a
+    time; a directory holding ``pytorch_model.bin`` or
+    ``diffusion_pytorch_model.bin`` becomes ``model.safetensors`` or
+    ``diffusion_pytorch_model.safetensors``. Every shard must hold exactly
+    the tensors the index assigns to it. The index is written last. When
+    ``dst`` is another directory, its ``.json``, ``.txt``, ``.md`` and
+    ``.model`` files (config, tokenizer) are copied too, so that
+    ``from_pretrained(dst)`` works; other files (pickled training
+    arguments, code) never are. Other arguments as for :func:`convert`;
+    ``progress(done, total)`` counts bytes of tensor data.
+    """
+    _check_metadata_arg(metadata)
+    src_path = os.fsdecode(os.fspath(src))
+    dst_dir = os.fsdecode(os.fspath(dst))
+    directory, index_path, single = _locate_bin(src_path)
+    if os.path.exists(dst_dir) and not os.path.isdir(dst_dir):
+        raise ConversionError(f"{dst_dir}: the output of a directory conversion is a directory")
+    os.makedirs(dst_dir, exist_ok=True)
+    if single is not None:
+        target = os.path.join(dst_dir, _SINGLE_WEIGHTS[single])
+        report = convert(os.path.join(directory, single), target, metadata=metadata,
+                         keep_scalars=keep_scalars, allow_expansion=allow_expansion,
+                         progress=progress)
+        report.files = [target] + _copy_side_files(directory, dst_dir, copy_side_files, set())
+        return report
+
+    weight_map, index_meta = _read_bin_index(index_path)
+    by_shard: dict[str, list[str]] = {}
+    for tensor, shard in weight_map.items():
+        by_shard.setdefault(shard, []).append(tensor)
+    declared = index_meta.get("total_size")
+    total = declared if isinstance(declared, int) and declared > 0 else sum(
+        os.path.getsize(os.path.join(directory, s)) for s in by_shard
+        if _is_regular(os.path.join(directory, s))
+    )
+    kinds: set[str] = set()
+    written: list[str] = []
+    out_map: dict[str, str] = {}
+    aliases: dict[str, str] = {}
+    scalars: dict[str, Any] = {}
+    skipped: list[str] = []
+    done = 0
+    for shard in sorted(by_shard):
+        shard_path = os.path.join(directory, shard)
+        if not _is_regular(shard_path):
+            raise ConversionError(f"{index_path}: shard {shard!r} is missing or not a regular file")
+        out_name = safetensors_name(shard)
+        if out_name == shard:
+            raise ConversionError(f"{index_path}: shard {shard!r} is not a .bin file")
+        kind, tensors, shard_aliases, shard_scalars, shard_skipped = read_checkpoint(
+            shard_path, allow_expansion=allow_expansion
+        )
+        kinds.add(kind)
+        present = set(tensors) | set(shard_aliases)
+        expected = set(by_shard[shard])
+        if present != expected:
+            missing, extra = sorted(expected - present), sorted(present - expected)
+            detail = []
+            if missing:
+                detail.append(f"misses {missing[:5]}")
+            if extra:
+                detail.append(f"holds {extra[:5]} that the index does not assign to it")
+            raise ConversionError(
+                f"{shard_path}: the shard {' and '.join(detail)}; nothing more was written"
+            )
+        shard_meta = _output_metadata(kind, shard_scalars, shard_aliases, keep_scalars,
+                                      shard_skipped, metadata, tensors)
+        size = _tensor_bytes(tensors)
+        target = os.path.join(dst_dir, out_name)
+        with _WriteMeter(progress, done, max(total, done + size)):
+            save_file(tensors, target, metadata=shard_meta or None)
+        done += size
+        if progress is not None:
+            progress(min(done, max(total, done)), max(total, done))
+        written.append(target)
+        out_map.update({t: out_name for t in tensors})
+        aliases.update(shard_aliases)
+        scalars.update({f"{shard}:{k}": v for k, v in shard_scalars.items()})
+        skipped.extend(f"{shard}:{k}" for k in shard_skipped)
+        del tensors
+    out_index_meta = {k: v for k, v in index_meta.items() if k != "total_size"}
+    out_index_meta["total_size"] = done
+    out_index = {"metadata": out_index_meta,
+                 "weight_map": {k: out_map[k] for k in sorted(out_map)}}
+    index_out = os.path.join(dst_dir, safetensors_name(os.path.basename(index_path)))
+    _write_text_atomic(index_out, json.dumps(out_index, indent=2, sort_keys=True) + "\n")
+    written.append(index_out)
+    skip = {os.path.basename(index_path), *by_shard}
+    written += _copy_side_files(directory, dst_dir, copy_side_files, skip)
+    if progress is not None:
+        progress(max(total, done), max(total, done))
+    return ConversionReport(
+        source_kind=("sharded " + "/".join(sorted(kinds))),
+        tensors=sorted(out_map),
+        aliases=aliases,
+        scalars=scalars if keep_scalars else {},
+        skipped=skipped,
+        metadata=None,
+        files=written,
+    )
+
+
+def _copy_side_files(directory: str, dst_dir: str, enabled: bool, skip: set) -> list[str]:
+    if not enabled or os.path.realpath(directory) == os.path.realpath(dst_dir):
+        return []
+    copied = []
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        if (entry in skip or entry.startswith(".") or not entry.endswith(_SIDE_FILE_SUFFIXES)
+                or ".bin.index" in entry or not _is_regular(path)):
+            continue
+        target = os.path.join(dst_dir, entry)
+        shutil.copyfile(path, target)
+        copied.append(target)
+    return copied
 
 
 # MARK: scanning --------------------------------------------------------------

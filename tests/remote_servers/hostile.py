@@ -1,0 +1,178 @@
+"""A small threaded HTTP server on loopback that misbehaves on purpose.
+
+It serves one virtual file (bytes in memory, or a header followed by a
+claimed size that is never materialised) and answers range requests in the
+way ``mode`` says:
+
+    ok            correct 206 answers (the baseline)
+    ignore-range  200 OK with the whole file, whatever the Range
+    wrong-range   206 with a Content-Range one byte off from the one asked for
+    no-range      206 without a Content-Range header
+    short         206 with the right headers, then half the body and a close
+    long          206 whose Content-Length is larger than the range
+    grow          the file's size changes after the first request
+    etag          the ETag changes after the first request
+    stall         the headers, then nothing (until the test ends)
+    stall-body    the headers and part of the body, then nothing
+    status:N      every request answered with status N
+    redirect-loop every request redirected to itself
+
+``requests`` records (method, path, Range header) of every request; the
+``after`` option makes the misbehaviour start only after that many correct
+answers (so opening can succeed and a later tensor read fail).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import List, Optional, Tuple
+
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+class VirtualFile:
+    """``head`` bytes, then zeros up to ``size`` (never stored)."""
+
+    def __init__(self, head: bytes, size: Optional[int] = None) -> None:
+        self.head = bytes(head)
+        self.size = len(self.head) if size is None else size
+
+    def read(self, start: int, end: int) -> bytes:
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        data = self.head[start:end]
+        return data + bytes((end - start) - len(data))
+
+
+class HostileServer:
+    def __init__(self, file: VirtualFile, mode: str = "ok", *, after: int = 0) -> None:
+        self.file = file
+        self.mode = mode
+        self.after = after
+        self.requests: List[Tuple[str, str, Optional[str]]] = []
+        self.headers: List[dict] = []  # every request's headers
+        self.bytes_sent = 0
+        self.release = threading.Event()  # ends stalls
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                server._handle(self)
+
+            def do_HEAD(self) -> None:
+                server._handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/model.safetensors"
+
+    def __enter__(self) -> "HostileServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+    # -- answers --------------------------------------------------------
+
+    def _send(self, h, status: int, headers: dict, body: bytes = b"") -> None:
+        h.send_response(status)
+        for key, value in headers.items():
+            h.send_header(key, str(value))
+        h.end_headers()
+        if body and h.command != "HEAD":
+            h.wfile.write(body)
+            with self._lock:
+                self.bytes_sent += len(body)
+
+    def _handle(self, h) -> None:
+        with self._lock:
+            self.requests.append((h.command, h.path, h.headers.get("Range")))
+            self.headers.append(dict(h.headers.items()))
+            count = len(self.requests)
+        mode = self.mode if count > self.after else "ok"
+        size = self.file.size
+        if mode == "grow" and count > 1:
+            size += 8
+        etag = '"v1"' if mode != "etag" or count <= 1 else '"v2"'
+        if mode.startswith("status:"):
+            status = int(mode.split(":", 1)[1])
+            self._send(h, status, {"Content-Length": 2}, b"no")
+            return
+        if mode == "redirect-loop":
+            self._send(h, 302, {"Location": h.path, "Content-Length": 0})
+            return
+        match = _RANGE.match(h.headers.get("Range") or "")
+        if mode == "ignore-range" or match is None:
+            # The whole file, streamed in pieces (a client that stops reading
+            # makes the write fail; never more than a small buffer in memory).
+            h.send_response(200)
+            h.send_header("Content-Length", str(size))
+            h.send_header("ETag", etag)
+            h.end_headers()
+            try:
+                for start in range(0, size, 1 << 16):
+                    h.wfile.write(self.file.read(start, min(start + (1 << 16), size)))
+                    with self._lock:
+                        self.bytes_sent += min(1 << 16, size - start)
+            except OSError:
+                pass
+            return
+        start = int(match.group(1))
+        end = int(match.group(2)) + 1 if match.group(2) else size
+        end = min(end, size)
+        if start >= size:
+            self._send(h, 416, {"Content-Range": f"bytes */{size}", "Content-Length": 0})
+            return
+        body = self.file.read(start, end)
+        headers = {
+            "Content-Range": f"bytes {start}-{end - 1}/{size}",
+            "Content-Length": len(body),
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+        }
+        if mode == "wrong-range":
+            headers["Content-Range"] = f"bytes {start + 1}-{end}/{size}"
+        elif mode == "no-range":
+            del headers["Content-Range"]
+        elif mode == "long":
+            headers["Content-Length"] = len(body) + 100
+            body += bytes(100)
+        elif mode == "short":
+            h.send_response(206)
+            for key, value in headers.items():
+                h.send_header(key, str(value))
+            h.send_header("Connection", "close")
+            h.end_headers()
+            h.wfile.write(body[: len(body) // 2])
+            h.wfile.flush()
+            h.close_connection = True
+            return
+        elif mode in ("stall", "stall-body"):
+            h.send_response(206)
+            for key, value in headers.items():
+                h.send_header(key, str(value))
+            h.end_headers()
+            if mode == "stall-body":
+                h.wfile.write(body[: len(body) // 2])
+            h.wfile.flush()
+            self.release.wait(30)
+            h.close_connection = True
+            return
+        self._send(h, 206, headers, body)

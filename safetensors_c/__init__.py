@@ -1,30 +1,37 @@
 """safetensors_c: strict, zero-copy .safetensors loading and byte-exact writing.
 
-A drop-in for the ``safetensors`` package's NumPy API, with a C core:
+A drop-in for the ``safetensors`` package, with a C core:
 
     from safetensors_c import safe_open, load_file, save_file
 
     save_file({"w": np.ones((2, 2), np.float32)}, "model.safetensors")
     with safe_open("model.safetensors", framework="np") as f:
         w = f.get_tensor("w")          # a zero-copy view of the file
+
+Framework modules: ``safetensors_c.numpy``, ``.torch``, ``.flax``,
+``.tensorflow``, ``.paddle``, ``.mlx``; ``safe_open(..., framework=...)``
+serves all of them.
 """
 
-from . import _core, _dtypes
 from ._core import SafetensorError
 from ._dtypes import PackedArray, packed
-from ._open import TensorSlice, safe_open
+from ._open import _safe_open_handle, safe_open
+from ._reader import SliceIndexError, TensorSlice
+from ._writer import TensorSpec, deserialize, serialize, serialize_file
 from .numpy import load, load_file, save, save_file
 from .sharded import load_sharded, safe_open_sharded, save_sharded
 
 __version__ = "0.1.0"
 
-_core._set_hooks(_dtypes.numpy_dtype, _dtypes._wrap_packed)
-
 __all__ = [
     "SafetensorError",
+    "SliceIndexError",
     "PackedArray",
     "TensorSlice",
+    "TensorSpec",
     "__version__",
+    "_safe_open_handle",
+    "deserialize",
     "load",
     "load_file",
     "load_sharded",
@@ -34,4 +41,6 @@ __all__ = [
     "save",
     "save_file",
     "save_sharded",
+    "serialize",
+    "serialize_file",
 ]

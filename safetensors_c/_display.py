@@ -12,6 +12,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from . import _dtypes
+
 __all__ = [
     "MAX_ROWS",
     "format_bytes",
@@ -125,6 +127,29 @@ def safe_open_text(handle, max_rows: int = 10) -> str:
     return "\n".join(lines)
 
 
+def sharded_html(handle, max_rows: int = MAX_ROWS) -> str:
+    """An HTML table of an open ``safe_open_sharded`` handle: every tensor with
+    its shard, then the metadata."""
+    if getattr(handle, "_shards", None) is None:
+        return "<p><code>safetensors_c.safe_open_sharded</code> (closed)</p>"
+    rows = []
+    for shard_name, shard in handle._shards.items():
+        shard_rows, _ = _handle_rows(shard)
+        rows.extend((n, c, s, b, shard_name) for n, c, s, b in shard_rows)
+    total_bytes = sum(r[3] for r in rows)
+    caption = (
+        f"<code>{_e(handle._directory)}</code>: {len(rows)} tensors in "
+        f"{len(handle._shards)} shards, {_e(format_bytes(total_bytes))}"
+    )
+    cells = [
+        [f"<code>{_e(n)}</code>", _e(c), _e(_shape(s)), _e(format_bytes(b)), _e(f)]
+        for n, c, s, b, f in rows[:max_rows]
+    ]
+    return _table(["name", "dtype", "shape", "size", "shard"], cells, len(rows), caption) + (
+        _metadata_html(handle.metadata(), max_rows)
+    )
+
+
 # MARK: slices ------------------------------------------------------------------
 
 
@@ -153,7 +178,6 @@ def slice_text(tensor_slice) -> str:
 
 
 def _array_row(array: Any) -> tuple[str, list[int], int]:
-    from . import _dtypes
 
     if isinstance(array, np.ndarray):
         if isinstance(array, _dtypes.PackedArray) and array.format_dtype:

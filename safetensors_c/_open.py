@@ -1,61 +1,36 @@
-"""``safe_open``: lazy, zero-copy access to the tensors of one file."""
+"""``safe_open``: lazy, zero-copy access to the tensors of one file, for
+every framework.
+
+Floor 3 of the package. One class serves every framework: it holds a
+neutral reader and the framework's adapter, and turns each tensor the
+reader hands out into the framework's array.
+"""
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import _core, _dtypes
-from ._core import SafetensorError
+from . import _display
+from ._checks import error
+from ._digests import check_digests
+from ._frameworks import adapter_for
+from ._reader import TensorSlice, as_source, open_file_object, open_source
 
-__all__ = ["safe_open", "TensorSlice"]
-
-_FRAMEWORKS = ("np", "numpy", "pt", "torch")
-_TORCH_FRAMEWORKS = ("pt", "torch")
-_BACKENDS = ("mmap", "pread")
-
-
-def _check_framework(framework: Any) -> None:
-    if framework not in _FRAMEWORKS:
-        raise SafetensorError(
-            f"framework {framework!r} is not supported; use one of "
-            + ", ".join(repr(f) for f in _FRAMEWORKS)
-        )
-
-
-def _check_device(device: Any) -> None:
-    if device != "cpu":
-        raise SafetensorError(f"device {device!r} is not supported for NumPy arrays; use 'cpu'")
-
-
-def _check_backend(backend: Any) -> None:
-    if backend not in _BACKENDS:
-        raise SafetensorError(
-            f"backend {backend!r} is not supported; use one of "
-            + ", ".join(repr(b) for b in _BACKENDS)
-        )
-
-
-def open_file(filename, backend: str = "mmap", max_header_size: int | None = None):
-    """Opens and validates a file; returns the core's owner object."""
-    _check_backend(backend)
-    if not isinstance(filename, (str, bytes, os.PathLike)):
-        raise TypeError(
-            f"filename must be a str or os.PathLike, not {type(filename).__name__}"
-        )
-    return _core.open(os.fspath(filename), backend, max_header_size or 0)
+__all__ = ["FrameworkSlice", "safe_open", "_safe_open_handle"]
 
 
 class safe_open:
     """Opens a .safetensors file for lazy, zero-copy reading.
 
     safe_open(filename, framework="np", device="cpu", *, backend="mmap",
-              max_header_size=None, verify_digests=False)
+              max_header_size=None, verify_digests=False, storage_options=None)
 
-    ``framework`` is "np"/"numpy" for NumPy arrays or "pt"/"torch" for torch
-    tensors (see :mod:`safetensors_c.torch`).
+    ``filename`` is a path, a URL (``https://``, ``s3://``, any protocol
+    fsspec knows; ``storage_options`` go to fsspec) or an open binary file.
+    ``framework`` is one of "np"/"numpy", "pt"/"torch", "flax"/"jax",
+    "tf"/"tensorflow", "paddle", "mlx"; ``device`` is the framework's.
 
     The header is parsed and fully validated here; no tensor is read until
     asked for. With ``backend="mmap"`` (the default) every tensor is a view
@@ -69,41 +44,49 @@ class safe_open:
     SafetensorError naming the tensors that changed.
     """
 
-    def __new__(cls, filename=None, framework="np", *args, **kwargs):
-        # framework="pt" gives the torch flavour (safetensors_c.torch), chosen
-        # once here so that NumPy handles pay nothing per call.
-        if cls is safe_open and framework in _TORCH_FRAMEWORKS:
-            from .torch import _TorchSafeOpen as cls
-        return super().__new__(cls)
-
     def __init__(
         self,
         filename,
         framework: str = "np",
-        device: str = "cpu",
+        device: Any = "cpu",
         *,
         backend: str = "mmap",
-        max_header_size: int | None = None,
+        max_header_size: Optional[int] = None,
         verify_digests: bool = False,
+        storage_options: Optional[Dict[str, Any]] = None,
     ) -> None:
-        _check_framework(framework)
-        _check_device(device)
         self._file = None
-        self._file = open_file(filename, backend, max_header_size)
+        self._adapter = adapter_for(framework)
+        self._placement = self._adapter.placement(device)
         self._backend = backend
+        self._file = open_source(
+            as_source(filename),
+            backend=backend,
+            max_header_size=max_header_size,
+            storage_options=storage_options,
+        )
         if verify_digests:
-            from .integrity import check_digests
-
             check_digests(self._file)
+
+    @classmethod
+    def _from_reader(cls, reader, framework: str = "np", device: Any = "cpu",
+                     backend: str = "mmap") -> "safe_open":
+        self = cls.__new__(cls)
+        self._adapter = adapter_for(framework)
+        self._placement = self._adapter.placement(device)
+        self._backend = backend
+        self._file = reader
+        return self
 
     # -- lifetime -------------------------------------------------------
 
     def _handle(self):
         file = self._file
         if file is None:
-            raise SafetensorError(
+            raise error(
                 "this safe_open handle is closed; arrays it returned stay valid, "
-                "but open the file again to read more"
+                "but open the file again to read more",
+                "STC_ERR_CLOSED",
             )
         return file
 
@@ -119,32 +102,48 @@ class safe_open:
 
     # -- the header -----------------------------------------------------
 
-    def keys(self) -> list[str]:
+    def keys(self) -> List[str]:
         """Tensor names, sorted."""
         return self._handle().keys()
 
-    def offset_keys(self) -> list[str]:
+    def offset_keys(self) -> List[str]:
         """Tensor names in the order their data appears in the file."""
         return self._handle().offset_keys()
 
-    def metadata(self) -> dict[str, str] | None:
+    def metadata(self) -> Optional[Dict[str, str]]:
         """The file's ``__metadata__``, or None if it has none."""
         return self._handle().metadata()
 
     # -- tensors --------------------------------------------------------
 
-    def get_tensor(self, name: str) -> np.ndarray:
-        """The tensor ``name`` as a NumPy array."""
-        return self._handle().tensor(name)
+    def get_tensor(self, name: str):
+        """The tensor ``name`` as an array of the handle's framework."""
+        file = self._handle()
+        code, shape = file.info(name)[:2]
+        self._adapter.check_code(name, code, shape)
+        return self._adapter.to_array(name, code, file.tensor(name), self._placement)
 
-    def get_tensors(self) -> dict[str, np.ndarray]:
+    def get_tensors(self) -> Dict[str, Any]:
         """Every tensor, in file order."""
-        return self._handle().tensors()
+        file = self._handle()
+        names = file.offset_keys()
+        infos = [file.info(name) for name in names]
+        for name, info in zip(names, infos):
+            self._adapter.check_code(name, info[0], info[1])
+        arrays = file.tensors()
+        return {
+            name: self._adapter.to_array(name, info[0], arrays[name], self._placement)
+            for name, info in zip(names, infos)
+        }
 
-    def get_slice(self, name: str) -> "TensorSlice":
+    def get_slice(self, name: str):
         """A lazy slice object: index it to read only the part you need."""
         file = self._handle()
-        return TensorSlice(file, name, file.info(name))
+        info = file.info(name)
+        if self._adapter.NAME == "numpy":
+            return TensorSlice(file, name, info)
+        self._adapter.check_code(name, info[0], info[1])
+        return FrameworkSlice(file, name, info, self._adapter, self._placement)
 
     def __getitem__(self, name: str):
         """``f[name]`` is ``f.get_tensor(name)`` (and tab-completes in IPython)."""
@@ -161,110 +160,42 @@ class safe_open:
             return "<safetensors_c.safe_open (closed)>"
         return (
             f"<safetensors_c.safe_open {self._file.filename!r}: {len(self._file)} tensors, "
-            f"backend={self._backend!r}>"
+            f"framework={self._adapter.NAME!r}, backend={self._backend!r}>"
         )
 
     def _repr_html_(self) -> str:
-        from ._display import safe_open_html
+        return _display.safe_open_html(self)
 
-        return safe_open_html(self)
-
-    def _ipython_key_completions_(self) -> list[str]:
+    def _ipython_key_completions_(self) -> List[str]:
         return self.keys()
 
 
-def _is_basic_index(item: Any) -> bool:
-    """True for the index items NumPy resolves to a view without reading data.
+class FrameworkSlice(TensorSlice):
+    """A lazy tensor slice whose results are arrays of a framework.
 
-    Only plain integers qualify as integers: NumPy treats arrays (even 0-d
-    ones) and booleans as advanced indices, which copy."""
-    if item is None or item is Ellipsis or isinstance(item, slice):
-        return True
-    return isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
-
-
-class TensorSlice:
-    """One tensor of an open file, read lazily through indexing.
-
-    ``f.get_slice(name)[index]`` gives the same values, shape and errors as
-    ``f.get_tensor(name)[index]`` for any NumPy index. With a mapped file the
-    result is a zero-copy view; with ``backend="pread"`` only the bytes the
-    index selects are read (one read per contiguous run).
+    Indices are NumPy's (a framework's own index tensors are accepted where
+    the adapter converts them); ``get_shape()`` gives the logical shape.
     """
 
-    __slots__ = ("_file", "_name", "_code", "_shape", "_numpy_shape", "_begin", "_end")
+    __slots__ = ("_adapter", "_placement")
 
-    def __init__(self, file, name: str, info: tuple) -> None:
-        self._file = file
-        self._name = name
-        self._code, self._shape, self._numpy_shape, self._begin, self._end = info
-
-    def get_shape(self) -> list[int]:
-        """The logical shape (for F4/F6, in values, not bytes)."""
-        return list(self._shape)
-
-    def get_dtype(self) -> str:
-        """The format's dtype code, e.g. ``"F32"``."""
-        return self._code
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self._shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self._shape)
-
-    def __len__(self) -> int:
-        if not self._shape:
-            raise TypeError("len() of a 0-d tensor")
-        return self._shape[0]
+    def __init__(self, file, name, info, adapter, placement) -> None:
+        super().__init__(file, name, info)
+        self._adapter = adapter
+        self._placement = placement
 
     def __getitem__(self, index: Any):
-        file = self._file
-        if file.mapped or file.filename is None:
-            return file.tensor(self._name)[index]
-        items = index if isinstance(index, tuple) else (index,)
-        if not all(_is_basic_index(item) for item in items):
-            # Advanced indexing selects arbitrary elements: read the tensor.
-            return file.tensor(self._name)[index]
-        return self._read_basic(file, items)
+        result = np.asarray(super().__getitem__(self._adapter.index(index)))
+        return self._adapter.to_array(self._name, self._code, result, self._placement)
 
-    def _read_basic(self, file, items: tuple):
-        dtype = _dtypes.numpy_dtype(self._code)
-        shape = self._numpy_shape
-        strides = []
-        step = dtype.itemsize
-        for d in reversed(shape):
-            strides.append(step)
-            step *= d
-        strides.reverse()
-        # A stand-in with the tensor's real shape and strides over a single
-        # element: NumPy computes the view (and raises the same errors as on
-        # the real array) without touching memory; the view's offset and
-        # strides then say which bytes to read.
-        anchor = np.zeros(1, dtype=dtype)
-        stand_in = np.lib.stride_tricks.as_strided(
-            anchor, shape=shape, strides=tuple(strides), writeable=False
-        )
-        has_ellipsis = any(item is Ellipsis for item in items)
-        view = stand_in[items if has_ellipsis else items + (Ellipsis,)]
-        if view.size == 0:
-            result = np.empty(view.shape, dtype=dtype)
-        else:
-            offset = view.__array_interface__["data"][0] - anchor.__array_interface__["data"][0]
-            result = file.read_view(self._name, offset, view.shape, view.strides)
-        if not has_ellipsis and view.ndim == 0:
-            return result[()]
-        if self._code in _dtypes.PACKED_BITS:
-            # Match what indexing the mapped PackedArray gives.
-            return _dtypes._view_packed(result, self._code)
-        return result
 
-    def __repr__(self) -> str:
-        return f"<safetensors_c.TensorSlice {self._name!r}: {self._code} {list(self._shape)}>"
+def _safe_open_handle(file, framework: str = "np", device: Any = "cpu", *,
+                      backend: str = "mmap", max_header_size: Optional[int] = None) -> safe_open:
+    """``safe_open`` over an already open binary file object.
 
-    def _repr_html_(self) -> str:
-        from ._display import slice_html
-
-        return slice_html(self)
+    A file object backed by a descriptor (``open(path, "rb")``) is mapped or
+    read with pread through it; any other (``io.BytesIO``, an fsspec file)
+    is read with ``seek``/``read``: the header, then only the tensors asked for.
+    """
+    reader = open_file_object(file, backend=backend, max_header_size=max_header_size)
+    return safe_open._from_reader(reader, framework, device, backend)

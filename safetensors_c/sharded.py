@@ -30,9 +30,13 @@ import re
 import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from . import _core
+import stat
+
+from . import _display, _writer
+from ._checks import check_metadata, error, fs_path, parse_size
 from ._core import SafetensorError
-from ._open import _TORCH_FRAMEWORKS, safe_open
+from ._frameworks import adapter_for, to_neutral
+from ._open import safe_open
 
 __all__ = [
     "save_sharded",
@@ -45,62 +49,6 @@ __all__ = [
 INDEX_SUFFIX = ".safetensors.index.json"
 MAX_INDEX_SIZE = 100_000_000  # bytes; the same cap as a file's header
 _SHARD_PATTERN = "{prefix}-{index:05d}-of-{count:05d}.safetensors"
-
-
-# ---------------------------------------------------------------------------
-# MARK: sizes
-
-_BINARY_UNITS = (("PIB", 2**50), ("TIB", 2**40), ("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10))
-_DECIMAL_UNITS = (("PB", 10**15), ("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3))
-
-
-def parse_size(size: Union[int, str]) -> int:
-    """Bytes in a size such as ``"5GB"`` (10^9), ``"10KiB"`` (2^10) or an int.
-
-    The rules of ``transformers.utils.hub.convert_file_size_to_int``: the
-    unit is case-insensitive, except that a lower-case ``b`` after a decimal
-    unit means bits (``"8Mb"`` is 1,000,000 bytes).
-    """
-    if isinstance(size, bool):
-        raise TypeError("max_shard_size must be an int or a string like '5GB', not bool")
-    if isinstance(size, int):
-        if size <= 0:
-            raise ValueError(f"max_shard_size must be positive, not {size}")
-        return size
-    if not isinstance(size, str):
-        raise TypeError(
-            f"max_shard_size must be an int or a string like '5GB', not {type(size).__name__}"
-        )
-    upper = size.upper()
-    value = None
-    for unit, multiplier in _BINARY_UNITS:
-        if upper.endswith(unit):
-            value = _parse_count(size, size[: -len(unit)]) * multiplier
-            break
-    else:
-        for unit, multiplier in _DECIMAL_UNITS:
-            if upper.endswith(unit):
-                value = _parse_count(size, size[: -len(unit)]) * multiplier
-                if size.endswith("b"):
-                    value //= 8
-                break
-    if value is None:
-        raise ValueError(
-            f"max_shard_size {size!r} is not a valid size: use an integer number of bytes or "
-            "an integer followed by a unit, e.g. '5GB' (10^9 bytes) or '500MiB' (2^20 bytes)"
-        )
-    if value <= 0:
-        raise ValueError(f"max_shard_size must be positive, not {size!r}")
-    return value
-
-
-def _parse_count(size: str, digits: str) -> int:
-    if not digits.isdigit() or not digits.isascii():
-        raise ValueError(
-            f"max_shard_size {size!r} is not a valid size: the number before the unit must "
-            "be a whole number, e.g. '5GB' or '500MiB'"
-        )
-    return int(digits)
 
 
 # ---------------------------------------------------------------------------
@@ -117,18 +65,6 @@ def _check_prefix(prefix: Any) -> str:
     ):
         raise ValueError(f"prefix must be a plain file name such as 'model', not {prefix!r}")
     return prefix
-
-
-def _prepare(tensors, metadata, framework: str):
-    if framework in _TORCH_FRAMEWORKS:
-        from .torch import _prepare as prepare
-    elif framework in ("np", "numpy"):
-        from .numpy import _prepare as prepare
-    else:
-        raise SafetensorError(
-            f"framework {framework!r} is not supported; use one of 'np', 'numpy', 'pt', 'torch'"
-        )
-    return prepare(tensors, metadata)
 
 
 def _split(names: List[str], sizes: List[int], limit: int) -> List[List[int]]:
@@ -206,16 +142,16 @@ def save_sharded(
     prefix are removed. Every input is checked before anything is written;
     each file is written atomically. Returns the index as a dict.
 
-    ``framework="np"`` takes NumPy arrays, ``"pt"`` torch tensors (the same
-    checks as ``safetensors_c.torch.save_file``, over all the tensors).
+    ``framework`` names the arrays' framework ("np", "pt", "flax", "tf",
+    "paddle", "mlx"), with the same checks as that framework's ``save_file``.
     """
-    names, codes, shapes, arrays, metadata = _prepare(tensors, metadata, framework)
+    neutral = to_neutral(adapter_for(framework), tensors)
+    metadata = check_metadata(metadata)
+    names = list(neutral)
     limit = parse_size(max_shard_size)
     prefix = _check_prefix(prefix)
-    if not isinstance(directory, (str, os.PathLike)):
-        raise TypeError(f"directory must be a str or os.PathLike, not {type(directory).__name__}")
-    directory = os.fsdecode(os.fspath(directory))
-    sizes = [int(a.nbytes) for a in arrays]
+    directory = fs_path(directory, "directory")
+    sizes = [int(neutral[name].data.nbytes) for name in names]
     shards = _split(names, sizes, limit) or [[]]
     count = len(shards)
     if count == 1:
@@ -227,13 +163,8 @@ def save_sharded(
 
     os.makedirs(directory, exist_ok=True)
     for file, shard in _progress(zip(files, shards), count, "Saving shards", progress):
-        _core.save(
-            [names[i] for i in shard],
-            [codes[i] for i in shard],
-            [shapes[i] for i in shard],
-            [arrays[i] for i in shard],
-            metadata,
-            os.path.join(directory, file),
+        _writer.write(
+            {names[i]: neutral[names[i]] for i in shard}, metadata, os.path.join(directory, file)
         )
     index_path = os.path.join(directory, prefix + INDEX_SUFFIX)
     if count > 1:
@@ -277,13 +208,37 @@ class _IndexError(Exception):
 
 
 def _index_error(path: str, message: str) -> SafetensorError:
-    return SafetensorError(f"{path}: invalid sharded checkpoint index: {message}")
+    return error(f"{path}: invalid sharded checkpoint index: {message}", "STC_ERR_INVALID_INDEX")
+
+
+def _read_regular_file(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file. The open does not block
+    (a FIFO would wait for a writer forever) and what is read is what was
+    checked: the same descriptor."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(
+                f"{path}: not a regular file (a FIFO, device, socket or directory); refusing "
+                "to read it as a checkpoint index",
+                "STC_ERR_NOT_REGULAR_FILE",
+            )
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _read_index(path: str) -> Tuple[Dict[str, str], Optional[Dict[str, Any]]]:
     """(weight_map, metadata) of an index file, with its structure checked."""
-    with open(path, "rb") as f:
-        raw = f.read(MAX_INDEX_SIZE + 1)
+    raw = _read_regular_file(path, MAX_INDEX_SIZE + 1)
     if len(raw) > MAX_INDEX_SIZE:
         raise _index_error(path, f"the file is larger than {MAX_INDEX_SIZE} bytes")
     try:
@@ -345,9 +300,7 @@ def _shard_path(directory: str, real_directory: str, name: str, index_path: str)
 
 def _locate(path, prefix: str) -> Tuple[str, Optional[str], Optional[str]]:
     """(directory, index path or None, single-file name or None)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
-    path = os.fsdecode(os.fspath(path))
+    path = fs_path(path, "path")
     prefix = _check_prefix(prefix)
     if os.path.isdir(path):
         index = os.path.join(path, prefix + INDEX_SUFFIX)
@@ -464,9 +417,10 @@ class safe_open_sharded:
     def _open_shards(self) -> Dict[str, safe_open]:
         shards = self._shards
         if shards is None:
-            raise SafetensorError(
+            raise error(
                 "this safe_open_sharded handle is closed; tensors it returned stay valid, "
-                "but open the checkpoint again to read more"
+                "but open the checkpoint again to read more",
+                "STC_ERR_CLOSED",
             )
         return shards
 
@@ -474,7 +428,7 @@ class safe_open_sharded:
         shards = self._open_shards()
         file = self._weight_map.get(name) if isinstance(name, str) else None
         if file is None:
-            raise SafetensorError(f"no tensor named {name!r} in this checkpoint")
+            raise error(f"no tensor named {name!r} in this checkpoint", "STC_ERR_NO_SUCH_TENSOR")
         return shards[file]
 
     def close(self) -> None:
@@ -552,6 +506,16 @@ class safe_open_sharded:
             f"<safetensors_c.safe_open_sharded {self._directory!r}: "
             f"{len(self._weight_map)} tensors in {len(self._shards)} shards>"
         )
+
+    def __getitem__(self, name: str):
+        """``f[name]`` is ``f.get_tensor(name)`` (and tab-completes in IPython)."""
+        return self.get_tensor(name)
+
+    def _repr_html_(self) -> str:
+        return _display.sharded_html(self)
+
+    def _ipython_key_completions_(self) -> List[str]:
+        return self.keys()
 
 
 def load_sharded(

@@ -306,13 +306,17 @@ def test_framework_keyword(sample_file):
         assert "weight" in f.keys()
 
 
-@pytest.mark.parametrize("framework", ["tf", "flax", "jax", "NP", "Numpy", "PT", "xyz", ""])
+@pytest.mark.parametrize(
+    "framework", ["NP", "Numpy", "PT", "TF", "Jax", "mxnet", "xyz", "", None, 3]
+)
 def test_unsupported_framework_names_the_supported_ones(sample_file, framework):
     with pytest.raises(SafetensorError) as info:
         safe_open(sample_file, framework)
     message = str(info.value)
     assert repr(framework) in message
-    assert "'np'" in message and "'numpy'" in message
+    for name in ("np", "numpy", "pt", "torch", "flax", "jax", "tf", "tensorflow", "paddle", "mlx"):
+        assert repr(name) in message
+    assert info.value.code == "STC_ERR_INVALID_ARGUMENT"
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", 0, "mps", "CPU"])

@@ -86,7 +86,7 @@ def test_save_file_digests_and_safe_open_verification(tmp_path):
     tampered.write_bytes(raw)
     with pytest.raises(safetensors_c.SafetensorError) as info:
         safetensors_c.safe_open(tampered, "np", verify_digests=True)
-    assert info.value.code == "DIGEST_MISMATCH"
+    assert info.value.code == "STC_ERR_DIGEST_MISMATCH"
     assert "'b'" in str(info.value) and "'a'" not in str(info.value)
     # Opening without verification still works: digests are opt-in.
     with safetensors_c.safe_open(tampered, "np") as f:
@@ -98,4 +98,4 @@ def test_verify_digests_on_a_file_without_digests_is_an_error(tmp_path):
     safetensors_c.save_file({"a": np.zeros(2)}, path)
     with pytest.raises(safetensors_c.SafetensorError) as info:
         safetensors_c.safe_open(path, "np", verify_digests=True)
-    assert info.value.code == "NO_DIGESTS"
+    assert info.value.code == "STC_ERR_NO_DIGESTS"

@@ -209,7 +209,7 @@ def cycle_errors(i):
     expect(FileNotFoundError, safe_open, MISSING, "np")
     expect(FileNotFoundError, load_file, MISSING, backend="pread")
     expect(IsADirectoryError, load_file, work)
-    expect(SafetensorError, safe_open, GOOD, "tf")
+    expect(SafetensorError, safe_open, GOOD, "mxnet")
     expect(SafetensorError, safe_open, GOOD, "np", backend="nope")
     expect(TypeError, safe_open, 42, "np")
     expect(SafetensorError, safe_open, GOOD, "np", max_header_size=8)

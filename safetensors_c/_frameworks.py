@@ -1,0 +1,128 @@
+"""The framework registry, and the generic load/save every framework module uses.
+
+Floor 3 of the package. ``adapter_for("jax")`` loads
+``safetensors_c._adapters.flax`` on first use, so importing safetensors_c
+imports no framework. Adding a framework is one adapter module and one
+entry in ``_ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, Dict, Mapping, Optional
+
+from . import _writer
+from ._checks import check_tensor_name, error, fs_path
+from ._digests import add_digests
+from ._reader import as_source, open_source
+
+__all__ = ["FRAMEWORKS", "adapter_for", "load", "load_file", "save", "save_file", "to_neutral"]
+
+# Every name safe_open(framework=...) accepts -> its adapter module.
+_ADAPTERS = {
+    "np": "numpy",
+    "numpy": "numpy",
+    "pt": "torch",
+    "torch": "torch",
+    "flax": "flax",
+    "jax": "flax",
+    "tf": "tensorflow",
+    "tensorflow": "tensorflow",
+    "paddle": "paddle",
+    "mlx": "mlx",
+}
+FRAMEWORKS = tuple(_ADAPTERS)
+
+
+def adapter_for(framework: Any) -> ModuleType:
+    """The adapter module for a framework name (``"np"``, ``"pt"``, ``"jax"``, ...)."""
+    module = _ADAPTERS.get(framework) if isinstance(framework, str) else None
+    if module is None:
+        raise error(
+            f"framework {framework!r} is not supported; use one of "
+            + ", ".join(repr(f) for f in FRAMEWORKS)
+        )
+    return importlib.import_module(f"{__package__}._adapters.{module}")
+
+
+# MARK: saving ----------------------------------------------------------------
+
+
+def to_neutral(adapter: ModuleType, tensors: Any) -> Dict[str, _writer.Tensor]:
+    """The writer's tensors for a dict of framework arrays, every input checked."""
+    adapter.check_tensors(tensors)
+    out: Dict[str, _writer.Tensor] = {}
+    for name, value in tensors.items():
+        check_tensor_name(name)
+        if name in out:  # a Mapping whose items() repeats a name
+            raise error(f"tensor {name!r}: two tensors have the same name")
+        out[name] = adapter.from_array(name, value)
+    return out
+
+
+def save(framework: str, tensors: Any, metadata: Optional[Mapping[str, str]] = None) -> bytes:
+    """The bytes of a file holding ``tensors`` (arrays of ``framework``)."""
+    return _writer.write(to_neutral(adapter_for(framework), tensors), metadata, None)
+
+
+def save_file(
+    framework: str,
+    tensors: Any,
+    filename: Any,
+    metadata: Optional[Mapping[str, str]] = None,
+    *,
+    digests: bool = False,
+) -> None:
+    """Writes ``tensors`` to ``filename`` atomically (see ``safetensors_c.save_file``)."""
+    neutral = to_neutral(adapter_for(framework), tensors)
+    path = fs_path(filename)
+    if digests:
+        metadata = add_digests({name: t.data for name, t in neutral.items()}, metadata)
+    _writer.write(neutral, metadata, path)
+
+
+# MARK: loading ---------------------------------------------------------------
+
+
+def load_reader(framework: str, reader: Any, device: Any = "cpu") -> Dict[str, Any]:
+    """Every tensor of an open reader, in file order, as ``framework`` arrays."""
+    adapter = adapter_for(framework)
+    placement = adapter.placement(device)
+    names = reader.offset_keys()
+    for name in names:
+        code, shape = reader.info(name)[:2]
+        adapter.check_code(name, code, shape)
+    arrays = reader.tensors()
+    return {
+        name: adapter.to_array(name, reader.info(name)[0], arrays[name], placement)
+        for name in names
+    }
+
+
+def load(framework: str, data: Any, device: Any = "cpu") -> Dict[str, Any]:
+    """The tensors of a whole file image, in file order.
+
+    A writable buffer (``bytearray``) is used in place; an immutable
+    ``bytes`` is copied once so that the arrays can be writable.
+    """
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
+    if view.readonly:
+        data = bytearray(view)
+    return load_reader(framework, open_source(data), device)
+
+
+def load_file(
+    framework: str,
+    filename: Any,
+    device: Any = "cpu",
+    *,
+    backend: str = "mmap",
+    storage_options: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Every tensor of ``filename`` (a path, URL or binary file), in file order."""
+    reader = open_source(as_source(filename), backend=backend, storage_options=storage_options)
+    return load_reader(framework, reader, device)

@@ -1,0 +1,396 @@
+"""The framework-neutral reader: open a source, hand out NumPy arrays.
+
+Floor 2 of the package. :func:`open_source` turns any source into a
+*reader*: a path (mapped or read with pread by the C core), a file image in
+memory, an open binary file object, or a *byte source* (any object with
+``name``, ``size`` and ``read_at(offset, length)``; optionally
+``read_ranges([(offset, length), ...])``, which remote storage uses to
+coalesce and parallelise). Every source is validated by the C core, fully,
+before a single tensor byte is read.
+
+Readers speak one currency: NumPy arrays whose dtype is
+``_dtypes.numpy_dtype(code)`` (a :class:`~safetensors_c.PackedArray` for F4
+and F6). Framework adapters turn those into their own arrays; nothing here
+knows a framework.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core, _display, _dtypes, _remote
+from ._checks import check_backend
+from ._core import SafetensorError
+
+__all__ = ["SliceIndexError", "TensorSlice", "as_source", "open_source"]
+
+# The C core resolves dtypes and marks packed tensors through these hooks.
+_core._set_hooks(_dtypes.numpy_dtype, _dtypes._wrap_packed)
+
+# One speculative read at the start of a byte source usually holds the whole
+# header, so that opening costs one request (two when the header is larger).
+_FIRST_READ = 256 * 1024
+
+
+class SliceIndexError(SafetensorError, IndexError):
+    """An index out of a tensor's bounds in ``get_slice``: both a
+    SafetensorError and an IndexError, so code catching either works."""
+
+
+def open_source(
+    source: Any,
+    *,
+    backend: str = "mmap",
+    max_header_size: Optional[int] = None,
+    storage_options: Optional[Dict[str, Any]] = None,
+):
+    """A validated reader for ``source`` (see the module docstring)."""
+    check_backend(backend)
+    max_header = max_header_size or 0
+    if isinstance(source, str) and _remote.is_url(source):
+        return SourceReader(_remote.open_url(source, storage_options), max_header)
+    if storage_options is not None:
+        raise TypeError("storage_options applies only to URLs (e.g. 'https://...', 's3://...')")
+    if isinstance(source, (str, bytes, os.PathLike)) and not isinstance(source, bytes):
+        return _core.open(os.fspath(source), backend, max_header)
+    if isinstance(source, bytes) or isinstance(source, (bytearray, memoryview)):
+        return _core.open_buffer(source, max_header)
+    if _is_byte_source(source):
+        return SourceReader(source, max_header)
+    if hasattr(source, "read") and hasattr(source, "seek"):
+        return open_file_object(source, backend=backend, max_header_size=max_header_size)
+    raise TypeError(
+        "expected a path (str or os.PathLike), a URL, bytes, or an open binary file, "
+        f"not {type(source).__name__}"
+    )
+
+
+def as_source(filename: Any) -> Any:
+    """A ``filename`` argument as a source: a bytes path is decoded (use
+    ``load()`` for a file's bytes); anything but a path, a URL or a binary
+    file object is a TypeError."""
+    if isinstance(filename, bytes):
+        return os.fsdecode(filename)
+    if isinstance(filename, (str, os.PathLike)) or _is_byte_source(filename) or (
+        hasattr(filename, "read") and hasattr(filename, "seek")
+    ):
+        return filename
+    raise TypeError(
+        f"filename must be a str, os.PathLike or binary file object, not {type(filename).__name__}"
+    )
+
+
+def open_file_object(file: Any, *, backend: str = "mmap", max_header_size: Optional[int] = None):
+    """A reader for an open binary file object.
+
+    One backed by a real file descriptor is opened through it (mapped or read
+    with pread, never moving its position); any other (``io.BytesIO``, an
+    fsspec file, ...) is read through ``seek``/``read``: the header, then
+    only the bytes of the tensors asked for.
+    """
+    check_backend(backend)
+    name = _name_of(file)
+    fd = _fileno(file)
+    if fd is not None:
+        return _core.open_fd(fd, backend, max_header_size or 0, name or f"<file descriptor {fd}>")
+    return SourceReader(FileObjectSource(file, name), max_header_size or 0)
+
+
+def _name_of(file: Any) -> Optional[str]:
+    name = getattr(file, "name", None)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if isinstance(name, str):
+        return name
+    path = getattr(file, "path", None)  # fsspec files
+    return path if isinstance(path, str) else None
+
+
+def _fileno(file: Any) -> Optional[int]:
+    try:
+        fd = file.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _is_byte_source(source: Any) -> bool:
+    return hasattr(source, "read_at") and hasattr(source, "size")
+
+
+# MARK: sources read through Python ----------------------------------------
+
+
+class FileObjectSource:
+    """A byte source over a seekable binary file object (``seek``/``read``)."""
+
+    def __init__(self, file: Any, name: Optional[str] = None) -> None:
+        if not getattr(file, "seekable", lambda: True)():
+            raise SafetensorError("the file object must be seekable to read a safetensors file")
+        self._file = file
+        self._lock = threading.Lock()
+        self.name = name or f"<{type(file).__name__}>"
+        with self._lock:
+            self.size = int(file.seek(0, io.SEEK_END))
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        with self._lock:
+            self._file.seek(offset)
+            chunks = []
+            left = length
+            while left > 0:
+                chunk = self._file.read(left)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) != length:
+            raise SafetensorError(
+                f"{self.name}: the file ended after {len(data)} of the {length} bytes at "
+                f"offset {offset} (it is shorter than when it was opened)"
+            )
+        return data
+
+
+class SourceReader:
+    """A reader over a byte source: the header is validated by the C core;
+    tensor bytes are read from the source when asked for, into memory of
+    their own (writable arrays)."""
+
+    mapped = False
+    writable = True
+
+    def __init__(self, source: Any, max_header_size: int = 0) -> None:
+        self.source = source
+        name = getattr(source, "name", None)
+        self.filename = name if isinstance(name, str) else f"<{type(source).__name__}>"
+        size = int(source.size)
+        head = bytes(source.read_at(0, min(size, _FIRST_READ)))
+        header_len = _core.header_length(head[:64], size, max_header_size, self.filename)
+        need = 8 + header_len
+        if need > len(head):
+            head += bytes(source.read_at(len(head), need - len(head)))
+        self._file = _core.open_header(head[:need], size, max_header_size, self.filename)
+        self.data_start = self._file.data_start
+        self.file_size = self._file.file_size
+
+    # the header
+    def keys(self) -> List[str]:
+        return self._file.keys()
+
+    def offset_keys(self) -> List[str]:
+        return self._file.offset_keys()
+
+    def metadata(self) -> Optional[Dict[str, str]]:
+        return self._file.metadata()
+
+    def info(self, name: str) -> tuple:
+        return self._file.info(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._file
+
+    def __len__(self) -> int:
+        return len(self._file)
+
+    # the data
+    def _ranges(self, ranges: Sequence[Tuple[int, int]]) -> List[Any]:
+        """The bytes of each (offset in the data section, length) range."""
+        absolute = [(self.data_start + begin, length) for begin, length in ranges]
+        read_ranges = getattr(self.source, "read_ranges", None)
+        if read_ranges is not None:
+            chunks = list(read_ranges(absolute))
+        else:
+            chunks = [self.source.read_at(offset, length) for offset, length in absolute]
+        for (offset, length), chunk in zip(absolute, chunks):
+            if len(chunk) != length:
+                raise SafetensorError(
+                    f"{self.filename}: got {len(chunk)} bytes instead of {length} at offset "
+                    f"{offset}"
+                )
+        return chunks
+
+    def _array(self, name: str, raw: Any) -> np.ndarray:
+        code, shape, numpy_shape = self._file.info(name)[:3]
+        data = raw if isinstance(raw, bytearray) else bytearray(raw)
+        array = np.frombuffer(data, dtype=_dtypes.numpy_dtype(code)).reshape(numpy_shape)
+        if code in _dtypes.PACKED_BITS:
+            return _dtypes._wrap_packed(array, code, tuple(shape))
+        return array
+
+    def tensor(self, name: str) -> np.ndarray:
+        begin, end = self._file.info(name)[3:5]
+        return self._array(name, self._ranges([(begin, end - begin)])[0])
+
+    def tensors(self) -> Dict[str, np.ndarray]:
+        names = self._file.offset_keys()
+        spans = [self._file.info(name)[3:5] for name in names]
+        chunks = self._ranges([(begin, end - begin) for begin, end in spans])
+        return {name: self._array(name, chunk) for name, chunk in zip(names, chunks)}
+
+    def read_view(self, name: str, offset: int, shape: tuple, strides: tuple) -> np.ndarray:
+        """A strided view of one tensor (byte offset and strides relative to
+        it), gathered with one read per contiguous run."""
+        code, _, _, begin, end = self._file.info(name)
+        dtype = _dtypes.numpy_dtype(code)
+        runs, run_bytes = _runs(offset, shape, strides, dtype.itemsize, end - begin)
+        out = bytearray(len(runs) * run_bytes)
+        if runs:
+            merged = _merge_runs(runs, run_bytes)
+            chunks = self._ranges([(begin + lo, hi - lo) for lo, hi in merged])
+            pieces = {lo: memoryview(chunk) for (lo, _), chunk in zip(merged, chunks)}
+            starts = [lo for lo, _ in merged]
+            position = 0
+            for run in runs:
+                k = bisect.bisect_right(starts, run) - 1
+                lo = starts[k]
+                out[position:position + run_bytes] = pieces[lo][run - lo:run - lo + run_bytes]
+                position += run_bytes
+        return np.frombuffer(out, dtype=dtype).reshape(shape)
+
+
+def _runs(offset: int, shape: tuple, strides: tuple, itemsize: int, limit: int):
+    """Start offsets (in C order) of the contiguous runs of a strided view,
+    and the run length; raises if the view leaves [0, limit)."""
+    dims = [(int(n), int(s)) for n, s in zip(shape, strides) if n != 1]
+    if any(n == 0 for n, _ in dims):
+        return [], 0
+    run = itemsize
+    while dims and dims[-1][1] == run:
+        run *= dims[-1][0]
+        dims.pop()
+    low = offset + sum(s * (n - 1) for n, s in dims if s < 0)
+    high = offset + sum(s * (n - 1) for n, s in dims if s > 0) + run
+    if low < 0 or high > limit:
+        raise SafetensorError("strided view is outside the tensor")
+    starts = np.array([offset], dtype=np.int64)
+    for n, s in dims:
+        starts = (starts[:, None] + np.arange(n, dtype=np.int64) * s).reshape(-1)
+    return starts.tolist(), run
+
+
+def _merge_runs(runs: List[int], run_bytes: int, gap: int = 4096) -> List[Tuple[int, int]]:
+    """Sorted, coalesced [lo, hi) byte ranges covering every run."""
+    merged: List[List[int]] = []
+    for start in sorted(set(runs)):
+        if merged and start <= merged[-1][1] + gap:
+            merged[-1][1] = max(merged[-1][1], start + run_bytes)
+        else:
+            merged.append([start, start + run_bytes])
+    return [(lo, hi) for lo, hi in merged]
+
+
+# MARK: slices ---------------------------------------------------------------
+
+
+def _is_basic_index(item: Any) -> bool:
+    """True for the index items NumPy resolves to a view without reading data.
+
+    Only plain integers qualify as integers: NumPy treats arrays (even 0-d
+    ones) and booleans as advanced indices, which copy."""
+    if item is None or item is Ellipsis or isinstance(item, slice):
+        return True
+    return isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
+
+
+class TensorSlice:
+    """One tensor of an open file, read lazily through indexing.
+
+    ``f.get_slice(name)[index]`` gives the same values, shape and errors as
+    ``f.get_tensor(name)[index]`` for any NumPy index (an index out of
+    bounds raises :class:`SliceIndexError`, an IndexError). With a mapped
+    file the result is a zero-copy view; otherwise only the bytes the index
+    selects are read (one read per contiguous run).
+    """
+
+    __slots__ = ("_file", "_name", "_code", "_shape", "_numpy_shape", "_begin", "_end")
+
+    def __init__(self, file, name: str, info: tuple) -> None:
+        self._file = file
+        self._name = name
+        self._code, self._shape, self._numpy_shape, self._begin, self._end = info
+
+    def get_shape(self) -> List[int]:
+        """The logical shape (for F4/F6, in values, not bytes)."""
+        return list(self._shape)
+
+    def get_dtype(self) -> str:
+        """The format's dtype code, e.g. ``"F32"``."""
+        return self._code
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(self._shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self._shape)
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self._shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            return self._index(index)
+        except IndexError as exc:
+            if isinstance(exc, SliceIndexError):
+                raise
+            raise SliceIndexError(
+                f"tensor {self._name!r} of shape {list(self._numpy_shape)}: {exc}"
+            ) from None
+
+    def _index(self, index: Any) -> np.ndarray:
+        file = self._file
+        if file.mapped or file.filename is None:  # mapped, or an image in memory
+            return file.tensor(self._name)[index]
+        items = index if isinstance(index, tuple) else (index,)
+        if not all(_is_basic_index(item) for item in items):
+            # Advanced indexing selects arbitrary elements: read the tensor.
+            return file.tensor(self._name)[index]
+        return self._read_basic(file, items)
+
+    def _read_basic(self, file, items: tuple) -> np.ndarray:
+        dtype = _dtypes.numpy_dtype(self._code)
+        shape = self._numpy_shape
+        strides = []
+        step = dtype.itemsize
+        for d in reversed(shape):
+            strides.append(step)
+            step *= d
+        strides.reverse()
+        # A stand-in with the tensor's real shape and strides over a single
+        # element: NumPy computes the view (and raises the same errors as on
+        # the real array) without touching memory; the view's offset and
+        # strides then say which bytes to read.
+        anchor = np.zeros(1, dtype=dtype)
+        stand_in = np.lib.stride_tricks.as_strided(
+            anchor, shape=shape, strides=tuple(strides), writeable=False
+        )
+        has_ellipsis = any(item is Ellipsis for item in items)
+        view = stand_in[items if has_ellipsis else items + (Ellipsis,)]
+        if view.size == 0:
+            result = np.empty(view.shape, dtype=dtype)
+        else:
+            offset = view.__array_interface__["data"][0] - anchor.__array_interface__["data"][0]
+            result = file.read_view(self._name, offset, view.shape, view.strides)
+        if not has_ellipsis and view.ndim == 0:
+            return result[()]
+        if self._code in _dtypes.PACKED_BITS:
+            # Match what indexing the mapped PackedArray gives.
+            return _dtypes._view_packed(result, self._code)
+        return result
+
+    def __repr__(self) -> str:
+        return f"<safetensors_c.TensorSlice {self._name!r}: {self._code} {list(self._shape)}>"
+
+    def _repr_html_(self) -> str:
+        return _display.slice_html(self)

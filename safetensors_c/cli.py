@@ -278,15 +278,18 @@ def cmd_convert(args) -> int:
 
 
 def cmd_scan(args) -> int:
-    from .convert import scan
+    from .scan import scan
 
     status = 0
     reports = []
     for path in args.files:
         try:
             report = scan(path)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, MemoryError, RecursionError) as exc:
+            # the file could not be opened (or is no regular file): report it, go on
             _err(_one_line(exc))
+            if args.json:
+                reports.append({"path": path, "verdict": "error", "error": str(exc)})
             status = 1
             continue
         if not report.safe:
@@ -394,7 +397,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="no progress bar and no summary line")
     s.set_defaults(func=cmd_convert)
 
-    s = sub.add_parser("scan", help="report what a pickle-based file would import and call")
+    s = sub.add_parser("scan", help="report what loading a file would import and call "
+                                    "(verdict: safe, unsafe or unknown)")
     s.add_argument("files", nargs="+", metavar="FILE")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_scan)

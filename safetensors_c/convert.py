@@ -36,16 +36,13 @@ value is lost and no name disappears.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import mmap
 import os
 import shutil
 import stat
 import struct
 import tempfile
 import threading
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -65,7 +62,9 @@ from ._pickle_vm import (
     TensorRef,
     UnsafePickleError,
 )
+from ._archive import ArchiveError, Source, ZipArchive, npy_header, open_regular
 from .numpy import save_file
+from .scan import MAX_PICKLE_MEMBER, ScanReport, scan, scan_buffer
 from .sharded import save_sharded
 
 __all__ = [
@@ -116,60 +115,6 @@ class ConversionReport:
     files: list[str] = field(default_factory=list)  # what was written
 
 
-@dataclass
-class ScanReport:
-    """What a pickle-based file would import and call, found without running it."""
-
-    path: str
-    kind: str
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def safe(self) -> bool:
-        return all(f.safe for f in self.findings)
-
-    @property
-    def verdict(self) -> str:
-        return "safe" if self.safe else "unsafe"
-
-    @property
-    def globals(self) -> list[str]:
-        """Every distinct global, in order of first use."""
-        return list(dict.fromkeys(f.name for f in self.findings if f.kind == "global"))
-
-    @property
-    def unsafe_globals(self) -> list[str]:
-        return list(
-            dict.fromkeys(f.name for f in self.findings if f.kind == "global" and not f.safe)
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "path": self.path,
-            "kind": self.kind,
-            "verdict": self.verdict,
-            "findings": [
-                {"kind": f.kind, "name": f.name, "where": f.where, "offset": f.offset,
-                 "safe": f.safe, "note": f.note}
-                for f in self.findings
-            ],
-        }
-
-    def __str__(self) -> str:
-        lines = [f"{self.path}: {self.kind}: {self.verdict}"]
-        seen = set()
-        for f in self.findings:
-            key = (f.kind, f.name, f.where, f.safe)
-            if f.kind == "global" and f.safe and key in seen:
-                continue
-            seen.add(key)
-            where = f"{f.where} " if f.where else ""
-            mark = "ok    " if f.safe else "UNSAFE"
-            note = f" ({f.note})" if f.note else ""
-            lines.append(f"  {mark} {f.kind} {f.name}  [{where}byte {f.offset}]{note}")
-        return "\n".join(lines)
-
-
 # MARK: reading the source ---------------------------------------------------
 
 
@@ -186,57 +131,29 @@ class _Storage:
 
 
 def _map_file(path: str):
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise ConversionError(f"{path}: the file is empty")
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return mm
+    """A read-only mapping of a regular file (FIFOs, devices and sockets are refused
+    before anything is read; the descriptor checked is the one mapped)."""
+    source = Source(path)
+    if source.mapping is None:
+        raise ConversionError(f"{path}: the file is empty")
+    return source.mapping
 
 
-def _member_view(zf: zipfile.ZipFile, view: memoryview, info: zipfile.ZipInfo) -> Any:
-    """A zip member's bytes: a view of the mapping when stored, else decompressed."""
-    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-        return zf.read(info)
-    start = info.header_offset
-    if view[start : start + 4] != b"PK\x03\x04":
-        raise ConversionError(f"zip member {info.filename!r}: bad local header")
-    name_len, extra_len = struct.unpack("<HH", view[start + 26 : start + 30])
-    begin = start + 30 + name_len + extra_len
-    end = begin + info.file_size
-    if end > len(view):
-        raise ConversionError(f"zip member {info.filename!r} runs past the end of the file")
-    return view[begin:end]
-
-
-def _torch_zip_parts(zf: zipfile.ZipFile) -> tuple[str, zipfile.ZipInfo]:
-    candidates = [
-        i for i in zf.infolist()
-        if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1
-    ]
-    if len(candidates) != 1:
-        raise ConversionError("not a PyTorch zip checkpoint (no single <name>/data.pkl)")
-    return candidates[0].filename[: -len("data.pkl")], candidates[0]
-
-
-def _read_torch_zip(path, zf, view, buffers):
-    prefix, pkl = _torch_zip_parts(zf)
-    names = set(zf.namelist())
-    if prefix + "byteorder" in names:
-        order = zf.read(prefix + "byteorder").strip()
+def _read_torch_zip(path, archive: ZipArchive, buffers):
+    """PyTorch's zip format, members found as PyTorch's reader finds them (the archive
+    name is the first member's directory; names compared ignoring case), each read
+    no further than what data.pkl declares for it."""
+    archive.check()
+    first = archive.members[0].name if archive.members else ""
+    prefix = first.split("/", 1)[0] + "/" if "/" in first else ""
+    pkl = archive.find_one(prefix + "data.pkl") if prefix else None
+    if pkl is None:
+        raise ConversionError(f"{path}: not a PyTorch zip checkpoint (no {prefix}data.pkl)")
+    order_member = archive.find_one(prefix + "byteorder")
+    if order_member is not None:
+        order = bytes(archive.read(order_member, 64)).strip()
         if order != b"little":
             raise ConversionError(f"{path}: big-endian PyTorch checkpoints are not supported")
-    # Any other pickle in the archive must be safe too: a tampered archive is refused.
-    for info in zf.infolist():
-        if info.filename.endswith(".pkl") and info.filename != pkl.filename:
-            found = _scan_pickles(_member_view(zf, view, info), info.filename)
-            bad = [f for f in found if not f.safe]
-            if bad:
-                raise UnsafePickleError(
-                    f"{path}: {info.filename} uses " + _describe(bad)
-                    + "; nothing was executed and nothing was written",
-                    bad[0].name,
-                )
     storages: dict[str, _Storage] = {}
 
     def persistent_load(pid):
@@ -245,18 +162,46 @@ def _read_torch_zip(path, zf, view, buffers):
         typ, key, _location, numel = pid[1:5]
         if not isinstance(typ, StorageType) or not isinstance(key, str):
             raise ConversionError(f"{path}: unsupported storage reference {pid!r:.80}")
+        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+            raise ConversionError(f"{path}: storage {key!r}: bad element count {numel!r:.40}")
         storage = storages.get(key)
         if storage is None:
-            member = prefix + "data/" + key
-            if "/" in key or member not in names:
+            member = archive.find_one(prefix + "data/" + key) if "/" not in key else None
+            if member is None:
                 raise ConversionError(f"{path}: storage {key!r} is missing from the archive")
+            nbytes = numel * _element_size(typ.name)
+            if member.size != nbytes:
+                raise ArchiveError(
+                    f"{path}: member {member.name!r} holds {member.size} bytes, but data.pkl "
+                    f"declares {numel} elements of {typ.name} ({nbytes} bytes)", member.name)
             storage = _Storage(key, typ.name, numel)
-            storage.data = _member_view(zf, view, zf.getinfo(member))
+            # stored members are views of the mapping; deflated ones are inflated up to
+            # the declared size and no further
+            storage.data = archive.read(member, nbytes, crc=member.method != 0)
             storages[key] = storage
         return storage
 
-    data = _member_view(zf, view, pkl)
-    return _run_strict(data, pkl.filename, path, persistent_load=persistent_load)
+    data = archive.read(pkl, MAX_PICKLE_MEMBER)
+    return _run_strict(data, pkl.name, path, persistent_load=persistent_load)
+
+
+def _read_npz(path, archive: ZipArchive) -> dict:
+    """Each member as np.load reads it: by its content, never past its npy header's size."""
+    archive.check()
+    arrays = {}
+    for member in archive.members:
+        label = f"{path}: member {member.name!r}"
+        header = npy_header(archive.head(member, 65536 + 16), label)
+        need = header.data_offset + header.nbytes
+        if member.size != need:
+            raise ArchiveError(f"{label}: its .npy header declares {need} bytes, the member "
+                               f"holds {member.size}", member.name)
+        key = member.name[:-4] if member.name.endswith(".npy") else member.name
+        if key in arrays:
+            raise ArchiveError(f"{label}: two members give the array name {key!r}",
+                               member.name)
+        arrays[key] = _npy_array(archive.read(member, need), label)
+    return arrays
 
 
 def _read_torch_legacy(path, view, pos):
@@ -339,28 +284,15 @@ def _describe(findings: list[Finding]) -> str:
 
 def _npy_array(data: Any, label: str) -> np.ndarray:
     view = memoryview(data).cast("B")
-    fp = io.BytesIO(bytes(view[: min(len(view), 1 << 20)]))
-    try:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-        else:
-            raise ConversionError(f"{label}: .npy format version {version} is not supported")
-    except ConversionError:
-        raise
-    except Exception as exc:  # numpy raises ValueError / SyntaxError for bad headers
-        raise ConversionError(f"{label}: bad .npy header: {exc}") from None
+    header = npy_header(view, label)
+    shape, fortran, dtype = header.shape, header.fortran, header.dtype
     if dtype.hasobject:
         raise UnsafePickleError(
             f"{label}: an object array (loading it would need pickle); refused", "object array"
         )
-    count = 1
-    for d in shape:
-        count *= d
-    start = fp.tell()
-    need = count * dtype.itemsize
+    count = header.count
+    start = header.data_offset
+    need = header.nbytes
     if len(view) - start != need:
         raise ConversionError(
             f"{label}: the array needs {need} bytes of data, the file has {len(view) - start}"
@@ -369,46 +301,62 @@ def _npy_array(data: Any, label: str) -> np.ndarray:
     return flat.reshape(shape, order="F" if fortran else "C")
 
 
+def _refuse_unless_safe(path: str, report: ScanReport) -> None:
+    """convert and scan never disagree: whatever scan does not call safe is refused."""
+    if report.verdict == "safe":
+        return
+    reasons = report.reasons
+    shown = "; ".join(reasons[:4]) + (f"; and {len(reasons) - 4} more" if len(reasons) > 4
+                                      else "")
+    if report.verdict == "unsafe":
+        bad = [f for f in report.findings if not f.safe and f.kind not in ("error", "unknown")]
+        bad.sort(key=lambda f: f.kind != "global")  # the globals first: they say the most
+        where = bad[0].where or os.path.basename(path)
+        found = f"opcode {bad[0].name}" if bad[0].kind == "opcode" else bad[0].name
+        raise UnsafePickleError(
+            f"{path}: {where} uses {_describe(bad)}; refusing to convert (nothing was "
+            f"executed and nothing was written)", found)
+    raise ConversionError(f"{path}: cannot be analysed completely, so it is not converted: "
+                          f"{shown}")
+
+
 def _read_source(path: str, mm, buffers, name: str | None):
-    """Returns (kind, object tree)."""
+    """Returns (kind, object tree). The file is scanned first (by content, every member,
+    every reading other loaders would make); only what scan calls safe is read."""
     view = memoryview(mm)
-    head = bytes(view[:8])
     stem = name or os.path.splitext(os.path.basename(path))[0]
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        zf = zipfile.ZipFile(io.BytesIO(view))  # BytesIO over the mapping: no copy of data
-        members = zf.namelist()
-        if any(m.endswith("/data.pkl") for m in members):
-            return "pytorch zip", _read_torch_zip(path, zf, view, buffers)
-        if members and all(m.endswith(".npy") for m in members):
-            arrays = {}
-            for info in zf.infolist():
-                arrays[info.filename[:-4]] = _npy_array(
-                    _member_view(zf, view, info), f"{path}:{info.filename}"
-                )
-            return "npz", arrays
-        raise ConversionError(f"{path}: a zip archive that is neither a PyTorch checkpoint nor .npz")
-    if head.startswith(b"\x93NUMPY"):
-        return "npy", {stem: _npy_array(view, path)}
-    if head[:1] == b"\x80" or head[:1] in _TEXT_PICKLE_STARTS:
+    try:
+        report = scan_buffer(view, path)
+        kind = report.kind
+        if kind == "safetensors" and report.verdict == "safe":
+            raise ConversionError(f"{path}: already a .safetensors file; nothing to convert")
+        _refuse_unless_safe(path, report)
+        if kind == "pytorch zip":
+            return kind, _read_torch_zip(path, ZipArchive(view, path), buffers)
+        if kind == "npz":
+            return kind, _read_npz(path, ZipArchive(view, path))
+        if kind == "zip":
+            raise ConversionError(
+                f"{path}: a zip archive that is neither a PyTorch checkpoint nor .npz")
+        if kind == "npy":
+            return kind, {stem: _npy_array(view, path)}
+        if kind == "pytorch tar":
+            raise ConversionError(
+                f"{path}: a PyTorch checkpoint in the legacy tar format (PyTorch before "
+                f"0.1.10); converting it is not supported")
+        if kind not in ("pickle", "joblib", "pytorch legacy"):
+            raise ConversionError(
+                f"{path}: not a PyTorch checkpoint, pickle, joblib, .npy or .npz file "
+                f"(found: {kind})")
         first, pos = _run_strict_at(view, 0, "pickle", path, buffers=buffers)
         if first == _TORCH_LEGACY_MAGIC and type(first) is int:
             return "pytorch legacy", _read_torch_legacy(path, view, pos)
-        kind = "pickle"
         if isinstance(first, (PendingArray, TensorRef)):
             first = {stem: first}
         return kind, first
-    if head[:2] in (b"\x1f\x8b", b"BZ") or head[:6] == b"\xfd7zXZ\x00" or head[:1] == b"\x78":
-        raise ConversionError(
-            f"{path}: a compressed file (gzip, bz2, xz or zlib, e.g. a compressed joblib "
-            f"dump); decompress it first"
-        )
-    raise ConversionError(
-        f"{path}: not a PyTorch checkpoint, pickle, joblib, .npy or .npz file"
-    )
+    except MemoryError:
+        raise ConversionError(f"{path}: not enough memory to read it") from None
 
-
-# Opcodes a protocol 0/1 pickle may start with (refused later, but by name).
-_TEXT_PICKLE_STARTS = {b"(", b"c", b"}", b"]", b")", b"l", b"d", b"i", b"I", b"S", b"V", b"N"}
 
 
 def _element_size(tdtype: str) -> int:
@@ -838,7 +786,8 @@ def _read_bin_index(index_path: str) -> tuple[dict[str, str], dict]:
     """(weight_map, metadata) of a ``*.bin.index.json``, checked."""
     if not _is_regular(index_path):
         raise ConversionError(f"{index_path}: the index is not a regular file")
-    with open(index_path, "rb") as f:
+    fd, _info = open_regular(index_path)  # fstat of the descriptor read: no FIFO, no device
+    with os.fdopen(fd, "rb") as f:
         raw = f.read(_MAX_INDEX_BYTES + 1)
     if len(raw) > _MAX_INDEX_BYTES:
         raise ConversionError(f"{index_path}: the index is larger than {_MAX_INDEX_BYTES} bytes")
@@ -1058,109 +1007,3 @@ def _scan_one(view, pos: int, where: str, **kwargs) -> list[Finding]:
     for f in machine.findings:
         f.where = where
     return machine.findings
-
-
-def _scan_pickles(data: Any, where: str) -> list[Finding]:
-    """Scans every pickle in ``data`` back to back (a legacy torch file has five)."""
-    view = memoryview(data).cast("B")
-    findings: list[Finding] = []
-    pos, index = 0, 0
-    first = None
-    while pos < len(view):
-        label = where if index == 0 else f"{where} (pickle #{index + 1})"
-        machine = Machine(view, pos, scan=True, label=label,
-                          persistent_load=lambda pid: Opaque("storage"))
-        try:
-            result = machine.run()
-        except ConversionError as exc:
-            machine.findings.append(Finding("error", str(exc), machine.pos, False, "malformed"))
-            result = None
-            for f in machine.findings:
-                f.where = label
-            findings.extend(machine.findings)
-            break
-        for f in machine.findings:
-            f.where = label
-        findings.extend(machine.findings)
-        if index == 0:
-            first = result
-        pos = machine.pos
-        index += 1
-        if first == _TORCH_LEGACY_MAGIC and type(first) is int:
-            if index == 5:
-                break  # the rest is raw storage bytes
-            continue
-        if pos < len(view):
-            if view[pos] != 0x80:
-                break  # trailing bytes pickle.load never reads
-            findings.append(Finding("opcode", "trailing pickle", pos, True,
-                                    "another pickle after STOP (pickle.load stops at STOP)",
-                                    where))
-    return findings
-
-
-def scan(path) -> ScanReport:
-    """Reports every global and suspicious opcode a file's pickles would use.
-
-    Works on PyTorch zip checkpoints (every ``.pkl`` member, not only
-    ``data.pkl``), legacy PyTorch files, plain pickles, joblib files,
-    ``.npy``/``.npz`` (object arrays embed a pickle) and ``.safetensors``
-    files (no code at all). Nothing is executed.
-    """
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    mm = _map_file(path)
-    view = memoryview(mm)
-    head = bytes(view[:8])
-    findings: list[Finding] = []
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        try:
-            zf = zipfile.ZipFile(io.BytesIO(view))
-        except zipfile.BadZipFile as exc:
-            return ScanReport(path, "zip", [Finding("error", f"bad zip: {exc}", 0, False)])
-        members = zf.infolist()
-        torch_like = any(m.filename.endswith("/data.pkl") for m in members)
-        for info in members:
-            name = info.filename
-            if name.endswith(".pkl"):
-                findings.extend(_scan_pickles(_member_view(zf, view, info), name))
-            elif name.endswith(".npy"):
-                findings.extend(_scan_npy(_member_view(zf, view, info), name))
-        return ScanReport(path, "pytorch zip" if torch_like else "zip", findings)
-    if head.startswith(b"\x93NUMPY"):
-        return ScanReport(path, "npy", _scan_npy(view, os.path.basename(path)))
-    try:
-        from ._core import open as _open_core
-
-        _open_core(path, "pread", 0)
-        return ScanReport(path, "safetensors", [])
-    except Exception:
-        pass
-    findings = _scan_pickles(view, os.path.basename(path))
-    kind = "pickle"
-    try:
-        first, _ = _run_at(view, 0, label="pickle")
-        if first == _TORCH_LEGACY_MAGIC and type(first) is int:
-            kind = "pytorch legacy"
-    except ConversionError:
-        pass
-    return ScanReport(path, kind, findings)
-
-
-def _scan_npy(data: Any, where: str) -> list[Finding]:
-    try:
-        _npy_array(data, where)
-        return []
-    except UnsafePickleError:
-        view = memoryview(data).cast("B")
-        fp = io.BytesIO(bytes(view[: min(len(view), 1 << 20)]))
-        version = np.lib.format.read_magic(fp)
-        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                  else np.lib.format.read_array_header_2_0)
-        reader(fp)
-        found = [Finding("opcode", "object array", 0, False,
-                         "an object array: loading it runs pickle", where)]
-        return found + _scan_pickles(view[fp.tell():], where)
-    except ConversionError as exc:
-        return [Finding("error", str(exc), 0, False, "malformed", where)]

@@ -38,6 +38,7 @@ import http.client
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -392,7 +393,8 @@ def _http_options(storage_options: Optional[Dict[str, Any]], url: str):
 
 
 class _Retry(Exception):
-    pass
+    def __init__(self, backoff: bool) -> None:
+        self.backoff = backoff
 
 
 class _Redirect(Exception):
@@ -429,6 +431,7 @@ class HTTPSource(_RangeSource):
         self.url = url
         self._headers, self.timeout, self._ssl = _http_options(storage_options, url)
         self._location = url  # where the last redirect led
+        self._netloc = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
         self._pool: List[Tuple[Tuple[str, str, int], http.client.HTTPConnection]] = []
         self._pool_lock = threading.Lock()
         self._etag: Optional[str] = None
@@ -472,11 +475,14 @@ class HTTPSource(_RangeSource):
                 return
         conn.close()
 
-    def close(self) -> None:
+    def _drop_pool(self) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, []
         for _, conn in pool:
             conn.close()
+
+    def close(self) -> None:
+        self._drop_pool()
         super().close()
 
     # -- one request ----------------------------------------------------
@@ -501,9 +507,10 @@ class HTTPSource(_RangeSource):
                 if redirects > _MAX_REDIRECTS:
                     raise self._fail(start, end, f"more than {_MAX_REDIRECTS} redirects")
                 self._location = redirect.location
-            except _Retry:
+            except _Retry as retry:
                 attempts += 1
-                time.sleep(min(0.05 * 2**attempts, 1.0))
+                if retry.backoff:
+                    time.sleep(min(0.05 * 2**attempts, 1.0))
 
     def _get_once(self, url, start, end, into, probe, attempts) -> int:
         last = attempts + 1 >= _MAX_ATTEMPTS
@@ -515,7 +522,10 @@ class HTTPSource(_RangeSource):
             "Accept-Encoding": "identity",
             "User-Agent": "safetensors_c",
         }
-        headers.update(self._headers)
+        same_host = parts.netloc.rpartition("@")[2] == self._netloc
+        for key_, value in self._headers.items():
+            if same_host or key_.lower() != "authorization":  # never leak credentials
+                headers[key_] = value
         try:
             conn.request("GET", target, headers=headers)
             response = conn.getresponse()
@@ -526,9 +536,12 @@ class HTTPSource(_RangeSource):
             ) from None
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
             conn.close()
-            if reused or not last:
-                # A keep-alive connection the server had already closed.
-                raise _Retry() from None
+            if reused:
+                # A keep-alive connection the server had closed: the others
+                # in the pool are likely stale too.
+                self._drop_pool()
+            if not last:
+                raise _Retry(backoff=not reused) from None
             raise RemoteError(f"{self._where(start, end)}: connection lost ({exc})") from None
         except http.client.HTTPException as exc:
             conn.close()
@@ -544,7 +557,7 @@ class HTTPSource(_RangeSource):
             conn.close()
             raise
         finally:
-            if not conn.sock is None:
+            if conn.sock is not None:
                 self._release(key, conn, response)
 
     def _receive(self, response, url, start, end, into, probe, last) -> int:
@@ -557,7 +570,7 @@ class HTTPSource(_RangeSource):
             raise _Redirect(urllib.parse.urljoin(url, location))
         if status in (502, 503, 504) and not last:
             self._drain(response)
-            raise _Retry()
+            raise _Retry(backoff=True)
         if status == 416 and probe:
             match = _UNSATISFIED_RANGE.match(response.getheader("Content-Range") or "")
             self._drain(response)
@@ -782,15 +795,11 @@ class FsspecSource(_RangeSource):
 
 def is_fsspec_file(obj: Any) -> bool:
     """True for an fsspec file object (it knows its file system and path)."""
+    fsspec = sys.modules.get("fsspec")
+    if fsspec is None:  # not imported: nothing can be one of its files
+        return False
     fs = getattr(obj, "fs", None)
-    return (
-        fs is not None
-        and isinstance(getattr(obj, "path", None), str)
-        and callable(getattr(fs, "cat_file", None))
-        and type(fs).__module__.split(".", 1)[0] == "fsspec"
-        or type(obj).__module__.split(".", 1)[0] == "fsspec"
-        and fs is not None
-    )
+    return isinstance(fs, fsspec.AbstractFileSystem) and isinstance(getattr(obj, "path", None), str)
 
 
 def open_fsspec_file(file, **options) -> FsspecSource:

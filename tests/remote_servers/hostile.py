@@ -25,6 +25,7 @@ answers (so opening can succeed and a later tensor read fail).
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional, Tuple
@@ -71,7 +72,14 @@ class HostileServer:
             def do_HEAD(self) -> None:
                 server._handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address) -> None:
+                # A client that gives up on a misbehaving answer resets the
+                # connection: expected here, and kept for inspection.
+                server.errors.append(sys.exc_info()[1])
+
+        self.errors: List[BaseException] = []
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -28,11 +28,12 @@ import json
 import os
 import re
 import tempfile
+import urllib.parse
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import stat
 
-from . import _display, _writer
+from . import _display, _remote, _writer
 from ._checks import check_metadata, error, fs_path, parse_size
 from ._core import SafetensorError
 from ._frameworks import adapter_for, to_neutral
@@ -236,9 +237,22 @@ def _read_regular_file(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def _read_index(path: str) -> Tuple[Dict[str, str], Optional[Dict[str, Any]]]:
-    """(weight_map, metadata) of an index file, with its structure checked."""
-    raw = _read_regular_file(path, MAX_INDEX_SIZE + 1)
+def _read_index(
+    path: str, storage_options: Optional[Dict[str, Any]] = None
+) -> Tuple[Dict[str, str], Optional[Dict[str, Any]]]:
+    """(weight_map, metadata) of an index file (a path or a URL), with its
+    structure checked."""
+    if _remote.is_url(path):
+        source = _remote.open_url(path, storage_options)
+        try:
+            path = source.name
+            if source.size > MAX_INDEX_SIZE:
+                raise _index_error(path, f"the file is larger than {MAX_INDEX_SIZE} bytes")
+            raw = bytes(source.read_at(0, source.size))
+        finally:
+            source.close()
+    else:
+        raw = _read_regular_file(path, MAX_INDEX_SIZE + 1)
     if len(raw) > MAX_INDEX_SIZE:
         raise _index_error(path, f"the file is larger than {MAX_INDEX_SIZE} bytes")
     try:
@@ -275,7 +289,8 @@ def _read_index(path: str) -> Tuple[Dict[str, str], Optional[Dict[str, Any]]]:
 
 
 def _shard_path(directory: str, real_directory: str, name: str, index_path: str) -> str:
-    """The path of shard ``name``, which must stay inside the directory."""
+    """The path (or URL) of shard ``name``, which must stay inside the
+    directory."""
     if (
         not name
         or name in (".", "..")
@@ -288,6 +303,8 @@ def _shard_path(directory: str, real_directory: str, name: str, index_path: str)
             index_path,
             f"shard {name!r} is not a plain file name in the checkpoint's directory",
         )
+    if _remote.is_url(directory):
+        return _remote.join_url(directory, name)
     path = os.path.join(directory, name)
     real = os.path.realpath(path)
     if real == real_directory or os.path.commonpath([real, real_directory]) != real_directory:
@@ -298,13 +315,20 @@ def _shard_path(directory: str, real_directory: str, name: str, index_path: str)
     return path
 
 
-def _locate(path, prefix: str) -> Tuple[str, Optional[str], Optional[str]]:
-    """(directory, index path or None, single-file name or None)."""
+def _locate(
+    path, prefix: str, storage_options: Optional[Dict[str, Any]] = None
+) -> Tuple[str, Optional[str], Optional[str]]:
+    """(directory, index path or None, single-file name or None); for a
+    URL, the directory's URL and the index's URL."""
+    if isinstance(path, str) and _remote.is_url(path):
+        return _locate_url(path, _check_prefix(prefix), storage_options)
+    if storage_options is not None:
+        raise TypeError("storage_options applies only to URLs (e.g. 'https://...', 's3://...')")
     path = fs_path(path, "path")
     prefix = _check_prefix(prefix)
     if os.path.isdir(path):
         index = os.path.join(path, prefix + INDEX_SUFFIX)
-        if os.path.isfile(index):
+        if os.path.exists(index):  # a FIFO or device here is refused when read
             return path, index, None
         single = os.path.join(path, prefix + ".safetensors")
         if os.path.isfile(single):
@@ -321,6 +345,36 @@ def _locate(path, prefix: str) -> Tuple[str, Optional[str], Optional[str]]:
     return directory, None, os.path.basename(path)
 
 
+def _locate_url(url: str, prefix: str, storage_options) -> Tuple[str, Optional[str], Optional[str]]:
+    """``_locate`` for a URL: an index (``.json``), a single ``.safetensors``
+    file, or else a directory, where the index is looked for first (one
+    8-byte request; a 404 moves on to ``{prefix}.safetensors``)."""
+    head, sep, query = url.partition("?")
+    if head.endswith(".json") or head.endswith(".safetensors"):
+        directory, _, name = head.rpartition("/")
+        directory += sep + query
+        if head.endswith(".json"):
+            return directory, url, None
+        return directory, None, urllib.parse.unquote(name)
+    directory = head.rstrip("/") + sep + query
+    index = _remote.join_url(directory, prefix + INDEX_SUFFIX)
+    if _remote.exists(index, storage_options):
+        return directory, index, None
+    if _remote.exists(_remote.join_url(directory, prefix + ".safetensors"), storage_options):
+        return directory, None, prefix + ".safetensors"
+    raise FileNotFoundError(
+        f"{_remote.display_url(directory)}: no sharded checkpoint here: neither "
+        f"{prefix + INDEX_SUFFIX} nor {prefix}.safetensors exists"
+    )
+
+
+def _join(directory: str, name: str) -> str:
+    """The single file ``name`` in ``directory`` (a path or a URL)."""
+    if _remote.is_url(directory):
+        return _remote.join_url(directory, name)
+    return os.path.join(directory, name)
+
+
 # ---------------------------------------------------------------------------
 # MARK: opening
 
@@ -328,10 +382,13 @@ class safe_open_sharded:
     """Opens a sharded checkpoint lazily, with the methods of ``safe_open``.
 
     safe_open_sharded(path, framework="np", device="cpu", *, prefix="model",
-                      backend="mmap")
+                      backend="mmap", storage_options=None)
 
     ``path`` is the checkpoint's directory, its index file, or a single
-    .safetensors file. Every shard is opened (mapped and its header fully
+    .safetensors file, as a path or a URL (``https://``, ``s3://``, ...;
+    ``storage_options`` go to fsspec). For a URL each shard's header is
+    fetched here (one request, two for a header over 256 KiB) and the
+    tensors' bytes only when asked for. Every shard is opened (mapped and its header fully
     validated) once, here, and checked against the index; no tensor data is
     read until asked for. ``get_tensor``, ``get_slice`` and ``get_tensors``
     then serve every tensor from its shard, zero-copy.
@@ -345,20 +402,22 @@ class safe_open_sharded:
         *,
         prefix: str = "model",
         backend: str = "mmap",
+        storage_options: Optional[Dict[str, Any]] = None,
     ) -> None:
         self._shards: Optional[Dict[str, safe_open]] = None
-        directory, index_path, single = _locate(path, prefix)
+        directory, index_path, single = _locate(path, prefix, storage_options)
         self._directory = directory
         self._index_path = index_path
         if index_path is not None:
-            weight_map, index_metadata = _read_index(index_path)
+            weight_map, index_metadata = _read_index(index_path, storage_options)
         else:
             weight_map, index_metadata = None, None
         shards: Dict[str, safe_open] = {}
         try:
             if weight_map is None:
                 shards[single] = safe_open(
-                    os.path.join(directory, single), framework, device, backend=backend
+                    _join(directory, single), framework, device, backend=backend,
+                    storage_options=storage_options,
                 )
                 weight_map = {name: single for name in shards[single].keys()}
             else:
@@ -366,7 +425,10 @@ class safe_open_sharded:
                 files = sorted(set(weight_map.values()))
                 paths = [_shard_path(directory, real_directory, f, index_path) for f in files]
                 for file, shard_path in zip(files, paths):
-                    shards[file] = safe_open(shard_path, framework, device, backend=backend)
+                    shards[file] = safe_open(
+                        shard_path, framework, device, backend=backend,
+                        storage_options=storage_options,
+                    )
                 self._check_against_index(index_path, weight_map, index_metadata, shards)
         except BaseException:
             for shard in shards.values():
@@ -526,9 +588,13 @@ def load_sharded(
     prefix: str = "model",
     backend: str = "mmap",
     progress: bool = True,
+    storage_options: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Every tensor of a sharded checkpoint (a directory, its index file, or
-    a single .safetensors file), shard by shard. With several shards and
-    ``progress=True`` a tqdm bar shows progress, if tqdm is installed."""
-    with safe_open_sharded(path, framework, device, prefix=prefix, backend=backend) as f:
+    a single .safetensors file; a path or a URL, with ``storage_options``
+    for fsspec), shard by shard. With several shards and ``progress=True``
+    a tqdm bar shows progress, if tqdm is installed."""
+    with safe_open_sharded(
+        path, framework, device, prefix=prefix, backend=backend, storage_options=storage_options
+    ) as f:
         return f.get_tensors(progress=progress)

@@ -1,0 +1,134 @@
+"""The package's floors, checked on its source: every import of a package
+module points down (adapters -> neutral layer -> _core), there is no
+import cycle, and no package module is imported inside a function (the
+habit that hides cycles). Optional third-party packages may be imported
+lazily; package modules may not."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "safetensors_c"
+
+# Floor of each module: a module may import only modules of lower floors.
+FLOORS = {
+    "_core": 0,
+    "_dtypes": 1, "_checks": 1, "_pickle_vm": 1,
+    "_display": 2, "_remote": 2, "_digests": 2,
+    "_reader": 3, "_writer": 3, "_archive": 3, "_into": 3,
+    "_frameworks": 4,
+    "_open": 5,
+    "integrity": 6, "sharded": 6, "scan": 6, "distributed": 6,
+    "convert": 7,
+    "numpy": 8, "torch": 8, "flax": 8, "tensorflow": 8, "paddle": 8, "mlx": 8,
+    "cli": 9, "compat": 9, "__init__": 9,
+    "__main__": 10,
+}
+# _adapters.<framework>: above the neutral reader and writer, loaded by the
+# registry (_frameworks) by module path, below every feature.
+ADAPTER_FLOOR = 4
+
+
+def floor_of(module: str) -> int:
+    if module.startswith("_adapters"):
+        return ADAPTER_FLOOR
+    if module not in FLOORS:
+        pytest.fail(f"safetensors_c.{module} has no floor in tests/test_layers.py: add it")
+    return FLOORS[module]
+
+
+def modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        parts = rel.parts
+        if parts[-1] == "__init__" and len(parts) > 1:
+            name = ".".join(parts[:-1])
+        else:
+            name = ".".join(parts)
+        yield name, path
+
+
+def package_imports(name: str, tree: ast.AST):
+    """(imported module, line, inside a function?) for each package import."""
+    package_parts = name.split(".")[:-1] if "." in name else []
+    found = []
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.ImportFrom) and child.level > 0:
+                base = package_parts[: len(package_parts) - (child.level - 1)]
+                if child.module:
+                    found.append((".".join(base + [child.module]), child.lineno, in_function))
+                else:
+                    for alias in child.names:
+                        found.append((".".join(base + [alias.name]), child.lineno, in_function))
+            elif isinstance(child, (ast.Import, ast.ImportFrom)):
+                module = child.module if isinstance(child, ast.ImportFrom) else None
+                names = [module] if module else [a.name for a in child.names]
+                for full in names:
+                    if full and full.startswith("safetensors_c."):
+                        found.append((full[len("safetensors_c."):], child.lineno, in_function))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def graph():
+    edges = {}
+    for name, path in modules():
+        tree = ast.parse(path.read_text(), str(path))
+        edges[name] = package_imports(name, tree)
+    return edges
+
+
+def test_every_import_points_down():
+    wrong = []
+    for name, imports in graph().items():
+        for target, line, _ in imports:
+            top = target.split(".")[0] if not target.startswith("_adapters") else target
+            if top == "_adapters" or target == name:
+                continue
+            if floor_of(target if target.startswith("_adapters") else top) >= floor_of(name):
+                wrong.append(f"safetensors_c/{name}.py:{line} imports {target}")
+    assert not wrong, "imports that do not point down:\n" + "\n".join(wrong)
+
+
+def test_no_package_import_inside_a_function():
+    inside = [
+        f"safetensors_c/{name}.py:{line} imports {target} inside a function"
+        for name, imports in graph().items()
+        for target, line, in_function in imports
+        if in_function
+    ]
+    assert not inside, "\n".join(inside)
+
+
+def test_no_import_cycle():
+    edges = {name: {t for t, _, _ in imports} for name, imports in graph().items()}
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for target in edges.get(node, ()):
+            if state.get(target) == "open":
+                pytest.fail("import cycle: " + " -> ".join(path + [target]))
+            if target in edges and target not in state:
+                visit(target, path + [target])
+        state[node] = "done"
+
+    for node in edges:
+        if node not in state:
+            visit(node, [node])
+
+
+def test_core_includes_no_python():
+    core = PACKAGE.parent / "csrc" / "core"
+    offenders = [
+        str(p) for p in core.glob("*.[ch]") if "Python.h" in p.read_text() or "numpy/" in p.read_text()
+    ]
+    assert not offenders

@@ -53,7 +53,7 @@ __all__ = [
     "open_url",
     "open_fsspec_file",
     "is_fsspec_file",
-    "read_small",
+    "exists",
     "join_url",
     "plan_reads",
     "REMOTE_EXTRA",
@@ -850,20 +850,6 @@ def open_url(
     fsspec = _fsspec()
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return FsspecSource(fs, path, url, **options)
-
-
-def read_small(url: str, limit: int, storage_options: Optional[Dict[str, Any]] = None) -> bytes:
-    """The whole of a small remote file (an index), refusing one larger
-    than ``limit`` bytes; FileNotFoundError when it does not exist."""
-    source = open_url(url, storage_options, prefetch=min(limit + 1, DEFAULT_PREFETCH))
-    try:
-        if source.size > limit:
-            raise RemoteError(
-                f"{source.name}: {source.size} bytes, more than the {limit} allowed"
-            )
-        return bytes(source.read_at(0, source.size))
-    finally:
-        source.close()
 
 
 def exists(url: str, storage_options: Optional[Dict[str, Any]] = None) -> bool:

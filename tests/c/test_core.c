@@ -177,6 +177,7 @@ int main(void) {
         {"read: strided", run_strided_tests},
         {"writer", run_writer_tests},
         {"allocation failures", run_alloc_tests},
+        {"sources", run_source_tests},
     };
     for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
         unsigned long failures_before = g_failures;

@@ -52,9 +52,11 @@ def _alignment(offset: int, cap: int = 4096) -> int:
 
 
 def _file_rows(path: str, shard: str | None = None) -> tuple[list[dict], dict | None]:
-    from . import _core
+    from ._reader import open_source
 
-    file = _core.open(path, "mmap", 0)
+    # A path is mapped; a URL costs its header only (one request, two for a
+    # header over 256 KiB).
+    file = open_source(path)
     rows = []
     for name in file.offset_keys():
         code, shape, _np_shape, begin, end = file.info(name)
@@ -134,7 +136,7 @@ def _print_table(data: dict) -> None:
 def cmd_inspect(args) -> int:
     try:
         data = _inspect_data(args.file)
-    except (OSError, ValueError, _Failure) as exc:
+    except (OSError, ValueError, ImportError, _Failure) as exc:
         _err(_one_line(exc))
         return 1
     if args.json:

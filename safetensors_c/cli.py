@@ -221,7 +221,9 @@ def _progress_bar(size: int, desc: str, quiet: bool):
 
 
 def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {word}es" if word.endswith(("s", "x")) else f"{count} {word}s"
 
 
 def _parse_metadata(items: Sequence[str]) -> dict[str, str] | None:

@@ -1,0 +1,305 @@
+"""Coordinated loading across torch.distributed ranks (gloo, CPU), world sizes 2 and 4.
+
+Each rank reads a disjoint ~1/N of the checkpoint from storage and the
+ranks exchange the rest. Checked in real processes (torch.multiprocessing):
+every rank's result equals a single-process load (or, with a
+tensor-parallel plan, the get_slice of its rows/columns), and each rank's
+bytes read from storage (/proc/self/io read_bytes, after evicting the files
+from the page cache with posix_fadvise) stay within its share plus the
+headers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+import torch.multiprocessing as mp  # noqa: E402
+
+import safetensors_c.torch as ct  # noqa: E402
+from safetensors_c import distributed  # noqa: E402
+from safetensors_c._core import SafetensorError  # noqa: E402
+
+TIMEOUT = 60  # seconds, for the collectives of one spawn
+HAS_IO = os.path.exists("/proc/self/io") and hasattr(os, "posix_fadvise")
+# Bytes a rank may read beyond its share: each file's header (the core
+# reads it whole) rounded to pages, plus the pages cut between ranks.
+PAGE = 4096
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_bytes() -> int:
+    with open("/proc/self/io") as fh:
+        for line in fh:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    raise AssertionError("no read_bytes in /proc/self/io")
+
+
+def evict(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def model_tensors(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    t = {}
+    for layer in range(3):
+        p = f"layers.{layer}."
+        t[p + "q_proj.weight"] = torch.randn(256, 512, generator=g)  # 512 KiB
+        t[p + "o_proj.weight"] = torch.randn(512, 250, generator=g)
+        t[p + "mlp.weight"] = torch.randn(64, 3, 100, generator=g).to(torch.bfloat16)
+        t[p + "norm.weight"] = torch.randn(512, generator=g)
+        t[p + "odd"] = torch.randint(0, 255, (7, 3), generator=g, dtype=torch.uint8)
+    t["embed.weight"] = torch.randn(1000, 300, generator=g).to(torch.float16)
+    t["step"] = torch.tensor(12345, dtype=torch.int64)
+    t["empty"] = torch.zeros(0, 5)
+    t["mask"] = torch.rand(33, generator=g) > 0.5
+    return t
+
+
+PLAN = {
+    **{f"layers.{i}.q_proj.weight": 0 for i in range(3)},  # rows: read directly
+    **{f"layers.{i}.o_proj.weight": 1 for i in range(3)},  # columns: all-to-all
+    **{f"layers.{i}.mlp.weight": -2 for i in range(3)},  # the middle dimension
+    "embed.weight": 0,
+    "empty": 1,
+}
+
+
+def expected_part(full: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
+    dim %= full.ndim
+    lo, hi = distributed.rank_slice(full.shape[dim], rank, world)
+    index = [slice(None)] * full.ndim
+    index[dim] = slice(lo, hi)
+    return full[tuple(index)]
+
+
+def load_case(rank, world, case):
+    files = case["files"]
+    want = {}
+    for f in files:
+        want.update(ct.load_file(f))
+    if HAS_IO:
+        for f in files:
+            evict(f)
+    dist.barrier()
+    before = read_bytes() if HAS_IO else 0
+    got = distributed.load_files(files, plan=case.get("plan"), max_workers=2)
+    report = {"read_bytes": (read_bytes() - before) if HAS_IO else None}
+    dist.barrier()
+    plan = case.get("plan") or {}
+    bad = []
+    if list(got) != [n for f in files for n in _offset_keys(f)]:
+        bad.append("order")
+    for name, full in want.items():
+        expect = full if plan.get(name) is None else expected_part(full, plan[name], rank, world)
+        tensor = got.get(name)
+        if tensor is None or tensor.dtype != expect.dtype or tensor.shape != expect.shape \
+                or not torch.equal(tensor.contiguous().view(-1).view(torch.uint8),
+                                   expect.contiguous().view(-1).view(torch.uint8)):
+            bad.append(name)
+    report["bad"] = bad
+    # The results are ordinary tensors: writable, and savable again.
+    for tensor in got.values():
+        if tensor.numel():
+            tensor.view(-1)[0:1].zero_()
+    if rank == 0 and not plan:
+        ct.save_file(got, case["resave"])
+    return report
+
+
+def worker(rank, world, port, cases, out_dir):
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+        timeout=datetime.timedelta(seconds=TIMEOUT),
+    )
+    reports = {}
+    try:
+        for key, case in cases.items():
+            reports[key] = load_case(rank, world, case)
+    except BaseException as exc:
+        reports["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+            json.dump(reports, fh)
+        dist.destroy_process_group()
+
+
+def _offset_keys(path):
+    from safetensors_c._reader import open_source
+
+    return open_source(path).offset_keys()
+
+
+_RUNS = {}
+
+
+def run(world, checkpoint, tmp_path_factory):
+    """One spawn per world size runs every case; later tests reuse it."""
+    if world in _RUNS:
+        return _RUNS[world]
+    out_dir = str(tmp_path_factory.mktemp(f"world{world}"))
+    cases = {
+        "single": {"files": [checkpoint["single"]],
+                   "resave": os.path.join(out_dir, "resaved.safetensors")},
+        "sharded": {"files": checkpoint["shards"],
+                    "resave": os.path.join(out_dir, "resaved_sharded.safetensors")},
+        "plan": {"files": checkpoint["shards"], "plan": PLAN},
+    }
+    mp.spawn(worker, args=(world, free_port(), cases, out_dir), nprocs=world, join=True)
+    reports = []
+    for r in range(world):
+        with open(os.path.join(out_dir, f"rank{r}.json")) as fh:
+            reports.append(json.load(fh))
+    _RUNS[world] = (reports, out_dir)
+    return _RUNS[world]
+
+
+def case_reports(world, key, checkpoint, tmp_path_factory):
+    reports, out_dir = run(world, checkpoint, tmp_path_factory)
+    for rep in reports:
+        assert "error" not in rep, rep
+    for rep in reports:
+        assert rep[key]["bad"] == [], rep[key]
+    return [rep[key] for rep in reports], out_dir
+
+
+def data_and_header_sizes(files):
+    from safetensors_c._reader import open_source
+
+    data = header = 0
+    for f in files:
+        r = open_source(f)
+        data += r.file_size - r.data_start
+        header += -(-r.data_start // PAGE) * PAGE
+    return data, header
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    tensors = model_tensors()
+    single = str(root / "model.safetensors")
+    ct.save_file(tensors, single)
+    shard_dir = root / "sharded"
+    ct.save_sharded(tensors, str(shard_dir), max_shard_size="1MB", progress=False)
+    shards = sorted(str(p) for p in shard_dir.glob("*.safetensors"))
+    assert len(shards) >= 3
+    return {"single": single, "shards": shards, "tensors": tensors}
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_full_load_equals_single_process(checkpoint, tmp_path_factory, world):
+    files = [checkpoint["single"]]
+    reports, out_dir = case_reports(world, "single", checkpoint, tmp_path_factory)
+    data, header = data_and_header_sizes(files)
+    if HAS_IO:
+        total = sum(r["read_bytes"] for r in reports)
+        for rep in reports:
+            # Its ~1/N share (cuts fall on pages), the header, a page each side.
+            assert rep["read_bytes"] <= -(-data // world) + PAGE + header + 2 * PAGE, rep
+        # Between them the ranks read the file about once, not N times.
+        assert total <= data + world * (header + 3 * PAGE), reports
+    resaved = ct.load_file(os.path.join(out_dir, "resaved.safetensors"))
+    assert set(resaved) == set(checkpoint["tensors"])
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sharded_load_equals_single_process(checkpoint, tmp_path_factory, world):
+    files = checkpoint["shards"]
+    reports, _ = case_reports(world, "sharded", checkpoint, tmp_path_factory)
+    data, header = data_and_header_sizes(files)
+    if HAS_IO:
+        for rep in reports:
+            # Pages at each shard's edges may be read by two ranks.
+            slack = header + 2 * PAGE * (len(files) + 1)
+            assert rep["read_bytes"] <= -(-data // world) + PAGE + slack, rep
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_tensor_parallel_plan(checkpoint, tmp_path_factory, world):
+    files = checkpoint["shards"]
+    reports, _ = case_reports(world, "plan", checkpoint, tmp_path_factory)
+    data, header = data_and_header_sizes(files)
+    if HAS_IO:
+        for rep in reports:
+            # Every tensor split its own way: each piece may add a page each side.
+            slack = header + 2 * PAGE * (len(checkpoint["tensors"]) + len(files) + world)
+            assert rep["read_bytes"] <= data // world + slack, rep
+
+
+def test_without_an_initialized_group(checkpoint):
+    if dist.is_initialized():  # pragma: no cover
+        pytest.skip("a process group is already initialized in this process")
+    with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
+        distributed.load_file(checkpoint["single"])
+
+
+def test_rank_slice_covers_every_index():
+    for size in (0, 1, 5, 7, 100):
+        for world in (1, 2, 3, 4, 8):
+            parts = [distributed.rank_slice(size, r, world) for r in range(world)]
+            assert parts[0][0] == 0 and parts[-1][1] == size
+            assert all(parts[i][1] == parts[i + 1][0] for i in range(world - 1))
+
+
+BAD_PLANS = [
+    ({"step": 0}, "SafetensorError: tensor 'step' of shape [] has no dimension 0 to split"),
+    ({"embed.weight": 2}, "SafetensorError: tensor 'embed.weight' of shape [1000, 300] has no "
+                          "dimension 2 to split"),
+    ({"embed.weight": "0"}, "TypeError: the plan's dimension for 'embed.weight' must be an int"),
+]
+
+
+def bad_plan_worker(rank, world, port, path, out_dir):
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=TIMEOUT))
+    messages = []
+    try:
+        for plan, _ in BAD_PLANS:
+            try:
+                distributed.load_file(path, plan=plan)
+                messages.append("no error")
+            except (SafetensorError, TypeError) as exc:
+                messages.append(f"{type(exc).__name__}: {exc}")
+        # The group is still usable: a good load after the bad ones.
+        got = distributed.load_file(path)
+        messages.append(f"loaded {len(got)}")
+    finally:
+        dist.destroy_process_group()
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+            json.dump(messages, fh)
+
+
+def test_bad_plans_fail_on_every_rank(checkpoint, tmp_path):
+    out_dir = str(tmp_path)
+    mp.spawn(bad_plan_worker, args=(2, free_port(), checkpoint["single"], out_dir),
+             nprocs=2, join=True)
+    for r in range(2):
+        with open(os.path.join(out_dir, f"rank{r}.json")) as fh:
+            messages = json.load(fh)
+        for (_, want), got in zip(BAD_PLANS, messages):
+            assert got.startswith(want), (got, want)
+        assert messages[-1] == f"loaded {len(checkpoint['tensors'])}"

@@ -285,34 +285,40 @@ _PLAIN_DEPTH = 32
 _PLAIN_NODES = 1_000_000
 
 
-def _check_plain_data(value: Any, what: str) -> None:
-    """Refuses anything but nested dicts/lists/tuples of str, int, float, bool, None."""
-    pending = [(value, 0)]
+def _plain_copy(value: Any, what: str) -> Any:
+    """A copy of nested dicts/lists/tuples of str, int, float, bool and None.
+
+    Anything else is refused. The copy is taken when BUILD runs, so that
+    containers the pickle changes later (or that contain themselves) cannot
+    change it; depth and size are bounded.
+    """
     nodes = 0
-    while pending:
-        item, depth = pending.pop()
+
+    def copy(item: Any, depth: int) -> Any:
+        nonlocal nodes
         nodes += 1
         if nodes > _PLAIN_NODES:
             raise ConversionError(f"{what} holds more than {_PLAIN_NODES} values")
         if depth > _PLAIN_DEPTH:
             raise ConversionError(f"{what} nests deeper than {_PLAIN_DEPTH} levels (a cycle?)")
         if item is None or isinstance(item, (str, int, float, bool)):
-            continue
+            return item
         if type(item) in (dict, OrderedDictData):
-            if isinstance(item, OrderedDictData) and item.state_metadata is not None:
-                raise ConversionError(f"{what} holds an OrderedDict with attributes")
+            out = {}
             for key, sub in item.items():
                 if key is not None and not isinstance(key, (str, int, float, bool)):
                     raise ConversionError(f"{what} has a key of type {type(key).__name__}")
-                pending.append((sub, depth + 1))
-            continue
+                out[key] = copy(sub, depth + 1)
+            return out
         if type(item) in (list, tuple):
-            pending.extend((sub, depth + 1) for sub in item)
-            continue
+            items = [copy(sub, depth + 1) for sub in item]
+            return items if type(item) is list else tuple(items)
         raise ConversionError(
             f"{what} must be plain data (dicts, lists, strings, numbers), "
             f"not {type(item).__name__}"
         )
+
+    return copy(value, 0)
 
 
 def _build_ordered_dict(target: OrderedDictData, state: Any) -> None:
@@ -328,9 +334,9 @@ def _build_ordered_dict(target: OrderedDictData, state: Any) -> None:
         )
     if target.state_metadata is not None:
         raise ConversionError(f"BUILD restores {STATE_METADATA_ATTRIBUTE!r} twice")
-    value = state[STATE_METADATA_ATTRIBUTE]
-    _check_plain_data(value, f"the OrderedDict's {STATE_METADATA_ATTRIBUTE!r}")
-    target.state_metadata = value
+    target.state_metadata = _plain_copy(
+        state[STATE_METADATA_ATTRIBUTE], f"the OrderedDict's {STATE_METADATA_ATTRIBUTE!r}"
+    )
 
 
 def _rebuild_tensor(storage, offset, size, stride, *rest) -> TensorRef:

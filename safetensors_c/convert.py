@@ -274,7 +274,7 @@ def _describe(findings: list[Finding]) -> str:
         if f.kind == "global":
             names.append(f"global {f.name}")
         elif f.kind == "opcode":
-            names.append(f"opcode {f.name}")
+            names.append(f"opcode {f.name} ({f.note})" if f.note else f"opcode {f.name}")
         else:
             names.append(f.name)
     names = list(dict.fromkeys(names))

@@ -358,3 +358,80 @@ def test_cycles_and_deep_nesting_are_bounded(tmp_path):
     with pytest.raises(ConversionError, match="nests deeper"):
         convert(src, tmp_path / "out.safetensors")
 
+
+
+# MARK: BUILD: only a state_dict's _metadata, as data ----------------------------------
+
+
+def _ordered_dict_with(tmp_path, attributes: dict, torch_module):
+    from collections import OrderedDict
+
+    od = OrderedDict(w=torch_module.ones(2))
+    for key, value in attributes.items():
+        setattr(od, key, value)
+    src = tmp_path / "od.pt"
+    torch_module.save(od, src)
+    return src
+
+
+def test_build_of_state_dict_metadata_is_data(tmp_path):
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / "ran"
+    src = _ordered_dict_with(tmp_path, {"_metadata": {"": {"version": 1}, "x": [1, "a", None]}},
+                             torch)
+    report = convert(src, tmp_path / "ok.safetensors", keep_scalars=True)
+    assert report.metadata["_metadata"] == '{"": {"version": 1}, "x": [1, "a", null]}'
+    cases = {
+        # any other attribute: refused, whatever its value
+        "other attribute": ({"foo": 1}, "may only restore its '_metadata' attribute"),
+        "two attributes": ({"_metadata": {}, "foo": 1},
+                           "may only restore its '_metadata' attribute"),
+        # _metadata that is not plain data
+        "a tensor in _metadata": ({"_metadata": {"t": torch.ones(1)}}, "must be plain data"),
+        "a global in _metadata": ({"_metadata": {"f": _Payload(os.system, f"touch {marker}")}},
+                                  "posix.system"),
+    }
+    for name, (attributes, message) in cases.items():
+        src = _ordered_dict_with(tmp_path, attributes, torch)
+        with pytest.raises(ConversionError, match=message):
+            convert(src, tmp_path / "no.safetensors")
+        assert not (tmp_path / "no.safetensors").exists(), name
+        assert scan(src).verdict != "safe", name
+    assert not marker.exists()
+
+
+def test_build_on_anything_else_is_refused(tmp_path):
+    from safetensors_c._pickle_vm import Machine
+
+    def run(body: bytes):
+        return Machine(body).run()
+
+    od = b"\x80\x02ccollections\nOrderedDict\n)R"
+    meta = b"}X\t\x00\x00\x00_metadata}s"
+    assert run(od + meta + b"b.") == {}
+    cases = {
+        "BUILD on a dict": (b"\x80\x02}" + meta + b"b.", "BUILD on dict is not allowed"),
+        "BUILD on a list": (b"\x80\x02]" + meta + b"b.", "BUILD on list is not allowed"),
+        "a list as state": (b"\x80\x02ccollections\nOrderedDict\n)R]b.",
+                            "may only restore its '_metadata'"),
+        # _metadata holding the dict it is restored on (and so its tensors)
+        "itself": (od + b"q\x00X\x01\x00\x00\x00wK\x01s}X\t\x00\x00\x00_metadatah\x00sb.",
+                   None),
+    }
+    for name, (body, message) in cases.items():
+        if message is None:  # allowed, but copied as it is when BUILD runs
+            result = run(body)
+            assert result == {"w": 1} and result.state_metadata == {"w": 1}
+            continue
+        with pytest.raises(ConversionError, match=message):
+            run(body)
+    with pytest.raises(ConversionError, match="restores '_metadata' twice"):
+        run(od + meta + b"b" + meta + b"b.")
+    # A dict nested in itself through _metadata: bounded, refused.
+    deep = od + b"}q\x01X\x01\x00\x00\x00ah\x01s0" + b"}X\t\x00\x00\x00_metadatah\x01sb."
+    with pytest.raises(ConversionError, match="nests deeper"):
+        run(deep)
+    try:
+        run(b"\x80\x02}" + meta + b"b.")
+    except UnsafePickleError as exc:
+        assert exc.found == "BUILD"

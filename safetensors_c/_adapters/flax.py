@@ -1,0 +1,172 @@
+"""The JAX adapter (framework "flax" or "jax"): NumPy arrays from the reader
+become ``jax.Array`` values on a JAX device, the CPU by default.
+
+Loading adopts the reader's memory when XLA can: ``jax.device_put`` of a
+writable, C-contiguous host array whose data is 64-byte aligned (XLA's CPU
+alignment) makes a jax.Array over the same bytes, kept alive by it. Any
+other array (misaligned, read-only, strided) is copied once into an aligned
+buffer that the jax.Array then adopts. The format does not align tensors, so
+whether a tensor of a file is adopted depends on where its bytes fall.
+
+JAX holds the 64-bit dtypes (I64, U64, F64) only with ``jax_enable_x64``;
+without it they are refused, never narrowed to 32 bits. The packed F4/F6
+tensors have no JAX equivalent (JAX's float4/float6 hold one value per byte).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+try:
+    import jax
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "framework='flax' (or 'jax') needs JAX, which is not installed: pip install jax"
+    ) from exc
+
+import numpy as np
+
+from .. import _dtypes
+from .._checks import error
+from .._writer import Tensor
+
+NAME = "flax"
+LABEL = "JAX"
+
+# XLA's CPU client adopts host memory only at this alignment; below it copies.
+ALIGNMENT = 64
+_WIDE_CODES = {"I64": "int64", "U64": "uint64", "F64": "float64"}
+
+
+# ---------------------------------------------------------------------------
+# MARK: loading
+
+def placement(device: Any) -> Any:
+    """The JAX device to place arrays on: "cpu" (the default) or a jax.Device."""
+    if isinstance(device, jax.Device):
+        return device
+    if device == "cpu":
+        return jax.devices("cpu")[0]
+    raise error(f"device {device!r} is not supported for JAX arrays; use 'cpu' or a jax.Device")
+
+
+def _x64_enabled() -> bool:
+    # Follows jax.config.update("jax_enable_x64", ...) and the jax.enable_x64 context.
+    return jax.dtypes.canonicalize_dtype(np.int64) == np.dtype(np.int64)
+
+
+def check_code(name: str, code: str, shape: tuple) -> None:
+    if code in _dtypes.PACKED_BITS:
+        raise error(
+            f"tensor {name!r}: dtype {code} has no JAX equivalent (JAX's float4/float6 types "
+            f"hold one value per byte, the file packs them); load it with framework='np' "
+            f"to get the packed bytes",
+            "STC_ERR_UNSUPPORTED_DTYPE",
+        )
+    if code in _WIDE_CODES and not _x64_enabled():
+        raise error(
+            f"tensor {name!r}: dtype {code} needs 64-bit types, which JAX has only with "
+            f"jax_enable_x64 (without it the values would be cut to 32 bits); call "
+            f'jax.config.update("jax_enable_x64", True) first, or load with framework=\'np\'',
+            "STC_ERR_UNSUPPORTED_DTYPE",
+        )
+
+
+def _adoptable(array: np.ndarray) -> bool:
+    return (
+        array.flags.c_contiguous
+        and array.flags.writeable
+        and array.__array_interface__["data"][0] % ALIGNMENT == 0
+    )
+
+
+def aligned_copy(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous, writable copy of ``array`` whose data is aligned for XLA."""
+    nbytes = array.size * array.dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.__array_interface__["data"][0] % ALIGNMENT
+    out = raw[start:start + nbytes].view(array.dtype).reshape(array.shape)
+    np.copyto(out, array, casting="no")
+    return out
+
+
+def to_array(name: str, code: str, array: np.ndarray, placement: Any) -> jax.Array:
+    array = np.asarray(array)
+    if not _adoptable(array):
+        # A read-only buffer is never handed to XLA: a consumer of the
+        # jax.Array's DLPack export (torch.from_dlpack) could write through it.
+        array = aligned_copy(array)
+    return jax.device_put(array, placement)
+
+
+def index(index: Any) -> Any:
+    """JAX arrays inside an index become NumPy arrays."""
+    if isinstance(index, jax.Array):
+        return np.asarray(index)
+    if isinstance(index, tuple):
+        return tuple(np.asarray(i) if isinstance(i, jax.Array) else i for i in index)
+    return index
+
+
+# ---------------------------------------------------------------------------
+# MARK: saving
+
+def check_tensors(tensors: Any) -> None:
+    if not isinstance(tensors, Mapping):
+        raise TypeError(
+            f"tensors must be a dict of str to jax.Array, not {type(tensors).__name__}"
+        )
+
+
+def _host_array(name: str, value: Any) -> np.ndarray:
+    """The host ndarray holding ``value``'s values (no copy for a CPU jax.Array)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, np.generic):
+        return np.asarray(value)
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"tensor {name!r} is a traced value inside jax.jit/grad/vmap, which has no data "
+            "yet; save concrete arrays outside the transformed function"
+        )
+    if isinstance(value, jax.Array):
+        if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+            raise error(
+                f"tensor {name!r}: a PRNG key array cannot be stored; save "
+                f"jax.random.key_data(key) and rebuild it with jax.random.wrap_key_data",
+                "STC_ERR_UNSUPPORTED_DTYPE",
+            )
+        if not value.is_fully_addressable:
+            raise ValueError(
+                f"tensor {name!r} is sharded across processes and this process holds only "
+                "part of it; gather it first (e.g. jax.experimental.multihost_utils."
+                "process_allgather) or save each process's shards separately"
+            )
+        # A CPU array is viewed in place; a device (or sharded) one is copied
+        # to the host once.
+        return np.asarray(value)
+    if type(value).__module__.startswith("jax.experimental.sparse"):
+        raise ValueError(
+            f"tensor {name!r} is a sparse {type(value).__name__} array, which cannot be "
+            "stored; convert it with .todense() first (the file may then be much larger)"
+        )
+    raise TypeError(
+        f"tensor {name!r}: expected a jax.Array (or a numpy.ndarray), not {type(value).__name__}"
+    )
+
+
+def from_array(name: str, value: Any) -> Tensor:
+    array = _host_array(name, value)
+    if isinstance(array, _dtypes.PackedArray) and array.format_dtype:
+        return Tensor(array.format_dtype, array.logical_shape, np.asarray(array).view(np.uint8))
+    code = _dtypes.code_for_dtype(array.dtype)
+    if code is None:
+        raise error(
+            f"tensor {name!r}: dtype {array.dtype} cannot be stored in a safetensors file; "
+            "supported: bool, (u)int8-64, float16/32/64, bfloat16, complex64, float8_e5m2, "
+            "float8_e4m3fn, float8_e8m0fnu, float8_e4m3fnuz, float8_e5m2fnuz",
+            "STC_ERR_UNSUPPORTED_DTYPE",
+        )
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return Tensor(code, array.shape, array)

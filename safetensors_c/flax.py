@@ -1,0 +1,99 @@
+"""Load and save .safetensors files as JAX arrays (for Flax and plain JAX).
+
+The same functions as ``safetensors.flax``: :func:`save`, :func:`save_file`,
+:func:`load`, :func:`load_file`; plus :func:`save_sharded` and
+:func:`load_sharded`. ``safe_open(..., framework="flax")`` (or ``"jax"``)
+gives JAX arrays too.
+
+Loading places arrays on the CPU. A tensor whose bytes are 64-byte aligned
+in memory (XLA's requirement) is adopted without copying: with the default
+``backend="mmap"`` the jax.Array then reads the file's private,
+copy-on-write mapping. Any other tensor is copied once. The 64-bit dtypes
+(I64, U64, F64) load only with ``jax_enable_x64`` on; without it they raise
+SafetensorError rather than being cut to 32 bits.
+
+Saving reads each CPU array's memory in place (an array on another device
+is copied to the host once). NumPy arrays are accepted too, e.g. the output
+of ``jax.device_get``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional, Union
+
+from . import _frameworks, sharded
+from ._adapters.flax import jax
+
+__all__ = ["save", "save_file", "load", "load_file", "save_sharded", "load_sharded"]
+
+Array = jax.Array
+
+
+def save(tensors: Dict[str, Array], metadata: Optional[Dict[str, str]] = None) -> bytes:
+    """The bytes of a .safetensors file holding ``tensors``; byte-identical to
+    ``safetensors.flax.save`` for the same arrays."""
+    return _frameworks.save("flax", tensors, metadata)
+
+
+def save_file(
+    tensors: Dict[str, Array],
+    filename: Union[str, os.PathLike],
+    metadata: Optional[Dict[str, str]] = None,
+    *,
+    digests: bool = False,
+) -> None:
+    """Writes ``tensors`` to ``filename`` atomically (a temporary file in the
+    same directory, flushed and renamed). ``digests=True`` records each
+    tensor's SHA-256 (see :mod:`safetensors_c.integrity`)."""
+    _frameworks.save_file("flax", tensors, filename, metadata, digests=digests)
+
+
+def load(data: bytes) -> Dict[str, Array]:
+    """Parses a whole file image; returns its tensors as CPU jax.Arrays, in
+    file order. ``bytes`` is copied once; a ``bytearray`` is used in place
+    (aligned tensors then share its memory: do not change it afterwards)."""
+    return _frameworks.load("flax", data)
+
+
+def load_file(
+    filename: Union[str, os.PathLike],
+    *,
+    backend: str = "mmap",
+    storage_options: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Array]:
+    """Every tensor of ``filename`` (a path, URL or binary file), in file
+    order, as CPU jax.Arrays (see the module docstring for when they share
+    the file's mapping)."""
+    return _frameworks.load_file(
+        "flax", filename, backend=backend, storage_options=storage_options
+    )
+
+
+def save_sharded(
+    tensors: Dict[str, Array],
+    directory: Union[str, os.PathLike],
+    max_shard_size: Union[int, str] = "5GB",
+    prefix: str = "model",
+    metadata: Optional[Dict[str, str]] = None,
+    *,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """:func:`safetensors_c.sharded.save_sharded` for JAX arrays."""
+    return sharded.save_sharded(
+        tensors, directory, max_shard_size, prefix, metadata, framework="flax",
+        progress=progress,
+    )
+
+
+def load_sharded(
+    path: Union[str, os.PathLike],
+    *,
+    prefix: str = "model",
+    backend: str = "mmap",
+    progress: bool = True,
+) -> Dict[str, Array]:
+    """:func:`safetensors_c.sharded.load_sharded` giving JAX arrays."""
+    return sharded.load_sharded(
+        path, framework="flax", prefix=prefix, backend=backend, progress=progress
+    )

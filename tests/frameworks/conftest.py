@@ -1,0 +1,67 @@
+"""Helpers shared by the per-framework suites; nothing here imports a framework.
+
+Each suite runs in a pytest process of its own (tests/test_frameworks.py),
+so a framework's import and global settings never leak into another's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+import safetensors_c
+
+
+def header_of(path_or_bytes) -> Tuple[int, dict]:
+    """(N, header) of a file or a file image."""
+    data = Path(path_or_bytes).read_bytes() if not isinstance(path_or_bytes, bytes) else path_or_bytes
+    (n,) = struct.unpack("<Q", data[:8])
+    return n, json.loads(data[8:8 + n])
+
+
+def data_start(path_or_bytes) -> int:
+    """The file offset of the first data byte (8 + N)."""
+    return 8 + header_of(path_or_bytes)[0]
+
+
+def save_aligned(tensors: Dict[str, np.ndarray], path, alignment: int = 64) -> Path:
+    """Writes ``tensors`` (NumPy arrays) with our writer so that the data
+    section starts at a multiple of ``alignment`` in the file, by growing a
+    metadata value. Each tensor then starts aligned if the sizes of the
+    tensors before it are multiples of ``alignment``."""
+    path = Path(path)
+    pad = ""
+    for _ in range(alignment // 8 + 1):
+        safetensors_c.save_file(tensors, path, metadata={"pad": pad})
+        missing = -data_start(path) % alignment
+        if missing == 0:
+            return path
+        pad += " " * missing
+    raise AssertionError("could not align the data section")
+
+
+def file_mappings(path) -> List[Tuple[int, int]]:
+    """(start, end) of every mapping of ``path`` in this process, from /proc/self/maps."""
+    real = os.path.realpath(path)
+    out = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() == real:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                out.append((start, end))
+    return out
+
+
+def in_mapping_of(path, address: int) -> bool:
+    """Whether ``address`` lies inside a mapping of the file ``path``."""
+    return any(start <= address < end for start, end in file_mappings(path))
+
+
+def numpy_address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]

@@ -67,6 +67,7 @@ DEFAULT_COALESCE_GAP = 64 << 10  # runs closer than this are read as one
 DEFAULT_MAX_REQUESTS = 256  # per read_ranges call, after coalescing (before splitting)
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte (connect, and each read)
 MAX_CONCURRENCY = 64
+_DIRECT_MIN = 1 << 20  # clusters this large (on average) are read into buffers of their own
 _MAX_REDIRECTS = 5
 _MAX_ATTEMPTS = 3  # per request: a stale keep-alive connection or a 502/503/504
 _MAX_DRAIN = 64 << 10  # bytes of an error or redirect body read to keep the connection
@@ -253,9 +254,9 @@ class _RangeSource:
 
     def read_ranges(self, ranges: Sequence[Tuple[int, int]]) -> list:
         """The bytes of each ``(offset, length)``, in the order given, fetched
-        with as few requests as :func:`plan_reads` allows. A range read from
-        the network comes back as a ``bytearray`` of its own (writable, no
-        copy needed); one inside the prefetched start as a read-only view."""
+        with as few requests as :func:`plan_reads` allows. A large range
+        comes back as a ``bytearray`` of its own (writable, no copy needed);
+        a small one, or one inside the prefetched start, as a view."""
         ranges = [(int(o), int(n)) for o, n in ranges]
         _check_range_args(ranges, self.size, self.name)
         known = len(self._prefix)
@@ -269,31 +270,53 @@ class _RangeSource:
                 clusters[-1][2].append((start, end))
             else:
                 clusters.append([start, end, [(start, end)]])
-        buffers = [bytearray(end - start) for start, end, _ in clusters]
-        for (start, end, _), buf in zip(clusters, buffers):
-            if start < known:  # the part already fetched with the header
-                buf[: known - start] = prefix[start:known]
         fetch = [(max(start, known), end) for start, end, _ in clusters]
         spans, _ = plan_reads(
             [(s, e - s) for s, e in fetch],
             coalesce_gap=self.coalesce_gap,
             block_size=self.block_size,
         )
-        # Each span is a run of cluster buffers and the gaps between them
-        # (scratch, discarded); each request fills a run of those segments.
+        # A span of large, adjacent clusters (a whole-file load) is read
+        # straight into one buffer per cluster, handed out without a copy.
+        # Any other span (small pieces, or gaps from coalescing) is read into
+        # one buffer of its own, in large reads, and the pieces are views.
+        buffers: List[Any] = [None] * len(clusters)
+        in_span: Dict[int, memoryview] = {}
         segments: List[Tuple[int, int, memoryview]] = []
         k = 0
         for span_start, span_end in spans:
-            position = span_start
+            first = k
             while k < len(fetch) and fetch[k][0] < span_end:
-                s, e = fetch[k]
-                if s > position:
-                    segments.append((position, s, memoryview(bytearray(s - position))))
-                view = memoryview(buffers[k])[s - clusters[k][0] :]
-                segments.append((s, e, view))
-                position = e
                 k += 1
+            adjacent = all(
+                fetch[j][0] == (fetch[j - 1][1] if j > first else span_start)
+                for j in range(first, k)
+            )
+            if adjacent and span_end - span_start >= _DIRECT_MIN * (k - first):
+                for j in range(first, k):
+                    c_start, c_end, _ = clusters[j]
+                    buf = bytearray(c_end - c_start)
+                    if c_start < known:  # the part already fetched with the header
+                        buf[: known - c_start] = prefix[c_start:known]
+                    buffers[j] = buf
+                    s, e = fetch[j]
+                    segments.append((s, e, memoryview(buf)[s - c_start :]))
+            else:
+                span = memoryview(bytearray(span_end - span_start))
+                segments.append((span_start, span_end, span))
+                for j in range(first, k):
+                    in_span[j] = span[fetch[j][0] - span_start : fetch[j][1] - span_start]
         self._fetch_segments(segments, spans)
+        for j, view in in_span.items():
+            c_start, c_end, members = clusters[j]
+            if c_start >= known and len(members) == 1:
+                buffers[j] = view
+            else:
+                buf = bytearray(c_end - c_start)
+                head = max(0, known - c_start)
+                buf[:head] = prefix[c_start : c_start + head]
+                buf[head:] = view
+                buffers[j] = buf
         by_range: Dict[Tuple[int, int], Any] = {}
         for (start, _, members), buf in zip(clusters, buffers):
             if len(members) == 1:
@@ -548,9 +571,12 @@ class HTTPSource(_RangeSource):
             raise self._fail(start, end, f"invalid HTTP response ({exc!r})") from None
         except OSError as exc:
             conn.close()
-            raise type(exc)(
-                exc.errno, f"{self._where(start, end)}: {exc.strerror or exc}"
-            ) from None
+            message = f"{self._where(start, end)}: {exc.strerror or exc}"
+            try:  # keep the precise type (ConnectionRefusedError, ...) with our message
+                replacement = type(exc)(exc.errno, message)
+            except Exception:
+                replacement = RemoteError(message)
+            raise replacement from None
         try:
             return self._receive(response, url, start, end, into, probe, last)
         except BaseException:

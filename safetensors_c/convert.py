@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import _dtypes
+from . import _dtypes, _writer
 from ._pickle_vm import (
     ALLOWED_GLOBALS,
     ConversionError,
@@ -63,7 +63,8 @@ from ._pickle_vm import (
     UnsafePickleError,
 )
 from ._archive import ArchiveError, Source, ZipArchive, npy_header, open_regular
-from .numpy import save_file
+from ._adapters.numpy import from_array as _neutral_tensor
+from ._checks import fs_path
 from .scan import MAX_PICKLE_MEMBER, ScanReport, scan, scan_buffer
 from .sharded import save_sharded
 
@@ -657,6 +658,12 @@ class _WriteMeter:
             self._thread.join()
 
 
+def _write_file(tensors: dict[str, np.ndarray], path, metadata: dict[str, str] | None) -> None:
+    """One .safetensors file, written atomically by the neutral writer."""
+    neutral = {name: _neutral_tensor(name, array) for name, array in tensors.items()}
+    _writer.write(neutral, metadata, fs_path(path))
+
+
 def _output_metadata(kind, scalars, aliases, keep_scalars, skipped, metadata, found_names):
     out_meta: dict[str, str] = {}
     if kind.startswith("pytorch"):
@@ -730,7 +737,7 @@ def convert(
         if max_shard_size is not None:
             save_sharded(tensors, dst, max_shard_size=max_shard_size, metadata=out_meta or None)
         else:
-            save_file(tensors, dst, metadata=out_meta or None)
+            _write_file(tensors, dst, out_meta or None)
     if progress is not None:
         progress(total, total)
     return ConversionReport(
@@ -948,7 +955,7 @@ def convert_sharded(
         size = _tensor_bytes(tensors)
         target = os.path.join(dst_dir, out_name)
         with _WriteMeter(progress, done, max(total, done + size)):
-            save_file(tensors, target, metadata=shard_meta or None)
+            _write_file(tensors, target, shard_meta or None)
         done += size
         if progress is not None:
             progress(min(done, max(total, done)), max(total, done))

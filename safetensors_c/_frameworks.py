@@ -104,13 +104,14 @@ def load(framework: str, data: Any, device: Any = "cpu") -> Dict[str, Any]:
     """The tensors of a whole file image, in file order.
 
     A writable buffer (``bytearray``) is used in place; an immutable
-    ``bytes`` is copied once so that the arrays can be writable.
+    ``bytes`` is copied once so that the arrays can be writable (unless the
+    adapter copies read-only arrays itself: ``COPIES_READ_ONLY``).
     """
     try:
         view = memoryview(data)
     except TypeError:
         raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
-    if view.readonly:
+    if view.readonly and not getattr(adapter_for(framework), "COPIES_READ_ONLY", False):
         data = bytearray(view)
     return load_reader(framework, open_source(data), device)
 

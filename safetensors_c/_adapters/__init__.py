@@ -21,4 +21,7 @@ so importing safetensors_c imports no framework. Each defines:
     the :class:`~safetensors_c._writer.Tensor` to write for one value;
 ``index(index)``
     an index of the framework's (e.g. holding its tensors) as NumPy's.
+``COPIES_READ_ONLY`` (optional, default False)
+    True when ``to_array`` itself copies a read-only array (once), so that
+    ``load(bytes)`` need not copy the image first.
 """

@@ -32,6 +32,8 @@ from .._writer import Tensor
 
 NAME = "flax"
 LABEL = "JAX"
+# to_array copies read-only arrays itself (once), so load(bytes) need not.
+COPIES_READ_ONLY = True
 
 # XLA's CPU client adopts host memory only at this alignment; below it copies.
 ALIGNMENT = 64

@@ -32,6 +32,8 @@ from .._writer import Tensor
 
 NAME = "mlx"
 LABEL = "MLX"
+# to_array copies read-only arrays itself (once), so load(bytes) need not.
+COPIES_READ_ONLY = True
 
 # format code -> MLX dtype
 _MLX_BY_CODE: Dict[str, Any] = {

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import struct
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from safetensors_c.numpy import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from remote_servers.hostile import HostileServer, VirtualFile  # noqa: E402
-from remote_servers.nginx import Nginx, nginx_binary  # noqa: E402
+from remote_servers.nginx import Nginx, make_certificate, nginx_binary  # noqa: E402
 
 P = _remote.DEFAULT_PREFETCH
 MiB = 1 << 20
@@ -85,7 +86,8 @@ def nginx(tmp_path_factory):
     binary = nginx_binary()
     if binary is None:
         pytest.skip("nginx is not installed (apt-get install -y nginx-light)")
-    server = Nginx(binary, tmp_path_factory.mktemp("nginx")).start()
+    base = tmp_path_factory.mktemp("nginx")
+    server = Nginx(binary, base, tls=make_certificate(base)).start()
     root = server.root
     save_file(_tensors_big(), str(root / "big.safetensors"), metadata={"format": "np"})
     save_file(_tensors_many(), str(root / "many.safetensors"))
@@ -264,6 +266,56 @@ def test_missing_file_is_file_not_found(nginx):
         safetensors_c.safe_open(nginx.url_of("nope.safetensors"), framework="np")
     with pytest.raises(FileNotFoundError):
         safetensors_c.load_sharded(nginx.url + "/no-such-dir")
+
+
+def test_https_with_the_servers_certificate(nginx):
+    if nginx.tls is None:
+        pytest.skip("openssl is not installed: no certificate for the https server")
+    url = nginx.tls_url + "/big.safetensors"
+    context = ssl.create_default_context(cafile=str(nginx.tls[0]))
+    nginx.log()
+    got = load_file(url, storage_options={"ssl": context})
+    _assert_equal(got, load_file(str(nginx.root / "big.safetensors")))
+    assert sum(e.sent for e in nginx.log()) == os.path.getsize(nginx.root / "big.safetensors")
+    # Without it the self-signed certificate is refused, naming the URL.
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"https://127\.0\.0\.1:\d+/big"):
+        safetensors_c.safe_open(url, framework="np")
+
+
+def test_torch_load_file_over_http(nginx):
+    torch = pytest.importorskip("torch")
+    import safetensors_c.torch as st_torch
+
+    got = st_torch.load_file(nginx.url_of("big.safetensors"))
+    local = load_file(str(nginx.root / "big.safetensors"))
+    assert sorted(got) == sorted(local)
+    for name, value in local.items():
+        assert isinstance(got[name], torch.Tensor)
+        np.testing.assert_array_equal(got[name].numpy(), value)
+
+
+def test_verify_digests_over_http(nginx):
+    tensors = {"a": np.arange(100, dtype=np.float32), "b": np.ones((3, 3), np.int16)}
+    save_file(tensors, str(nginx.root / "digests.safetensors"), digests=True)
+    with safetensors_c.safe_open(nginx.url_of("digests.safetensors"), framework="np",
+                                 verify_digests=True) as f:
+        np.testing.assert_array_equal(f.get_tensor("a"), tensors["a"])
+
+
+def test_fsspec_http_file_object_as_a_byte_source(nginx):
+    pytest.importorskip("aiohttp")
+    url = nginx.url_of("big.safetensors")
+    local = load_file(str(nginx.root / "big.safetensors"))
+    nginx.log()
+    with fsspec.open(url, "rb") as file:
+        source = _remote.open_fsspec_file(file)
+        with safetensors_c.safe_open(source, framework="np") as f:
+            np.testing.assert_array_equal(f.get_slice("wide")[-8:], local["wide"][-8:])
+    log = nginx.log()
+    ranged = [e for e in log if e.range != "-"]
+    # fsspec may look the file up first (HEAD or a plain GET it abandons);
+    # the reads themselves are the first read and the 8 rows.
+    assert sum(e.sent for e in ranged) == P + 8 * 65536 * 4
 
 
 # ---------------------------------------------------------------------------

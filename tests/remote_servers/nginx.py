@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 
@@ -68,8 +68,34 @@ http {{
         location / {{ }}
         location /__mark_ {{ return 204; }}
     }}
-}}
+{tls_server}}}
 """
+
+_TLS_SERVER = """\
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name localhost;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        root {root};
+        location / {{ }}
+    }}
+"""
+
+
+def make_certificate(directory: Path) -> Optional[Tuple[Path, Path]]:
+    """A self-signed certificate for 127.0.0.1 (openssl's CLI), or None."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
 
 
 def _free_port() -> int:
@@ -81,7 +107,7 @@ def _free_port() -> int:
 class Nginx:
     """``Nginx(binary, base).start()`` serves ``base/www`` on 127.0.0.1."""
 
-    def __init__(self, binary: str, base: Path) -> None:
+    def __init__(self, binary: str, base: Path, tls: Optional[Tuple[Path, Path]] = None) -> None:
         self.binary = binary
         self.base = Path(base)
         self.root = self.base / "www"
@@ -89,12 +115,18 @@ class Nginx:
         (self.base / "tmp").mkdir(exist_ok=True)
         self.process: Optional[subprocess.Popen] = None
         self.port = 0
+        self.tls = tls  # (certificate, key): also serve https on tls_port
+        self.tls_port = 0
         self._marks = 0
         self._consumed = 0  # log lines already handed out
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
 
     def url_of(self, name: str) -> str:
         return f"{self.url}/{urllib.parse.quote(name)}"
@@ -106,9 +138,16 @@ class Nginx:
             user = f"user {pwd.getpwuid(os.geteuid()).pw_name};"
         for _ in range(5):  # bounded: another process may take the port first
             self.port = _free_port()
+            tls_server = ""
+            if self.tls is not None:
+                self.tls_port = _free_port()
+                tls_server = _TLS_SERVER.format(
+                    port=self.tls_port, cert=self.tls[0], key=self.tls[1], root=self.root
+                )
             config = self.base / "nginx.conf"
             config.write_text(
-                _CONFIG.format(user=user, base=self.base, port=self.port, root=self.root)
+                _CONFIG.format(user=user, base=self.base, port=self.port, root=self.root,
+                               tls_server=tls_server)
             )
             self.process = subprocess.Popen(
                 [self.binary, "-p", str(self.base), "-c", str(config),

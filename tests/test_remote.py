@@ -415,6 +415,7 @@ MISBEHAVIOURS = {
     "status:503": (_remote.RemoteError, "HTTP 503"),
     "status:403": (PermissionError, "access denied (HTTP 403"),
     "redirect-loop": (_remote.RemoteError, "more than 5 redirects"),
+    "chunked-long": (_remote.RemoteError, "the body is longer than the range"),
 }
 
 
@@ -455,6 +456,19 @@ def test_good_server_gives_the_local_result(checkpoint):
         ranges = [r for _, _, r in server.requests]
     assert ranges[0] == f"bytes=0-{P - 1}"
     assert ranges[1:] == [f"bytes={P}-{len(data) - 1}"]
+
+
+@pytest.mark.parametrize("mode", ["chunked", "drop-idle"])
+def test_valid_variants_are_accepted(checkpoint, mode):
+    # Chunked 206 answers are valid HTTP; a keep-alive connection the server
+    # closed is replaced (within the retry bound) without an error.
+    data, tensors = checkpoint
+    with HostileServer(VirtualFile(data), mode) as server:
+        source = _remote.open_url(server.url, block_size=64 << 10, max_concurrency=1)
+        with safetensors_c.safe_open(source, framework="np") as f:
+            _assert_equal(f.get_tensors(), tensors)
+            np.testing.assert_array_equal(f.get_slice("far")[10:20], tensors["far"][10:20])
+    assert len(server.requests) == source.requests
 
 
 def test_header_length_claiming_gigabytes(checkpoint):

@@ -15,6 +15,10 @@ way ``mode`` says:
     stall         the headers, then nothing (until the test ends)
     stall-body    the headers and part of the body, then nothing
     status:N      every request answered with status N
+    chunked       correct 206 answers, sent with chunked transfer encoding
+    chunked-long  chunked 206 answers with more bytes than the range
+    drop-idle     correct 206 answers, then the connection is closed without
+                  a "Connection: close" (a keep-alive connection gone stale)
     redirect-loop every request redirected to itself
 
 ``requests`` records (method, path, Range header) of every request; the
@@ -162,6 +166,27 @@ class HostileServer:
         elif mode == "long":
             headers["Content-Length"] = len(body) + 100
             body += bytes(100)
+        elif mode in ("chunked", "chunked-long"):
+            if mode == "chunked-long":
+                body += bytes(10)
+            del headers["Content-Length"]
+            h.send_response(206)
+            for key, value in headers.items():
+                h.send_header(key, str(value))
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            for i in range(0, len(body), 1000):
+                piece = body[i : i + 1000]
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            h.wfile.write(b"0\r\n\r\n")
+            with self._lock:
+                self.bytes_sent += len(body)
+            return
+        elif mode == "drop-idle":
+            self._send(h, 206, headers, body)
+            h.wfile.flush()
+            h.close_connection = True
+            return
         elif mode == "short":
             h.send_response(206)
             for key, value in headers.items():

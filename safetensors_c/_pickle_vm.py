@@ -363,11 +363,78 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None, *rest):
     return data
 
 
+def _rebuild_from_type(func, cls, args, state=None, *rest) -> TensorRef:
+    # torch._tensor._rebuild_from_type_v2: a tensor that carries Python attributes
+    # (t.note = ...). The tensor is rebuilt by one of our rebuilders; the
+    # attributes have no place in a safetensors file and are dropped.
+    if func not in _TENSOR_REBUILDERS or cls not in (TORCH_TENSOR, TORCH_PARAMETER):
+        raise ConversionError(
+            "_rebuild_from_type_v2 is only accepted for torch.Tensor and Parameter "
+            "rebuilt by a tensor rebuilder"
+        )
+    if not isinstance(args, tuple):
+        raise ConversionError("_rebuild_from_type_v2: the arguments are not a tuple")
+    if state is not None:
+        _plain_copy(state, "a tensor's attributes")
+    tensor = func(*args)
+    if not isinstance(tensor, TensorRef):
+        raise ConversionError("_rebuild_from_type_v2 did not rebuild a tensor")
+    return tensor
+
+
+def _torch_size(values: Any = ()) -> tuple:
+    return _int_tuple(values, "torch.Size")
+
+
+def _torch_device(kind: Any, index: Any = None) -> str:
+    if not isinstance(kind, str) or len(kind) > 64:
+        raise ConversionError("torch.device: the device type must be a short string")
+    if index is None:
+        return kind
+    return f"{kind}:{_int(index, 'torch.device index')}"
+
+
+def _set(items: Any = ()) -> set:
+    if not isinstance(items, (list, tuple)):
+        raise ConversionError("set(...) is only accepted over a list")
+    return set(_hashable(list(items), "set", 0))
+
+
+def _frozenset(items: Any = ()) -> frozenset:
+    return frozenset(_set(items))
+
+
+def _counter(mapping: Any = None) -> dict:
+    if mapping is None:
+        return {}
+    if type(mapping) is not dict:
+        raise ConversionError("collections.Counter is only accepted over a dict")
+    return _plain_copy(mapping, "a collections.Counter")
+
+
+def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
+    for part in (real, imag):
+        if isinstance(part, bool) or not isinstance(part, (int, float)):
+            raise ConversionError("complex(...) is only accepted over two numbers")
+    return complex(real, imag)
+
+
+def _bytearray(data: Any = b"") -> bytearray:
+    if not isinstance(data, (bytes, memoryview)):
+        raise ConversionError("bytearray(...) is only accepted over bytes")
+    return bytearray(data)
+
+
 def _joblib_wrapper() -> JoblibWrapper:
     return JoblibWrapper()
 
 
+_TENSOR_REBUILDERS = (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter)
+
+
 NDARRAY = _Marker("numpy", "ndarray")
+TORCH_TENSOR = _Marker("torch", "Tensor")
+TORCH_PARAMETER = _Marker("torch.nn.parameter", "Parameter")
 
 # torch storage classes -> torch dtype name
 _STORAGES = {
@@ -407,7 +474,19 @@ def _build_allow_list() -> dict:
         ("builtins", "bytes"): _empty_bytes,
         ("__builtin__", "bytes"): _empty_bytes,
         ("joblib.numpy_pickle", "NumpyArrayWrapper"): _joblib_wrapper,
+        # Plain data that torch.load(weights_only=True) accepts too
+        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+        ("torch", "Tensor"): TORCH_TENSOR,
+        ("torch.nn.parameter", "Parameter"): TORCH_PARAMETER,
+        ("torch", "Size"): _torch_size,
+        ("torch", "device"): _torch_device,
+        ("collections", "Counter"): _counter,
     }
+    for builtins in ("builtins", "__builtin__"):
+        allowed[(builtins, "set")] = _set
+        allowed[(builtins, "frozenset")] = _frozenset
+        allowed[(builtins, "complex")] = _complex
+        allowed[(builtins, "bytearray")] = _bytearray
     for core in ("numpy.core", "numpy._core"):
         allowed[(core + ".multiarray", "_reconstruct")] = _reconstruct
         allowed[(core + ".multiarray", "scalar")] = _scalar

@@ -435,3 +435,23 @@ def test_build_on_anything_else_is_refused(tmp_path):
         run(b"\x80\x02}" + meta + b"b.")
     except UnsafePickleError as exc:
         assert exc.found == "BUILD"
+
+
+def test_rebuild_from_type_only_for_tensors(tmp_path):
+    from safetensors_c._pickle_vm import Machine
+
+    rebuild = b"ctorch._tensor\n_rebuild_from_type_v2\n"
+    cases = {
+        # a class other than torch.Tensor / Parameter
+        "numpy.ndarray": rebuild + b"(ctorch._utils\n_rebuild_tensor_v2\ncnumpy\nndarray\n)"
+                         b"}tR.",
+        # a function other than a tensor rebuilder
+        "OrderedDict": rebuild + b"(ccollections\nOrderedDict\nctorch\nTensor\n)}tR.",
+    }
+    for name, body in cases.items():
+        with pytest.raises(ConversionError, match="only accepted for torch.Tensor and Parameter"):
+            Machine(b"\x80\x02" + body).run()
+    with pytest.raises(ConversionError, match=r"set\(\.\.\.\) is only accepted over a list"):
+        Machine(b"\x80\x02c__builtin__\nset\nK\x01\x85R.").run()
+    with pytest.raises(ConversionError, match="torch.Size must be a tuple"):
+        Machine(b"\x80\x02ctorch\nSize\nX\x01\x00\x00\x00a\x85R.").run()

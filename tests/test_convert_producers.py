@@ -215,6 +215,31 @@ def test_training_checkpoint(tmp_path, zip_format):
     _assert_same_tensors(_load_converted(dst), expected)
 
 
+def test_values_weights_only_loading_accepts(tmp_path):
+    # What torch.load(weights_only=True) accepts besides tensors: tensors with Python
+    # attributes, Parameters with state, torch.Size, torch.device, sets, Counter, complex,
+    # bytearray. Tensors convert; the rest is plain data (kept or reported), never run.
+    import collections
+
+    t = torch.arange(4.0)
+    t.note = "calibrated"
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.tag = 1
+    ckpt = {"t": t, "p": p, "shape": torch.Size([2, 3]), "device": torch.device("cuda", 1),
+            "cpu": torch.device("cpu"), "tags": {"a", "b"}, "counts": collections.Counter("aab"),
+            "z": complex(1, 2), "raw": bytearray(b"xy")}
+    src, dst = tmp_path / "values.pt", tmp_path / "values.safetensors"
+    torch.save(ckpt, src)
+    ref = torch.load(src, weights_only=True)
+    assert ref["t"].note == "calibrated"
+    report = convert(src, dst, keep_scalars=True)
+    _assert_same_tensors(_load_converted(dst), {"t": ref["t"], "p": ref["p"]})
+    assert _metadata(dst) == {"format": "pt", "shape.0": "2", "shape.1": "3",
+                              "device": "cuda:1", "cpu": "cpu", "counts.a": "2", "counts.b": "1"}
+    assert sorted(report.skipped) == ["raw", "tags", "z"]
+    assert scan(src).verdict == "safe"
+
+
 def test_tied_shared_and_views_into_a_larger_storage(tmp_path):
     class Tied(torch.nn.Module):
         def __init__(self):

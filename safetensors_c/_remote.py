@@ -508,6 +508,13 @@ class HTTPSource(_RangeSource):
         self._drop_pool()
         super().close()
 
+    def __del__(self) -> None:
+        # Readers drop their source without closing it: close the sockets
+        # here rather than leave it to each socket's finaliser.
+        pool = getattr(self, "_pool", None)
+        if pool:
+            self._drop_pool()
+
     # -- one request ----------------------------------------------------
 
     def _where(self, start: int, end: int) -> str:

@@ -397,7 +397,7 @@ def checkpoint(tmp_path):
     return path.read_bytes(), tensors
 
 
-FAST = {"timeout": 0.5}
+FAST = {"timeout": 1.0}
 
 # mode -> (exception type, message part); the failure is on the tensor read
 # (the first, header, request is answered correctly).
@@ -409,8 +409,8 @@ MISBEHAVIOURS = {
     "long": (_remote.RemoteError, "Content-Length"),
     "grow": (_remote.RemoteError, "the file changed size between requests"),
     "etag": (_remote.RemoteError, 'the file changed between requests (ETag "v1" -> "v2")'),
-    "stall": (TimeoutError, "stalled: no data for 0.5 s"),
-    "stall-body": (TimeoutError, "stalled: no data for 0.5 s"),
+    "stall": (TimeoutError, "stalled: no data for 1 s"),
+    "stall-body": (TimeoutError, "stalled: no data for 1 s"),
     "status:500": (_remote.RemoteError, "HTTP 500"),
     "status:503": (_remote.RemoteError, "HTTP 503"),
     "status:403": (PermissionError, "access denied (HTTP 403"),

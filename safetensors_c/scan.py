@@ -107,8 +107,11 @@ class ScanReport:
         for f in self.findings:
             if not f.safe:
                 where = f"{f.where}: " if f.where and not f.name.startswith(f.where) else ""
-                note = f" ({f.note})" if f.note and f.kind != "unknown" else ""
-                out.append(f"{where}{f.kind} {f.name}{note}")
+                if f.kind in _UNKNOWN_KINDS:
+                    out.append(f"{where}{f.name}")
+                else:
+                    note = f" ({f.note})" if f.note else ""
+                    out.append(f"{where}{f.kind} {f.name}{note}")
         return list(dict.fromkeys(out))
 
     @property
@@ -286,11 +289,15 @@ class _Scan:
                     return name
         pickled = self.top_pickle(view, where, primary=kind is None)
         if kind is None:
-            if pickled is None:
+            if pickled is None and _is_pickle_marker(head):
+                self.unknown("a malformed pickle (the unpickler fails before it imports or "
+                             "calls anything)", where)
+                kind = "pickle"
+            elif pickled is None:
                 self.unknown("not a format this scanner analyses (not a pickle, zip, tar, "
                              ".npy or .safetensors file)", where)
                 kind = "unknown"
-            else:
+            if pickled is not None:
                 kind = pickled
         self.embedded_zip(view, where)
         return kind
@@ -480,11 +487,13 @@ class _Scan:
         except ArchiveError as exc:
             self.unknown(str(exc), where)
             return
-        if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        if _is_pickle_marker(head):
             if m.method == 0 or m.size <= MAX_PICKLE_MEMBER:
                 self.hidden_pickle(archive.read(m, storage.nbytes), where)
 
     def member_blob(self, archive: ZipArchive, m: ZipMember, where: str, depth: int) -> None:
+        if m.method != 0 and self.npy_member(archive, m, where):
+            return
         if m.method != 0 and m.size > MAX_PICKLE_MEMBER:
             # too big to hold: inert if its first megabyte already stops any unpickler
             try:
@@ -502,6 +511,34 @@ class _Scan:
         data = self.member(archive, m, where, None)
         if data is not None:
             self.blob(data, where, depth)
+
+    def npy_member(self, archive: ZipArchive, m: ZipMember, where: str) -> bool:
+        """A compressed .npy member judged by its header before it is inflated: its
+        size must be what the header declares. Returns False if it is no plain .npy."""
+        try:
+            head = archive.head(m, 65536 + 16)
+        except ArchiveError as exc:
+            self.unknown(str(exc), where)
+            return True
+        if not head.startswith(NPY_MAGIC):
+            return False
+        try:
+            header = npy_header(head, where)
+        except ArchiveError as exc:
+            self.unknown(str(exc), where)
+            return True
+        if header.dtype.hasobject:
+            return False  # its pickle is analysed whole
+        if m.size != header.data_offset + header.nbytes:
+            self.unknown(f"the array needs {header.nbytes} bytes of data, the member declares "
+                         f"{m.size - header.data_offset}", where)
+            return True
+        try:
+            self.spend(m, where)
+            archive.read(m, keep=False)
+        except ArchiveError as exc:
+            self.unknown(str(exc), where)
+        return True
 
     def blob(self, data: Any, where: str, depth: int) -> None:
         """A member examined by what its bytes are."""
@@ -631,6 +668,11 @@ class _Scan:
                 raise ArchiveError(f"{where}: {len(data) - pos} bytes after the last entry")
         except ArchiveError as exc:
             self.unknown(f"{exc} (the legacy tar layout is not recognised)", where, pos)
+
+
+def _is_pickle_marker(head: bytes) -> bool:
+    """A protocol 2-5 pickle's first opcode: PROTO and its version."""
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _safetensors_status(view: memoryview) -> tuple[str, str]:

@@ -371,7 +371,9 @@ class TensorSlice:
         # element: NumPy computes the view (and raises the same errors as on
         # the real array) without touching memory; the view's offset and
         # strides then say which bytes to read.
-        anchor = np.zeros(1, dtype=dtype)
+        # (An unsigned stand-in of the same width: as_strided cannot rebuild
+        # some ml_dtypes types from their array interface, e.g. float8_e5m2.)
+        anchor = np.zeros(1, dtype=np.dtype(f"u{dtype.itemsize}"))
         stand_in = np.lib.stride_tricks.as_strided(
             anchor, shape=shape, strides=tuple(strides), writeable=False
         )

@@ -1,7 +1,9 @@
 """Helpers shared by the per-framework suites; nothing here imports a framework.
 
 Each suite runs in a pytest process of its own (tests/test_frameworks.py),
-so a framework's import and global settings never leak into another's.
+so a framework's import and global settings never leak into another's. The
+helpers reach the tests through the ``helpers`` fixture (``import conftest``
+would be ambiguous next to tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import struct
+import types
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
+import pytest
 
 import safetensors_c
 
@@ -65,3 +69,16 @@ def in_mapping_of(path, address: int) -> bool:
 
 def numpy_address(array: np.ndarray) -> int:
     return array.__array_interface__["data"][0]
+
+
+@pytest.fixture
+def helpers():
+    """This module's helpers: ``helpers.save_aligned(...)``, ``helpers.in_mapping_of(...)``, ..."""
+    return types.SimpleNamespace(
+        header_of=header_of,
+        data_start=data_start,
+        save_aligned=save_aligned,
+        file_mappings=file_mappings,
+        in_mapping_of=in_mapping_of,
+        numpy_address=numpy_address,
+    )

@@ -1,0 +1,590 @@
+"""safetensors_c.flax and framework="flax"/"jax": JAX arrays on the CPU.
+
+Runs in a pytest process of its own (tests/test_frameworks.py). The suite
+turns jax_enable_x64 on for the whole process (JAX has 64-bit dtypes only
+then) and turns it off inside the tests that check the refusal without it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+import ml_dtypes  # noqa: E402
+
+import safetensors  # noqa: E402
+import safetensors.flax as ref_flax  # noqa: E402
+import safetensors.numpy as ref_numpy  # noqa: E402
+import safetensors_c  # noqa: E402
+import safetensors_c.flax as stc_flax  # noqa: E402
+from safetensors_c import SafetensorError, SliceIndexError, safe_open  # noqa: E402
+from safetensors_c._adapters import flax as adapter  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+CPU = jax.devices("cpu")[0]
+ALIASES = ("flax", "jax")
+
+# Every format dtype JAX has -> its NumPy dtype (the reader's currency).
+JAX_DTYPES = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    "I16": np.dtype("<i2"),
+    "U16": np.dtype("<u2"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I32": np.dtype("<i4"),
+    "U32": np.dtype("<u4"),
+    "F32": np.dtype("<f4"),
+    "C64": np.dtype("<c8"),
+    "F64": np.dtype("<f8"),
+    "I64": np.dtype("<i8"),
+    "U64": np.dtype("<u8"),
+}
+WIDE = ("I64", "U64", "F64")
+F8 = tuple(code for code in JAX_DTYPES if code.startswith("F8"))
+
+
+def random_array(code, shape, seed=0):
+    """Any bit pattern of the dtype (NaNs included); BOOL as 0/1."""
+    dtype = JAX_DTYPES[code]
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.random.default_rng(seed).integers(0, 256, count * dtype.itemsize, dtype=np.uint8)
+    if code == "BOOL":
+        raw &= 1
+    return raw.view(dtype).reshape(shape)
+
+
+def assert_same(actual, expected):
+    """A CPU jax.Array with the expected dtype, shape and bytes."""
+    assert isinstance(actual, jax.Array), type(actual)
+    assert actual.devices() == {CPU}
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert np.asarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
+def every_dtype(shape=(3, 5)):
+    return {code.lower(): random_array(code, shape, seed=i) for i, code in enumerate(JAX_DTYPES)}
+
+
+def as_jax(tensors):
+    return {name: jnp.asarray(value) for name, value in tensors.items()}
+
+
+# ---------------------------------------------------------------------------
+# MARK: round trips and the reference
+
+
+@pytest.mark.parametrize("code", sorted(JAX_DTYPES))
+def test_every_dtype_round_trips(tmp_path, code):
+    expected = random_array(code, (4, 3))
+    array = jnp.asarray(expected)
+    assert array.dtype == expected.dtype  # the dtype really is JAX's
+    path = tmp_path / "x.safetensors"
+    stc_flax.save_file({"x": array}, path)
+    assert safetensors_c.safe_open(path).get_slice("x").get_dtype() == code
+    assert_same(stc_flax.load_file(path)["x"], expected)
+    assert_same(stc_flax.load(stc_flax.save({"x": array}))["x"], expected)
+
+
+def test_saved_bytes_match_the_reference(tmp_path):
+    tensors = every_dtype()
+    ours = stc_flax.save(as_jax(tensors), metadata={"format": "flax"})
+    # The reference's flax.save goes through NumPy; its NumPy writer takes
+    # every dtype here.
+    assert ours == ref_flax.save(as_jax(tensors), metadata={"format": "flax"})
+    assert ours == ref_numpy.save(dict(tensors), metadata={"format": "flax"})
+    stc_flax.save_file(as_jax(tensors), tmp_path / "ours.safetensors", metadata={"format": "flax"})
+    ref_flax.save_file(as_jax(tensors), tmp_path / "ref.safetensors", metadata={"format": "flax"})
+    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+
+
+def test_reference_files_load_identically(tmp_path):
+    tensors = every_dtype()
+    path = tmp_path / "ref.safetensors"
+    ref_flax.save_file(as_jax(tensors), path, metadata={"k": "v"})
+    loaded = stc_flax.load_file(path)
+    with safe_open(path) as f:
+        assert list(loaded) == f.offset_keys()  # file order
+    assert set(loaded) == set(tensors)
+    for name, expected in tensors.items():
+        assert_same(loaded[name], expected)
+    with safe_open(path, framework="flax") as f:
+        assert f.metadata() == {"k": "v"}
+
+
+def test_our_files_load_identically_in_the_reference(tmp_path):
+    # The reference's JAX loader cannot build float8 arrays (it has no NumPy
+    # float8 dtype); every other dtype is compared, and the float8 files are
+    # byte-identical to the reference's own (above).
+    tensors = {k: v for k, v in every_dtype().items() if k.upper() not in F8}
+    path = tmp_path / "ours.safetensors"
+    stc_flax.save_file(as_jax(tensors), path)
+    theirs = ref_flax.load_file(path)
+    assert set(theirs) == set(tensors)
+    for name, expected in tensors.items():
+        assert_same(theirs[name], expected)
+    with safetensors.safe_open(path, framework="flax") as f:
+        for name, expected in tensors.items():
+            assert_same(f.get_tensor(name), expected)
+
+
+def test_reference_load_of_bytes_matches_ours():
+    tensors = {"w": random_array("F32", (8, 8)), "i": random_array("I64", (3,)),
+               "h": random_array("F16", (2, 2))}
+    data = ref_flax.save(as_jax(tensors))
+    ours, theirs = stc_flax.load(data), ref_flax.load(data)
+    assert set(ours) == set(theirs)
+    for name in tensors:
+        assert_same(ours[name], np.asarray(theirs[name]))
+
+
+def test_metadata_round_trips(tmp_path):
+    path = tmp_path / "m.safetensors"
+    stc_flax.save_file({"a": jnp.ones(2)}, path, metadata={"format": "flax", "é": "ü"})
+    with safetensors.safe_open(path, framework="flax") as f:
+        assert f.metadata() == {"format": "flax", "é": "ü"}
+
+
+def test_numpy_arrays_and_scalars_are_accepted():
+    # What jax.device_get hands back.
+    params = jax.device_get({"w": jnp.arange(6.0).reshape(2, 3), "s": jnp.float32(2.5)})
+    loaded = stc_flax.load(stc_flax.save(params))
+    assert_same(loaded["w"], np.arange(6.0).reshape(2, 3))
+    assert_same(loaded["s"], np.array(2.5, np.float32))
+
+
+def test_transposed_and_sliced_arrays_save_their_values():
+    base = jnp.arange(24, dtype=jnp.int32).reshape(2, 3, 4)
+    views = {"t": base.T, "s": base[:, ::2, 1:], "n": np.asarray(base).transpose(1, 0, 2)}
+    loaded = stc_flax.load(stc_flax.save(views))
+    for name, value in views.items():
+        assert_same(loaded[name], np.asarray(value))
+
+
+def test_saving_does_not_change_the_callers_dict():
+    tensors = {"a": jnp.ones(3)}
+    stc_flax.save(tensors)
+    assert isinstance(tensors["a"], jax.Array)
+
+
+# ---------------------------------------------------------------------------
+# MARK: 64-bit dtypes without jax_enable_x64
+
+
+@pytest.mark.parametrize("code", WIDE)
+def test_64_bit_dtypes_are_refused_without_x64(tmp_path, code):
+    path = tmp_path / "w.safetensors"
+    safetensors_c.save_file({"wide": random_array(code, (3,)), "ok": np.ones(2, np.float32)}, path)
+    with jax.enable_x64(False):
+        with pytest.raises(SafetensorError, match=rf"'wide': dtype {code} .*JAX .*jax_enable_x64") as info:
+            stc_flax.load_file(path)
+        assert info.value.code == "STC_ERR_UNSUPPORTED_DTYPE"
+        with pytest.raises(SafetensorError, match="jax_enable_x64"):
+            stc_flax.load(path.read_bytes())
+        with safe_open(path, framework="jax") as f:
+            assert_same(f.get_tensor("ok"), np.ones(2, np.float32))  # the others still load
+            with pytest.raises(SafetensorError, match=rf"dtype {code}"):
+                f.get_tensor("wide")
+            with pytest.raises(SafetensorError, match=rf"dtype {code}"):
+                f.get_slice("wide")
+    # ... and load once x64 is on, with their values.
+    assert_same(stc_flax.load_file(path)["wide"], random_array(code, (3,)))
+
+
+def test_the_reference_narrows_what_we_refuse(tmp_path):
+    """Why we refuse: without x64 the reference silently cuts the values."""
+    path = tmp_path / "w.safetensors"
+    safetensors_c.save_file({"big": np.array([2**40 + 1], np.int64)}, path)
+    with jax.enable_x64(False):
+        theirs = ref_flax.load_file(path)["big"]
+        assert theirs.dtype == jnp.int32 and int(theirs[0]) != 2**40 + 1
+        with pytest.raises(SafetensorError):
+            stc_flax.load_file(path)
+
+
+# ---------------------------------------------------------------------------
+# MARK: dtypes JAX lacks
+
+
+@pytest.mark.parametrize("code", ["F4", "F6_E2M3", "F6_E3M2"])
+def test_packed_dtypes_are_refused(tmp_path, code):
+    raw = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    path = tmp_path / "p.safetensors"
+    safetensors_c.save_file({"p": safetensors_c.packed(raw, code)}, path)
+    with pytest.raises(SafetensorError, match=rf"'p': dtype {code} has no JAX equivalent") as info:
+        stc_flax.load_file(path)
+    assert info.value.code == "STC_ERR_UNSUPPORTED_DTYPE"
+    with safe_open(path, framework="flax") as f:
+        with pytest.raises(SafetensorError, match=code):
+            f.get_tensor("p")
+    # A PackedArray in a dict is saved as it is.
+    assert stc_flax.save({"p": safetensors_c.packed(raw, code)}) == safetensors_c.numpy.save(
+        {"p": safetensors_c.packed(raw, code)}
+    )
+
+
+@pytest.mark.parametrize("dtype", ["int4", "uint4", "float8_e3m4", "float4_e2m1fn", "int2"])
+def test_jax_dtypes_the_format_lacks_are_refused(dtype):
+    array = jnp.zeros(4, getattr(jnp, dtype))
+    with pytest.raises(SafetensorError, match=rf"'x': dtype {dtype} cannot be stored") as info:
+        stc_flax.save({"x": array})
+    assert info.value.code == "STC_ERR_UNSUPPORTED_DTYPE"
+
+
+# ---------------------------------------------------------------------------
+# MARK: zero-copy, and copies made once
+
+
+def _aligned_tensors():
+    # Every size a multiple of 64 bytes, so each tensor starts aligned when
+    # the data section does.
+    return {
+        "a": random_array("F32", (16, 16)),
+        "b": random_array("BF16", (4, 32)),
+        "c": random_array("U8", (64,)),
+        "d": random_array("C64", (8, 8)),
+    }
+
+
+def test_aligned_tensors_are_adopted_from_the_mapping(tmp_path, helpers):
+    tensors = _aligned_tensors()
+    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
+    loaded = stc_flax.load_file(path)
+    for name, expected in tensors.items():
+        assert_same(loaded[name], expected)
+        assert helpers.in_mapping_of(path, loaded[name].unsafe_buffer_pointer()), name
+    with safe_open(path, framework="jax") as f:
+        a = f.get_tensor("a")
+        rows = f.get_slice("a")[2:5]  # whole rows of 64 bytes: still aligned
+    assert helpers.in_mapping_of(path, a.unsafe_buffer_pointer())
+    assert helpers.in_mapping_of(path, rows.unsafe_buffer_pointer())
+    assert_same(rows, tensors["a"][2:5])
+
+
+def test_adopted_arrays_outlive_the_handle_and_the_file(tmp_path, helpers):
+    tensors = _aligned_tensors()
+    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
+    with safe_open(path, framework="flax") as f:
+        a = f.get_tensor("a")
+    del f
+    os.remove(path)
+    gc.collect()
+    assert_same(a, tensors["a"])
+    assert float(jnp.sum(a.astype(jnp.float64))) == pytest.approx(
+        float(tensors["a"].astype(np.float64).sum()), nan_ok=True
+    )
+
+
+def test_writing_to_the_mapping_is_impossible_through_jax(tmp_path, helpers):
+    # The mapping is private: arrays derived from an adopted one are new
+    # buffers, and the file is never written.
+    tensors = _aligned_tensors()
+    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
+    before = path.read_bytes()
+    a = stc_flax.load_file(path)["a"]
+    b = a.at[0, 0].set(1.0)
+    assert b.unsafe_buffer_pointer() != a.unsafe_buffer_pointer()
+    assert path.read_bytes() == before
+    assert_same(a, tensors["a"])
+
+
+def test_an_aligned_writable_image_is_adopted(helpers):
+    tensors = _aligned_tensors()
+    image = safetensors_c.numpy.save(tensors)
+    # place the image so that its data section is 64-byte aligned
+    start = helpers.data_start(image)
+    raw = np.empty(len(image) + 128, np.uint8)
+    offset = (-(helpers.numpy_address(raw) + start)) % 64
+    buffer = raw[offset:offset + len(image)]
+    buffer[:] = np.frombuffer(image, np.uint8)
+    loaded = stc_flax.load(memoryview(buffer))
+    header = helpers.header_of(image)[1]
+    for name, expected in tensors.items():
+        begin = header[name]["data_offsets"][0]
+        assert loaded[name].unsafe_buffer_pointer() == helpers.numpy_address(buffer) + start + begin
+        assert_same(loaded[name], expected)
+
+
+def test_misaligned_tensors_are_copied_once_into_aligned_memory(tmp_path, helpers):
+    tensors = _aligned_tensors()
+    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
+    # the same tensors after an 8-byte U64 (written first): none is aligned
+    shifted = helpers.save_aligned({"pad": np.zeros(1, np.uint64), **tensors},
+                                   tmp_path / "shifted.safetensors")
+    header = helpers.header_of(shifted)[1]
+    loaded = stc_flax.load_file(shifted)
+    for name, expected in tensors.items():
+        assert (helpers.data_start(shifted) + header[name]["data_offsets"][0]) % 64 != 0
+        pointer = loaded[name].unsafe_buffer_pointer()
+        assert not helpers.in_mapping_of(shifted, pointer)
+        assert pointer % 64 == 0
+        assert_same(loaded[name], expected)
+
+
+def test_read_only_arrays_are_copied_never_adopted():
+    # e.g. a file image in immutable bytes, or a read-only mapping under
+    # strict overcommit: JAX must not hold (and export via DLPack) memory
+    # that a consumer could write to.
+    raw = np.empty(256 + 64, np.uint8)
+    start = -helpers_address(raw) % 64
+    source = raw[start:start + 256].view(np.float32)
+    source[:] = np.arange(64, dtype=np.float32)
+    source.flags.writeable = False
+    out = adapter.to_array("x", "F32", source, adapter.placement("cpu"))
+    assert out.unsafe_buffer_pointer() != helpers_address(source)
+    assert_same(out, np.arange(64, dtype=np.float32))
+    # a writable aligned one is adopted (the same path load_file takes)
+    writable = raw[start:start + 256].view(np.float32)
+    adopted = adapter.to_array("x", "F32", writable, adapter.placement("cpu"))
+    assert adopted.unsafe_buffer_pointer() == helpers_address(writable)
+
+
+def helpers_address(array):
+    return array.__array_interface__["data"][0]
+
+
+def test_bytes_are_copied_once_per_tensor(helpers):
+    tensors = _aligned_tensors()
+    image = safetensors_c.numpy.save(tensors)
+    loaded = stc_flax.load(image)  # read-only: each tensor copied by the adapter
+    for name, expected in tensors.items():
+        assert loaded[name].unsafe_buffer_pointer() % 64 == 0
+        assert_same(loaded[name], expected)
+
+
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_backends_give_the_same_arrays(tmp_path, backend):
+    tensors = every_dtype((5, 7))
+    path = tmp_path / "all.safetensors"
+    safetensors_c.save_file(tensors, path)
+    loaded = stc_flax.load_file(path, backend=backend)
+    for name, expected in tensors.items():
+        assert_same(loaded[name], expected)
+
+
+# ---------------------------------------------------------------------------
+# MARK: empty and zero-sized
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0, 2), (), (1,)])
+def test_zero_sized_and_scalar_tensors(tmp_path, shape):
+    tensors = {code.lower(): random_array(code, shape) for code in ("F32", "BF16", "I64", "BOOL")}
+    data = stc_flax.save(as_jax(tensors))
+    assert data == ref_numpy.save(dict(tensors))
+    for name, value in stc_flax.load(data).items():
+        assert_same(value, tensors[name])
+    path = tmp_path / "z.safetensors"
+    stc_flax.save_file(as_jax(tensors), path)
+    for name, value in stc_flax.load_file(path).items():
+        assert_same(value, tensors[name])
+
+
+def test_no_tensors(tmp_path):
+    data = stc_flax.save({})
+    assert data == ref_flax.save({}) and len(data) == 16
+    assert stc_flax.load(data) == {}
+    stc_flax.save_file({}, tmp_path / "e.safetensors")
+    assert stc_flax.load_file(tmp_path / "e.safetensors") == {}
+
+
+# ---------------------------------------------------------------------------
+# MARK: bad input
+
+
+@pytest.mark.parametrize("tensors", [[("a", jnp.ones(2))], "abc", None])
+def test_tensors_must_be_a_dict(tensors):
+    with pytest.raises(TypeError, match="tensors must be a dict of str to jax.Array"):
+        stc_flax.save(tensors)
+
+
+@pytest.mark.parametrize("value", [[1, 2], "abc", None, 3, object()])
+def test_values_must_be_arrays(value):
+    with pytest.raises(TypeError, match=r"tensor 'a': expected a jax.Array \(or a numpy.ndarray\)"):
+        stc_flax.save({"a": value})
+
+
+def test_arrays_of_other_frameworks_are_refused():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="expected a jax.Array.*not Tensor"):
+        stc_flax.save({"a": torch.ones(2)})
+
+
+def test_names_must_be_str(tmp_path):
+    with pytest.raises(TypeError, match="tensor names must be str"):
+        stc_flax.save({1: jnp.ones(2)})
+    with pytest.raises(ValueError, match="__metadata__"):
+        stc_flax.save_file({"__metadata__": jnp.ones(2)}, tmp_path / "x.safetensors")
+    assert not os.listdir(tmp_path)
+
+
+def test_sparse_arrays_are_refused():
+    from jax.experimental import sparse
+
+    matrix = sparse.BCOO.fromdense(jnp.eye(3))
+    with pytest.raises(ValueError, match=r"tensor 's' is a sparse BCOO array.*todense"):
+        stc_flax.save({"s": matrix})
+
+
+def test_prng_keys_are_refused():
+    with pytest.raises(SafetensorError, match=r"'k': a PRNG key array cannot be stored.*key_data"):
+        stc_flax.save({"k": jax.random.key(0)})
+    # the documented way works
+    data = stc_flax.save({"k": jax.random.key_data(jax.random.key(0))})
+    restored = jax.random.wrap_key_data(stc_flax.load(data)["k"])
+    assert (jax.random.key_data(restored) == jax.random.key_data(jax.random.key(0))).all()
+
+
+def test_traced_values_are_refused():
+    seen = []
+
+    @jax.jit
+    def step(x):
+        with pytest.raises(TypeError, match="'x' is a traced value inside jax.jit"):
+            stc_flax.save({"x": x})
+        seen.append(True)
+        return x
+
+    step(jnp.ones(2))
+    assert seen
+
+
+def test_deleted_arrays_raise():
+    array = jnp.ones(3)
+    array.delete()
+    with pytest.raises(RuntimeError, match="deleted"):
+        stc_flax.save({"a": array})
+
+
+@pytest.mark.parametrize("device", ["cuda", "gpu", "tpu", 0, None])
+def test_devices_other_than_the_cpu_are_refused(tmp_path, device):
+    path = tmp_path / "d.safetensors"
+    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
+    with pytest.raises(SafetensorError, match=r"device .* is not supported for JAX arrays"):
+        safe_open(path, framework="flax", device=device)
+
+
+def test_a_jax_cpu_device_is_accepted(tmp_path):
+    path = tmp_path / "d.safetensors"
+    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
+    with safe_open(path, framework="jax", device=CPU) as f:
+        assert_same(f.get_tensor("a"), np.ones(2, np.float32))
+
+
+# ---------------------------------------------------------------------------
+# MARK: safe_open and slices
+
+INDICES = [
+    np.s_[1:3],
+    np.s_[:, ::2],
+    np.s_[..., 1],
+    np.s_[-1],
+    np.s_[::-1, 2:],
+    np.s_[1, 2, 3],
+    np.s_[None, 0],
+    np.s_[[0, 2]],
+    np.s_[np.array([True, False, True, False])],
+    np.s_[5:],
+]
+
+
+@pytest.mark.parametrize("framework", ALIASES)
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_get_slice_equals_numpy_indexing(tmp_path, framework, backend):
+    tensors = {"x": random_array("F32", (4, 5, 6)), "b": random_array("BF16", (4, 5, 6)),
+               "i": random_array("I64", (4, 5, 6))}
+    path = tmp_path / "s.safetensors"
+    safetensors_c.save_file(tensors, path)
+    with safe_open(path, framework=framework, backend=backend) as f:
+        assert sorted(f.keys()) == ["b", "i", "x"]
+        for name, expected in tensors.items():
+            assert_same(f.get_tensor(name), expected)
+            sliced = f.get_slice(name)
+            assert sliced.get_shape() == [4, 5, 6]
+            for index in INDICES:
+                assert_same(sliced[index], np.asarray(expected[index])), index
+            # an index holding JAX arrays
+            assert_same(sliced[jnp.array([3, 1])], expected[np.array([3, 1])])
+            assert_same(sliced[jnp.array(2), 1:], expected[2, 1:])
+
+
+@pytest.mark.parametrize("framework", ALIASES)
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_out_of_bounds_slices_raise_slice_index_error(tmp_path, framework, backend):
+    path = tmp_path / "s.safetensors"
+    safetensors_c.save_file({"x": np.zeros((4, 5), np.float32)}, path)
+    with safe_open(path, framework=framework, backend=backend) as f:
+        sliced = f.get_slice("x")
+        for index in (np.s_[4], np.s_[0, 5], np.s_[-5], np.s_[[0, 9]], np.s_[0, 0, 0]):
+            with pytest.raises(SliceIndexError, match="'x'"):
+                sliced[index]
+        with pytest.raises(IndexError):
+            sliced[7]
+        with pytest.raises(SafetensorError):
+            sliced[7]
+
+
+def test_safe_open_handle_over_a_file_object(tmp_path):
+    import io
+
+    tensors = every_dtype((2, 3))
+    path = tmp_path / "h.safetensors"
+    safetensors_c.save_file(tensors, path)
+    for file in (open(path, "rb"), io.BytesIO(path.read_bytes())):
+        with file, safetensors_c._safe_open_handle(file, framework="flax") as f:
+            for name, expected in tensors.items():
+                assert_same(f.get_tensor(name), expected)
+                assert_same(f.get_slice(name)[1:], expected[1:])
+
+
+# ---------------------------------------------------------------------------
+# MARK: sharded checkpoints
+
+
+def test_sharded_round_trip(tmp_path):
+    tensors = {f"layer{i}.w": random_array("F32", (64, 16), seed=i) for i in range(6)}
+    tensors["emb"] = random_array("BF16", (32, 32))
+    stc_flax.save_sharded(as_jax(tensors), tmp_path / "ckpt", max_shard_size=10_000,
+                          progress=False)
+    assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
+    for loaded in (
+        stc_flax.load_sharded(tmp_path / "ckpt", progress=False),
+        safetensors_c.load_sharded(tmp_path / "ckpt", framework="jax", progress=False),
+    ):
+        assert set(loaded) == set(tensors)
+        for name, expected in tensors.items():
+            assert_same(loaded[name], expected)
+    # the generic entry with framework="flax" writes the same files
+    safetensors_c.save_sharded(as_jax(tensors), tmp_path / "again", max_shard_size=10_000,
+                               framework="flax", progress=False)
+    for shard in (tmp_path / "ckpt").iterdir():
+        assert (tmp_path / "again" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_flax_serialization_state_dicts_round_trip(tmp_path):
+    """A Flax model's parameters, flattened as users do it."""
+    flax = pytest.importorskip("flax")
+    from flax import linen as nn
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    model = nn.Dense(4)
+    params = model.init(jax.random.key(0), jnp.ones((1, 3)))
+    flat = {"/".join(k): v for k, v in flatten_dict(params).items()}
+    path = tmp_path / "dense.safetensors"
+    stc_flax.save_file(flat, path)
+    restored = unflatten_dict({tuple(k.split("/")): v for k, v in stc_flax.load_file(path).items()})
+    out = model.apply(restored, jnp.ones((1, 3)))
+    assert jnp.array_equal(out, model.apply(params, jnp.ones((1, 3))))
+    assert flax.__version__

@@ -1,0 +1,220 @@
+"""The Paddle adapter (framework "paddle"): NumPy arrays from the reader
+become ``paddle.Tensor`` values sharing their memory.
+
+Loading goes through DLPack (``paddle.utils.dlpack.from_dlpack``), whose
+deleter releases the reader's array when paddle frees the tensor; bfloat16
+and the float8 types pass as unsigned integers of their width and are
+reinterpreted with ``Tensor.view(dtype)``, which keeps the buffer. Nothing
+is copied on the CPU, at any alignment, except a read-only array (a
+``bytes`` image, a read-only mapping), which is copied once: paddle tensors
+are writable. A ``device`` other than the CPU gets one copy there.
+
+Saving reads each dense, contiguous CPU tensor's own memory
+(``data_ptr()``), keeping the tensor alive while it is written; a tensor on
+another device is copied to the host once. Paddle has no float8_e8m0fnu,
+no float8 FNUZ types and no packed F4/F6: those raise SafetensorError.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+try:
+    import paddle
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "framework='paddle' needs PaddlePaddle, which is not installed: pip install paddlepaddle"
+    ) from exc
+
+import numpy as np
+
+from .._checks import error
+from .._writer import Tensor
+
+NAME = "paddle"
+LABEL = "Paddle"
+# to_array copies read-only arrays itself (once), so load(bytes) need not.
+COPIES_READ_ONLY = True
+
+
+# ---------------------------------------------------------------------------
+# MARK: dtypes
+
+# format code -> (paddle dtype name, the NumPy dtype it crosses DLPack as).
+# (paddle prints its uint16 as "paddle.bfloat16": names come from here.)
+_DTYPES = {
+    "BOOL": ("bool", "?"),
+    "U8": ("uint8", "<u1"),
+    "I8": ("int8", "<i1"),
+    "F8_E5M2": ("float8_e5m2", "<u1"),
+    "F8_E4M3": ("float8_e4m3fn", "<u1"),
+    "I16": ("int16", "<i2"),
+    "U16": ("uint16", "<u2"),
+    "F16": ("float16", "<f2"),
+    "BF16": ("bfloat16", "<i2"),  # paddle views int16 (not uint16) as bfloat16
+    "I32": ("int32", "<i4"),
+    "U32": ("uint32", "<u4"),
+    "F32": ("float32", "<f4"),
+    "C64": ("complex64", "<c8"),
+    "F64": ("float64", "<f8"),
+    "I64": ("int64", "<i8"),
+    "U64": ("uint64", "<u8"),
+}
+_PADDLE_BY_CODE = {
+    code: getattr(paddle, name) for code, (name, _) in _DTYPES.items() if hasattr(paddle, name)
+}
+_CARRIER_BY_CODE = {code: np.dtype(carrier) for code, (_, carrier) in _DTYPES.items()}
+# paddle dtype -> (code, name); a list, not a dict: paddle dtypes compare by
+# value but their hashes are not guaranteed to follow.
+_CODES = [(dtype, code, _DTYPES[code][0]) for code, dtype in _PADDLE_BY_CODE.items()]
+
+
+def _code_of(dtype: Any) -> Optional[str]:
+    for known, code, _ in _CODES:
+        if dtype == known:
+            return code
+    return None
+
+
+def check_code(name: str, code: str, shape: tuple) -> None:
+    if code not in _PADDLE_BY_CODE:
+        raise error(
+            f"tensor {name!r}: dtype {code} has no Paddle equivalent in paddle "
+            f"{paddle.__version__}; load it with framework='np' instead",
+            "STC_ERR_UNSUPPORTED_DTYPE",
+        )
+
+
+# ---------------------------------------------------------------------------
+# MARK: loading
+
+def _device_count(kind: str) -> int:
+    if kind == "gpu":
+        if not paddle.device.is_compiled_with_cuda():
+            return 0
+        return paddle.device.cuda.device_count()
+    if kind == "xpu":
+        if not paddle.device.is_compiled_with_xpu():
+            return 0
+        return paddle.device.xpu.device_count()
+    if kind in paddle.device.get_all_custom_device_type():
+        return len([d for d in paddle.device.get_available_custom_device()
+                    if d.split(":")[0] == kind])
+    return -1  # not a kind of device paddle knows
+
+
+def placement(device: Any) -> Optional[str]:
+    """None for the CPU; otherwise the paddle device string ("gpu:0", ...)
+    to copy each tensor to. Accepts "cpu", "gpu[:N]", "cuda[:N]" (as
+    "gpu:N"), "xpu[:N]", a custom device "<type>[:N]", an int N (GPU N), and
+    paddle Place objects."""
+    if isinstance(device, paddle.CPUPlace):
+        return None
+    if isinstance(device, paddle.CUDAPlace):
+        device = f"gpu:{device.get_device_id()}"
+    if isinstance(device, bool) or not isinstance(device, (str, int)):
+        raise error(f"device {device!r} is invalid; use e.g. 'cpu', 'gpu' or 'gpu:1'")
+    if isinstance(device, int):
+        if device < 0:
+            raise error(f"device {device!r} is invalid; use e.g. 'cpu', 'gpu' or 'gpu:1'")
+        device = f"gpu:{device}"
+    kind, _, number = device.strip().lower().partition(":")
+    kind = {"cuda": "gpu"}.get(kind, kind)
+    if kind == "cpu" and number in ("", "0"):
+        return None
+    count = _device_count(kind)
+    if count < 0 or (number and not number.isdigit()):
+        raise error(f"device {device!r} is invalid; use e.g. 'cpu', 'gpu' or 'gpu:1'")
+    index = int(number or 0)
+    if index >= count:
+        # ValueError, as paddle itself (and so the reference) reports it.
+        raise ValueError(
+            f"device {device!r} is not available: this paddle sees {count} {kind} "
+            f"device(s); load with device='cpu'"
+        )
+    return f"{kind}:{index}"
+
+
+def to_array(name: str, code: str, array: np.ndarray, placement: Any) -> "paddle.Tensor":
+    array = np.asarray(array)
+    if not array.flags.writeable:
+        # paddle tensors are writable: a read-only buffer is never shared.
+        array = array.copy()
+    elif not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    tensor = paddle.utils.dlpack.from_dlpack(array.view(_CARRIER_BY_CODE[code]).__dlpack__())
+    dtype = _PADDLE_BY_CODE[code]
+    if tensor.dtype != dtype:
+        tensor = tensor.view(dtype)  # same width: a reinterpretation, no copy
+    return tensor if placement is None else tensor.to(placement)
+
+
+def index(index: Any) -> Any:
+    """Paddle tensors inside an index become NumPy arrays."""
+    if isinstance(index, paddle.Tensor):
+        return index.numpy()
+    if isinstance(index, tuple):
+        return tuple(i.numpy() if isinstance(i, paddle.Tensor) else i for i in index)
+    return index
+
+
+# ---------------------------------------------------------------------------
+# MARK: saving
+
+def check_tensors(tensors: Any) -> None:
+    """Input checks with the reference's exception types (ValueError)."""
+    if not isinstance(tensors, dict):
+        raise ValueError(
+            f"tensors must be a dict of str to paddle.Tensor, not {type(tensors).__name__}"
+        )
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, paddle.Tensor):
+            raise ValueError(
+                f"tensor {name!r}: expected a paddle.Tensor, not {type(tensor).__name__}"
+            )
+
+
+class _TensorMemory:
+    """The bytes of a paddle tensor as NumPy sees them, holding the tensor
+    (the array's base) so that its memory outlives the write."""
+
+    def __init__(self, tensor: "paddle.Tensor", nbytes: int) -> None:
+        self.tensor = tensor
+        self.__array_interface__ = {
+            "version": 3,
+            "shape": (nbytes,),
+            "typestr": "|u1",
+            "data": (tensor.data_ptr(), True),
+        }
+
+
+def from_array(name: str, tensor: Any) -> Tensor:
+    if not isinstance(tensor, paddle.Tensor):
+        raise ValueError(f"tensor {name!r}: expected a paddle.Tensor, not {type(tensor).__name__}")
+    if tensor.is_sparse():
+        raise ValueError(
+            f"tensor {name!r} is a sparse tensor, which cannot be stored; convert it with "
+            ".to_dense() first (the file may then be much larger)"
+        )
+    if not tensor.is_contiguous():
+        raise ValueError(
+            f"tensor {name!r} is not contiguous; call .contiguous() on it before saving "
+            "(or, if it is a view of another tensor, save only the full tensor and slice "
+            "it after loading)"
+        )
+    code = _code_of(tensor.dtype)
+    if code is None:
+        raise error(
+            f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in a safetensors file; "
+            f"supported: {', '.join(name for _, _, name in _CODES)}",
+            "STC_ERR_UNSUPPORTED_DTYPE",
+        )
+    shape = tuple(int(d) for d in tensor.shape)
+    count = 1
+    for d in shape:
+        count *= d
+    if count == 0:
+        return Tensor(code, shape, np.empty(0, np.uint8))
+    if not tensor.place.is_cpu_place():
+        tensor = tensor.cpu()  # the one copy to the host
+    return Tensor(code, shape, np.asarray(_TensorMemory(tensor, count * tensor.element_size())))

@@ -1,0 +1,99 @@
+"""Load and save .safetensors files as TensorFlow tensors.
+
+The same functions as ``safetensors.tensorflow``: :func:`save`,
+:func:`save_file`, :func:`load`, :func:`load_file`; plus
+:func:`save_sharded` and :func:`load_sharded`. ``safe_open(...,
+framework="tf")`` (or ``"tensorflow"``) gives TF tensors too.
+
+Loading gives eager CPU tensors. A tensor whose bytes are 64-byte aligned
+in memory (TF's requirement) is adopted through DLPack without copying:
+with the default ``backend="mmap"`` it then reads the file's private,
+copy-on-write mapping. Any other tensor, and every float8 tensor, is copied
+once. TF has every dtype of the format except F8_E8M0 and the packed
+F4/F6 types, which raise SafetensorError (load them with ``framework="np"``).
+
+Saving reads each CPU tensor's memory in place (float8 tensors and tensors
+on other devices are copied to the host once). ``tf.Variable`` values are
+accepted; sparse and ragged tensors are refused with ValueError. Unlike the
+reference, the dict passed in is never modified.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional, Union
+
+from . import _frameworks, sharded
+from ._adapters.tensorflow import tf
+
+__all__ = ["save", "save_file", "load", "load_file", "save_sharded", "load_sharded"]
+
+
+def save(tensors: Dict[str, tf.Tensor], metadata: Optional[Dict[str, str]] = None) -> bytes:
+    """The bytes of a .safetensors file holding ``tensors``; byte-identical to
+    ``safetensors.tensorflow.save`` for the same tensors."""
+    return _frameworks.save("tensorflow", tensors, metadata)
+
+
+def save_file(
+    tensors: Dict[str, tf.Tensor],
+    filename: Union[str, os.PathLike],
+    metadata: Optional[Dict[str, str]] = None,
+    *,
+    digests: bool = False,
+) -> None:
+    """Writes ``tensors`` to ``filename`` atomically (a temporary file in the
+    same directory, flushed and renamed). ``digests=True`` records each
+    tensor's SHA-256 (see :mod:`safetensors_c.integrity`)."""
+    _frameworks.save_file("tensorflow", tensors, filename, metadata, digests=digests)
+
+
+def load(data: bytes) -> Dict[str, tf.Tensor]:
+    """Parses a whole file image; returns its tensors as CPU tf.Tensors, in
+    file order. Each tensor of a ``bytes`` image is copied once; a
+    ``bytearray`` is used in place where a tensor is aligned (do not change
+    it afterwards)."""
+    return _frameworks.load("tensorflow", data)
+
+
+def load_file(
+    filename: Union[str, os.PathLike],
+    *,
+    backend: str = "mmap",
+    storage_options: Optional[Dict[str, Any]] = None,
+) -> Dict[str, tf.Tensor]:
+    """Every tensor of ``filename`` (a path, URL or binary file), in file
+    order, as CPU tf.Tensors (see the module docstring for when they share
+    the file's mapping)."""
+    return _frameworks.load_file(
+        "tensorflow", filename, backend=backend, storage_options=storage_options
+    )
+
+
+def save_sharded(
+    tensors: Dict[str, tf.Tensor],
+    directory: Union[str, os.PathLike],
+    max_shard_size: Union[int, str] = "5GB",
+    prefix: str = "model",
+    metadata: Optional[Dict[str, str]] = None,
+    *,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """:func:`safetensors_c.sharded.save_sharded` for TF tensors."""
+    return sharded.save_sharded(
+        tensors, directory, max_shard_size, prefix, metadata, framework="tensorflow",
+        progress=progress,
+    )
+
+
+def load_sharded(
+    path: Union[str, os.PathLike],
+    *,
+    prefix: str = "model",
+    backend: str = "mmap",
+    progress: bool = True,
+) -> Dict[str, tf.Tensor]:
+    """:func:`safetensors_c.sharded.load_sharded` giving TF tensors."""
+    return sharded.load_sharded(
+        path, framework="tensorflow", prefix=prefix, backend=backend, progress=progress
+    )

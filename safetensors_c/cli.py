@@ -3,7 +3,8 @@
     safetensors-c inspect FILE [--json]     tensors, dtypes, shapes, offsets, metadata
     safetensors-c verify FILE...            strict validation (+ digests when recorded)
     safetensors-c convert SRC DST           pickle / PyTorch / joblib / .npy / .npz ->
-                                            .safetensors, never executing the pickle
+                                            .safetensors, never executing the pickle;
+                                            a model directory of .bin shards -> shards
     safetensors-c scan FILE...              globals and opcodes a pickle would use
     safetensors-c bench                     a quick benchmark
 

@@ -20,17 +20,28 @@ conversion with :class:`UnsafePickleError` naming it; nothing is written
 
 Nested containers are flattened with dotted names
 (``{"state_dict": {"w": t}}`` -> ``"state_dict.w"``; list items by index).
-Numbers, strings, booleans and None met on the way are dropped, or kept in
-``__metadata__`` with ``keep_scalars=True`` (strings as they are, the rest
-JSON-encoded: ``3``, ``0.5``, ``true``, ``null``).
+Numbers, strings, booleans and None met on the way are dropped (listed in
+the report's ``skipped``), or kept in ``__metadata__`` with
+``keep_scalars=True`` (strings as they are, the rest JSON-encoded: ``3``,
+``0.5``, ``true``, ``null``). A ``Module.state_dict()`` is an OrderedDict
+whose ``_metadata`` attribute (per-module ``{"version": N}``) pickle
+restores with BUILD: it is read as plain data, never by calling anything,
+and treated like the scalars: dropped by default, kept with
+``keep_scalars=True`` as JSON under ``"_metadata"`` (``"model._metadata"``
+for a nested one). BUILD on anything else is refused.
 
 Shared storage: tensors that are the same view of the same storage (same
 offset, shape, strides, dtype; e.g. tied embeddings) are aliases: the first
 name in sorted order is written and each dropped name is recorded in
 ``__metadata__`` as ``{dropped: kept}``, as the reference's ``save_model``
-does. Tensors that share a storage but view different parts of it (a
-slice, a transpose) are each written as a copy of what they view, so no
-value is lost and no name disappears.
+does. Tensors that view disjoint parts of one storage (a fused projection
+split into q, k, v) are each written as a copy of what they view. Views
+that overlap or repeat elements would write more bytes than the checkpoint
+stores, and are refused unless ``allow_expansion=True`` (see
+:func:`convert`).
+
+A model directory of ``.bin`` weights, sharded or not (transformers,
+diffusers), converts shard for shard with :func:`convert_sharded`.
 """
 
 from __future__ import annotations

@@ -746,7 +746,8 @@ def convert(
     total = _tensor_bytes(tensors)
     with _WriteMeter(progress, 0, total):
         if max_shard_size is not None:
-            save_sharded(tensors, dst, max_shard_size=max_shard_size, metadata=out_meta or None)
+            save_sharded(tensors, dst, max_shard_size=max_shard_size,
+                         metadata=out_meta or None, progress=False)
         else:
             _write_file(tensors, dst, out_meta or None)
     if progress is not None:

@@ -901,7 +901,8 @@ def convert_sharded(
     time; a directory holding ``pytorch_model.bin`` or
     ``diffusion_pytorch_model.bin`` becomes ``model.safetensors`` or
     ``diffusion_pytorch_model.safetensors``. Every shard must hold exactly
-    the tensors the index assigns to it. The index is written last. When
+    the tensors the index assigns to it. The index is written last; when a
+    shard fails, the shards written so far are removed again. When
     ``dst`` is another directory, its ``.json``, ``.txt``, ``.md`` and
     ``.model`` files (config, tokenizer) are copied too, so that
     ``from_pretrained(dst)`` works; other files (pickled training
@@ -920,7 +921,8 @@ def convert_sharded(
         report = convert(os.path.join(directory, single), target, metadata=metadata,
                          keep_scalars=keep_scalars, allow_expansion=allow_expansion,
                          progress=progress)
-        report.files = [target] + _copy_side_files(directory, dst_dir, copy_side_files, set())
+        report.files = [target] + _copy_side_files(directory, dst_dir, copy_side_files,
+                                                   {single, os.path.basename(target)})
         return report
 
     weight_map, index_meta = _read_bin_index(index_path)
@@ -939,44 +941,52 @@ def convert_sharded(
     scalars: dict[str, Any] = {}
     skipped: list[str] = []
     done = 0
-    for shard in sorted(by_shard):
-        shard_path = os.path.join(directory, shard)
-        if not _is_regular(shard_path):
+    for shard in sorted(by_shard):  # every shard is there before anything is written
+        if not _is_regular(os.path.join(directory, shard)):
             raise ConversionError(f"{index_path}: shard {shard!r} is missing or not a regular file")
-        out_name = safetensors_name(shard)
-        if out_name == shard:
+        if safetensors_name(shard) == shard:
             raise ConversionError(f"{index_path}: shard {shard!r} is not a .bin file")
-        kind, tensors, shard_aliases, shard_scalars, shard_skipped = read_checkpoint(
-            shard_path, allow_expansion=allow_expansion
-        )
-        kinds.add(kind)
-        present = set(tensors) | set(shard_aliases)
-        expected = set(by_shard[shard])
-        if present != expected:
-            missing, extra = sorted(expected - present), sorted(present - expected)
-            detail = []
-            if missing:
-                detail.append(f"misses {missing[:5]}")
-            if extra:
-                detail.append(f"holds {extra[:5]} that the index does not assign to it")
-            raise ConversionError(
-                f"{shard_path}: the shard {' and '.join(detail)}; nothing more was written"
+    try:
+        for shard in sorted(by_shard):
+            shard_path = os.path.join(directory, shard)
+            kind, tensors, shard_aliases, shard_scalars, shard_skipped = read_checkpoint(
+                shard_path, allow_expansion=allow_expansion
             )
-        shard_meta = _output_metadata(kind, shard_scalars, shard_aliases, keep_scalars,
-                                      shard_skipped, metadata, tensors)
-        size = _tensor_bytes(tensors)
-        target = os.path.join(dst_dir, out_name)
-        with _WriteMeter(progress, done, max(total, done + size)):
-            _write_file(tensors, target, shard_meta or None)
-        done += size
-        if progress is not None:
-            progress(min(done, max(total, done)), max(total, done))
-        written.append(target)
-        out_map.update({t: out_name for t in tensors})
-        aliases.update(shard_aliases)
-        scalars.update({f"{shard}:{k}": v for k, v in shard_scalars.items()})
-        skipped.extend(f"{shard}:{k}" for k in shard_skipped)
-        del tensors
+            kinds.add(kind)
+            present = set(tensors) | set(shard_aliases)
+            expected = set(by_shard[shard])
+            if present != expected:
+                missing, extra = sorted(expected - present), sorted(present - expected)
+                detail = []
+                if missing:
+                    detail.append(f"misses {missing[:5]}")
+                if extra:
+                    detail.append(f"holds {extra[:5]} that the index does not assign to it")
+                raise ConversionError(
+                    f"{shard_path}: the shard {' and '.join(detail)}; nothing was converted"
+                )
+            shard_meta = _output_metadata(kind, shard_scalars, shard_aliases, keep_scalars,
+                                          shard_skipped, metadata, tensors)
+            size = _tensor_bytes(tensors)
+            target = os.path.join(dst_dir, safetensors_name(shard))
+            with _WriteMeter(progress, done, max(total, done + size)):
+                _write_file(tensors, target, shard_meta or None)
+            written.append(target)
+            done += size
+            if progress is not None:
+                progress(min(done, max(total, done)), max(total, done))
+            out_map.update({t: safetensors_name(shard) for t in tensors})
+            aliases.update(shard_aliases)
+            scalars.update({f"{shard}:{k}": v for k, v in shard_scalars.items()})
+            skipped.extend(f"{shard}:{k}" for k in shard_skipped)
+            del tensors
+    except BaseException:
+        # No index was written; the shards this call wrote go too, so that a failed
+        # conversion leaves no half of a checkpoint behind.
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
     out_index_meta = {k: v for k, v in index_meta.items() if k != "total_size"}
     out_index_meta["total_size"] = done
     out_index = {"metadata": out_index_meta,
@@ -984,7 +994,7 @@ def convert_sharded(
     index_out = os.path.join(dst_dir, safetensors_name(os.path.basename(index_path)))
     _write_text_atomic(index_out, json.dumps(out_index, indent=2, sort_keys=True) + "\n")
     written.append(index_out)
-    skip = {os.path.basename(index_path), *by_shard}
+    skip = {os.path.basename(index_path), *by_shard, *map(os.path.basename, written)}
     written += _copy_side_files(directory, dst_dir, copy_side_files, skip)
     if progress is not None:
         progress(max(total, done), max(total, done))

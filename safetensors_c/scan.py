@@ -180,6 +180,7 @@ class _Run:
     end: int
     complete: bool  # the unpickler reaches STOP
     inert: bool  # it imports and calls nothing before it stops or fails
+    error: str = ""  # why our interpreter stopped, if it did
 
 
 def _child(where: str, name: str, depth: int) -> str:
@@ -220,12 +221,12 @@ class _Scan:
         walk = walk_pickle(data, pos, persistent=persistent or persistent_load is not None)
         if walk.code_at < 0:
             # The real unpickler stops (or finishes) before it imports or calls anything.
-            return _Run(None, walk.end, walk.status == "stop", True)
+            return _Run(None, walk.end, walk.status == "stop", True, error)
         self.findings.extend(machine.findings)
         self.unknown(
             f"{error}; a real unpickler would import or call things here (from byte "
             f"{walk.code_at}) that could not be analysed", where, walk.code_at)
-        return _Run(None, machine.pos, False, False)
+        return _Run(None, machine.pos, False, False, error)
 
     def storage_loader(self, where: str, storages: dict[str, _Storage], legacy: bool):
         def persistent_load(pid: Any) -> Any:
@@ -314,6 +315,11 @@ class _Scan:
                          "pickle.load or torch.load(weights_only=False) would read it as one")
             return "pickle"
         if not run.complete:
+            return "pickle"
+        if run.error:
+            # the real unpickler would import and call nothing, but our interpreter could
+            # not follow the data to its end: what it would build is not known
+            self.unknown(f"{run.error} (nothing is imported or called up to there)", where)
             return "pickle"
         if type(run.value) is int and run.value == TORCH_LEGACY_MAGIC:
             self.torch_legacy(view, run.end, where)

@@ -55,7 +55,12 @@ def make_zip(entries: list[Entry], prefix: bytes = b"", offsets: list[int] | Non
     where each directory entry says its local header is (overlapping members)."""
     out = bytearray(prefix)
     locals_at = []
+    written: dict[int, int] = {}
     for e in entries:
+        if id(e) in written:  # the same entry listed again: one local header, many entries
+            locals_at.append(written[id(e)])
+            continue
+        written[id(e)] = len(out)
         locals_at.append(len(out))
         raw = (e.local_name or e.name).encode()
         out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, e.flags, e.method, 0, 0, e.crc,
@@ -73,12 +78,11 @@ def make_zip(entries: list[Entry], prefix: bytes = b"", offsets: list[int] | Non
 
 
 def deflated_zeros(n: int) -> bytes:
+    """n zero bytes as a raw deflate stream, built from one repeated block (fast)."""
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    chunk = bytes(1 << 20)
-    parts = [c.compress(chunk) for _ in range(n >> 20)]
-    parts.append(c.compress(bytes(n & ((1 << 20) - 1))))
-    parts.append(c.flush())
-    return b"".join(parts)
+    block = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)  # independent of the rest
+    tail = c.compress(bytes(n & ((1 << 20) - 1))) + c.flush()
+    return block * (n >> 20) + tail
 
 
 def zeros_crc(n: int) -> int:

@@ -33,10 +33,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import stat
 
-from . import _display, _remote, _writer
+from . import _display, _remote, _writer, distributed
 from ._checks import check_metadata, error, fs_path, parse_size
 from ._core import SafetensorError
 from ._frameworks import adapter_for, to_neutral
+from ._into import run_parallel
 from ._open import safe_open
 
 __all__ = [
@@ -101,6 +102,21 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Itera
     except ImportError:
         return iterable
     return tqdm(iterable, total=total, desc=desc, unit="shard")
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar to update by hand (from worker threads), or None."""
+    if not enabled or total < 2:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="shard")
+
+
+# Mapped shards are populated in pieces of at most this many bytes.
+_POPULATE_PIECE = 64 << 20
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -545,12 +561,43 @@ class safe_open_sharded:
     def get_slice(self, name: str):
         return self._shard_of(name).get_slice(name)
 
-    def get_tensors(self, *, progress: bool = False) -> Dict[str, Any]:
-        """Every tensor, shard by shard, each shard in file order."""
-        shards = self._open_shards()
-        result: Dict[str, Any] = {}
-        for shard in _progress(shards.values(), len(shards), "Loading shards", progress):
-            result.update(shard.get_tensors())
+    def get_tensors(self, *, progress: bool = False,
+                    max_workers: Optional[int] = None) -> Dict[str, Any]:
+        """Every tensor, shard by shard, each shard in file order.
+
+        The shards are read concurrently on at most ``max_workers`` threads
+        (default: the number of CPUs). For mapped shards the workers bring
+        the pages in themselves (``MADV_POPULATE_READ``, in pieces of at
+        most 64 MiB, so that one large shard keeps every worker busy): the
+        storage is read in parallel now, instead of page by page later when
+        the tensors are first used.
+        """
+        shards = list(self._open_shards().values())
+        pieces = []
+        for shard in shards:
+            reader = shard._handle()
+            if not getattr(reader, "mapped", False) or not hasattr(reader, "prefetch"):
+                continue
+            for name in reader.offset_keys():
+                begin, end = reader.info(name)[3:5]
+                for offset in range(0, end - begin, _POPULATE_PIECE):
+                    pieces.append((reader, name, offset, min(_POPULATE_PIECE, end - begin - offset)))
+        bar = _progress_bar(len(shards), "Loading shards", progress)
+        try:
+            run_parallel(lambda p: p[0].prefetch(p[1], p[2], p[3]), pieces, max_workers)
+
+            def one(shard: safe_open) -> Dict[str, Any]:
+                tensors = shard.get_tensors()
+                if bar is not None:
+                    bar.update(1)
+                return tensors
+
+            result: Dict[str, Any] = {}
+            for tensors in run_parallel(one, shards, max_workers):
+                result.update(tensors)
+        finally:
+            if bar is not None:
+                bar.close()
         return result
 
     def __contains__(self, name: object) -> bool:
@@ -589,12 +636,35 @@ def load_sharded(
     backend: str = "mmap",
     progress: bool = True,
     storage_options: Optional[Dict[str, Any]] = None,
+    max_workers: Optional[int] = None,
+    process_group: Any = None,
+    plan: Any = None,
 ) -> Dict[str, Any]:
     """Every tensor of a sharded checkpoint (a directory, its index file, or
     a single .safetensors file; a path or a URL, with ``storage_options``
-    for fsspec), shard by shard. With several shards and ``progress=True``
-    a tqdm bar shows progress, if tqdm is installed."""
+    for fsspec). The shards are read concurrently on at most ``max_workers``
+    threads (default: the number of CPUs; see
+    :meth:`safe_open_sharded.get_tensors`). With several shards and
+    ``progress=True`` a tqdm bar shows progress, if tqdm is installed.
+
+    With ``process_group`` (torch.distributed; every rank calls this
+    together) each rank reads ~1/N of the checkpoint's bytes and the ranks
+    exchange the rest; with ``plan`` (tensor name -> dimension) each keeps
+    only its tensor-parallel part of the planned tensors. See
+    :mod:`safetensors_c.distributed`.
+    """
     with safe_open_sharded(
         path, framework, device, prefix=prefix, backend=backend, storage_options=storage_options
     ) as f:
-        return f.get_tensors(progress=progress)
+        if process_group is None:
+            if plan is not None:
+                raise ValueError("plan= splits tensors between ranks: it needs process_group=")
+            return f.get_tensors(progress=progress, max_workers=max_workers)
+        files = [shard._handle().filename for shard in f._open_shards().values()]
+    if any(not isinstance(name, str) or _remote.is_url(name) for name in files):
+        raise SafetensorError(
+            "process_group= reads local files (or files on a shared file system); "
+            "this checkpoint is not one"
+        )
+    return distributed.load_files(files, process_group, framework=framework, device=device,
+                                  plan=plan, max_workers=max_workers)

@@ -18,7 +18,7 @@ it first. Shared, non-contiguous and sparse tensors are refused exactly as
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 try:
     import torch
@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install safetensors_c[torch]"
     ) from exc
 
-from . import _frameworks, sharded
+from . import _frameworks, _into, distributed, sharded
 from ._adapters.torch import (
     _CODE_BY_TORCH,
     _TORCH_BY_CODE,
@@ -37,11 +37,14 @@ from ._adapters.torch import (
     _find_shared_tensors,
     _is_complete,
     _remove_duplicate_names,
+    _resolve_device,
     _storage_ptr,
     _storage_size,
 )
+from ._adapters.torch import to_array as _to_array
 from ._core import SafetensorError
 from ._open import safe_open
+from ._reader import open_source
 from ._writer import TensorSpec, deserialize, serialize, serialize_file
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "load_file",
     "save_model",
     "load_model",
+    "load_into",
     "save_sharded",
     "load_sharded",
     "safe_open",
@@ -120,6 +124,9 @@ def load_file(
     *,
     backend: str = "mmap",
     storage_options: Optional[Dict[str, Any]] = None,
+    process_group: Any = None,
+    plan: Optional[Any] = None,
+    max_workers: Optional[int] = None,
 ) -> Dict[str, torch.Tensor]:
     """Every tensor of ``filename``, in file order, as torch tensors.
 
@@ -129,7 +136,19 @@ def load_file(
     "strict overcommit", the mapping is read-only and each tensor is a private
     copy instead, since torch has no read-only tensors.) Any other ``device``
     gets a copy there.
+
+    With ``process_group`` (a torch.distributed group, every rank calling
+    this together), each rank reads ~1/N of the file from storage and the
+    ranks exchange the rest, so every rank gets every tensor (in memory of
+    its own); with ``plan`` (tensor name -> dimension), only its
+    tensor-parallel part of the planned tensors. See
+    :mod:`safetensors_c.distributed`.
     """
+    if process_group is not None:
+        return distributed.load_file(filename, process_group, framework="pt", device=device,
+                                     plan=plan, max_workers=max_workers)
+    if plan is not None:
+        raise ValueError("plan= splits tensors between ranks: it needs process_group=")
     return _frameworks.load_file(
         "torch", filename, device, backend=backend, storage_options=storage_options
     )
@@ -175,46 +194,240 @@ def save_model(
         ) from None
 
 
+def _destination(name: str, tensor: "torch.Tensor") -> "_into.Destination":
+    """The raw bytes of a CPU tensor, with the code and logical shape a file
+    must hold to fill it."""
+    code = _CODE_BY_TORCH.get(tensor.dtype)
+    if code is None:
+        raise TypeError(f"tensor {name!r}: dtype {tensor.dtype} has no safetensors equivalent")
+    shape = tuple(tensor.shape)
+    if code == "F4":  # torch counts pairs of values
+        shape = shape[:-1] + (shape[-1] * 2,)
+    flat = tensor.detach().reshape(-1)
+    raw = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
+    return _into.Destination(raw.numpy(), code, shape)
+
+
+def _check_into(name: str, tensor: Any) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor {name!r} must be a torch.Tensor, not {type(tensor).__name__}")
+    if tensor.device.type != "cpu":
+        raise ValueError(
+            f"tensor {name!r} is on {tensor.device}; load_into fills CPU tensors (load_file "
+            "with device=... moves tensors to other devices)"
+        )
+    if not tensor.is_contiguous():
+        raise ValueError(f"tensor {name!r} is not contiguous; load_into needs contiguous tensors")
+    if tensor.layout != torch.strided:
+        raise ValueError(f"tensor {name!r} is {tensor.layout}; load_into needs dense tensors")
+
+
+def load_into(
+    tensors: Mapping[str, torch.Tensor],
+    filename: Union[str, os.PathLike],
+    *,
+    backend: str = "mmap",
+    max_workers: Optional[int] = None,
+) -> None:
+    """Reads each named tensor of ``filename`` straight into the given,
+    preallocated CPU tensor (name -> tensor), in parallel over at most
+    ``max_workers`` threads (default: the number of CPUs) with the GIL
+    released. The file's dtype and shape must equal each tensor's: every
+    name, dtype and shape is checked before any byte is written (a
+    SafetensorError names the first mismatch). Tensors of the file not in
+    ``tensors`` are not read."""
+    reader = open_source(filename, backend=backend)
+    destinations = {}
+    for name, tensor in tensors.items():
+        _check_into(name, tensor)
+        destinations[name] = _destination(name, tensor)
+    _into.load_into(reader, destinations, max_workers=max_workers)
+
+
+def _has_load_hooks(model: "torch.nn.Module") -> bool:
+    """Whether loading must go through load_state_dict to keep its semantics."""
+    if type(model).load_state_dict is not torch.nn.Module.load_state_dict:
+        return True
+    for module in model.modules():
+        if type(module)._load_from_state_dict is not torch.nn.Module._load_from_state_dict:
+            return True
+        if getattr(module, "_load_state_dict_pre_hooks", None) or getattr(
+            module, "_load_state_dict_post_hooks", None
+        ):
+            return True
+    return False
+
+
+def _size_mismatch(model, problems: List[str]) -> RuntimeError:
+    return RuntimeError(
+        f"Error(s) in loading state_dict for {model.__class__.__name__}:\n\t"
+        + "\n\t".join(problems)
+    )
+
+
+def _raise_if_strict(model, filename, strict: bool, missing: Set[str],
+                     unexpected: List[str]) -> None:
+    if not strict or not (missing or unexpected):
+        return
+    # torch's own wording, which users and tools search for.
+    problems = []
+    if missing:
+        problems.append("Missing key(s) in state_dict: "
+                        + ", ".join(f'"{k}"' for k in sorted(missing)) + ".")
+    if unexpected:
+        problems.append("Unexpected key(s) in state_dict: "
+                        + ", ".join(f'"{k}"' for k in sorted(unexpected)) + ".")
+    raise RuntimeError(
+        f"Error(s) in loading state_dict for {model.__class__.__name__} from {filename}:\n\t"
+        + "\n\t".join(problems)
+    )
+
+
+def _add_identity_ties(model: "torch.nn.Module", to_removes: Dict[str, List[str]],
+                       in_file: Set[str]) -> None:
+    """Ties that storage addresses cannot show (a model on the meta device):
+    one Parameter object under several names."""
+    known = set(to_removes) | {n for names in to_removes.values() for n in names}
+    groups: Dict[int, List[str]] = {}
+    for name, value in list(model.named_parameters(remove_duplicate=False)) + list(
+            model.named_buffers(remove_duplicate=False)):
+        groups.setdefault(id(value), []).append(name)
+    for names in groups.values():
+        if len(names) < 2 or known.intersection(names):
+            continue
+        present = sorted(n for n in names if n in in_file)
+        keep = present[0] if present else sorted(names)[0]
+        to_removes[keep] = sorted(n for n in names if n != keep)
+
+
+def _retie(model: "torch.nn.Module", to_removes: Mapping[str, List[str]], in_file: Set[str]) -> None:
+    """After assign=True replaced the kept tensor of each tied group, points
+    the names the file did not hold at it again."""
+    for keep, names in to_removes.items():
+        if keep not in in_file:
+            continue
+        owner, _, leaf = keep.rpartition(".")
+        source = model.get_submodule(owner)
+        value = source._parameters.get(leaf)
+        kind = "_parameters" if value is not None else "_buffers"
+        if value is None:
+            value = source._buffers.get(leaf)
+        for name in names:
+            if name in in_file:
+                continue
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            if attr in getattr(module, kind):
+                getattr(module, kind)[attr] = value
+
+
+def _readers(filename: Any, backend: str) -> List[Any]:
+    """One reader per file: the shards of a checkpoint directory or index,
+    else the file itself."""
+    if not _is_checkpoint_directory(filename):
+        return [open_source(filename, backend=backend)]
+    with sharded.safe_open_sharded(filename, "pt", backend=backend) as f:
+        return [shard._handle() for shard in f._open_shards().values()]
+
+
 def load_model(
     model: "torch.nn.Module",
     filename: Union[str, os.PathLike],
     strict: bool = True,
     device: Union[str, int] = "cpu",
     *,
+    assign: bool = False,
     backend: str = "mmap",
+    max_workers: Optional[int] = None,
 ) -> Tuple[Set[str], List[str]]:
     """Loads ``filename`` (a file, or a sharded checkpoint's directory or
-    index) into ``model``, restoring tied weights the file stores once. Returns ``(missing, unexpected)``; with ``strict`` either one
-    non-empty raises RuntimeError, as ``torch.nn.Module.load_state_dict`` does."""
-    if _is_checkpoint_directory(filename):
-        state_dict = load_sharded(filename, device, backend=backend, progress=False)
-    else:
-        state_dict = load_file(filename, device=device, backend=backend)
-    model_state_dict = model.state_dict()
-    to_removes = _remove_duplicate_names(model_state_dict, preferred_names=list(state_dict))
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    missing = set(missing)
-    for group in to_removes.values():
-        for name in group:
-            if name not in missing:
-                unexpected.append(name)
-            else:
-                missing.remove(name)
-    if strict and (missing or unexpected):
-        # torch's own wording, which users and tools search for.
-        problems = []
-        if missing:
-            problems.append("Missing key(s) in state_dict: "
-                            + ", ".join(f'"{k}"' for k in sorted(missing)) + ".")
-        if unexpected:
-            problems.append("Unexpected key(s) in state_dict: "
-                            + ", ".join(f'"{k}"' for k in sorted(unexpected)) + ".")
-        raise RuntimeError(
-            f"Error(s) in loading state_dict for {model.__class__.__name__} from {filename}:\n\t"
-            + "\n\t".join(problems)
-        )
-    return missing, unexpected
+    index) into ``model`` and returns ``(missing, unexpected)``.
 
+    On the CPU, every tensor is read straight into the model's own
+    parameter or buffer (no intermediate state dict), in parallel over at
+    most ``max_workers`` threads (default: the number of CPUs) with the GIL
+    released; shapes are all checked first. A parameter whose dtype differs
+    from the file's is cast on copy, as ``load_state_dict`` does. With
+    ``assign=True`` nothing is copied: parameters and buffers become views
+    of the file's mapping (and take the file's dtypes), which suits a model
+    built on the ``meta`` device.
+
+    Tied weights that the file stores once (see :func:`save_model`) are
+    restored. With ``strict``, names missing from the file or unknown to the
+    model raise RuntimeError ("Missing key(s) in state_dict" / "Unexpected
+    key(s) in state_dict") before any tensor is written; a shape mismatch
+    raises RuntimeError ("size mismatch for ...") whatever ``strict`` is.
+    Other devices, and models with their own loading hooks, are loaded
+    through ``model.load_state_dict``.
+    """
+    readers = _readers(filename, backend)
+    file_names = [name for reader in readers for name in reader.offset_keys()]
+    model_state = model.state_dict()
+    in_file = set(file_names)
+    to_removes = _remove_duplicate_names(model_state, preferred_names=file_names)
+    _add_identity_ties(model, to_removes, in_file)
+    dropped = {name for group in to_removes.values() for name in group}
+    missing = {name for name in model_state if name not in in_file}
+    unexpected = [name for name in file_names if name not in model_state]
+    # A tied name absent from the file is filled through the name it shares
+    # memory with; present in the file, it is one tensor too many.
+    for name in sorted(dropped):
+        if name in missing:
+            missing.remove(name)
+        else:
+            unexpected.append(name)
+
+    on_cpu = _resolve_device(device) is None
+    if assign or not on_cpu or _has_load_hooks(model):
+        state = {}
+        for reader in readers:
+            handle = safe_open._from_reader(reader, "pt", device, backend)
+            for name in reader.offset_keys():
+                state[name] = handle.get_tensor(name)
+        model.load_state_dict(state, strict=False, assign=assign)
+        if assign:
+            _retie(model, to_removes, in_file)
+        _raise_if_strict(model, filename, strict, missing, unexpected)
+        return missing, unexpected
+
+    plans = []
+    cast: List[Tuple[Any, str]] = []
+    problems = []
+    for reader in readers:
+        direct: Dict[str, Any] = {}
+        for name in reader.offset_keys():
+            if name not in model_state or name in dropped:
+                continue
+            target = model_state[name]
+            code, shape = reader.info(name)[:2]
+            torch_shape = tuple(shape)
+            if code == "F4":  # torch counts pairs of values
+                torch_shape = torch_shape[:-1] + (torch_shape[-1] // 2,)
+            if tuple(target.shape) != torch_shape:
+                problems.append(
+                    f"size mismatch for {name}: the file holds shape {list(torch_shape)}, "
+                    f"the model's tensor has shape {list(target.shape)}."
+                )
+                continue
+            if (_CODE_BY_TORCH.get(target.dtype) == code and target.device.type == "cpu"
+                    and target.layout == torch.strided and target.is_contiguous()):
+                direct[name] = _destination(name, target)
+            else:
+                cast.append((reader, name))
+        plans.append((reader, direct))
+    if problems:
+        raise _size_mismatch(model, problems)
+    _raise_if_strict(model, filename, strict, missing, unexpected)
+    # Shards one after the other, each with the whole pool: a large shard
+    # is cut into chunks, so the pool stays busy either way.
+    for reader, direct in plans:
+        _into.load_into(reader, direct, max_workers=max_workers)
+    if cast:
+        with torch.no_grad():
+            for reader, name in cast:
+                code = reader.info(name)[0]
+                model_state[name].copy_(_to_array(name, code, reader.tensor(name), None))
+    return missing, unexpected
 
 
 # ---------------------------------------------------------------------------
@@ -242,8 +455,13 @@ def load_sharded(
     prefix: str = "model",
     backend: str = "mmap",
     progress: bool = True,
+    max_workers: Optional[int] = None,
+    process_group: Any = None,
+    plan: Optional[Any] = None,
 ) -> Dict[str, torch.Tensor]:
-    """:func:`safetensors_c.sharded.load_sharded` giving torch tensors."""
+    """:func:`safetensors_c.sharded.load_sharded` giving torch tensors
+    (``process_group``/``plan``: see :func:`load_file`)."""
     return sharded.load_sharded(
-        path, framework="pt", device=device, prefix=prefix, backend=backend, progress=progress
+        path, framework="pt", device=device, prefix=prefix, backend=backend, progress=progress,
+        max_workers=max_workers, process_group=process_group, plan=plan,
     )

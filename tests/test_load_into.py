@@ -346,3 +346,253 @@ def test_run_parallel_keeps_order_and_raises():
 
     with pytest.raises(KeyError, match="five"):
         _into.run_parallel(boom, list(range(20)), 2)
+
+
+# MARK: torch ---------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+import safetensors.torch as reference  # noqa: E402
+
+import safetensors_c.torch as ct  # noqa: E402
+from safetensors_c import sharded  # noqa: E402
+
+
+class Net(torch.nn.Module):
+    def __init__(self, tie: bool = True) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(300, 64)
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(64, 64) for _ in range(3))
+        self.norm = torch.nn.LayerNorm(64)
+        self.head = torch.nn.Linear(64, 300, bias=False)
+        if tie:
+            self.head.weight = self.embed.weight
+        self.register_buffer("steps", torch.tensor(7, dtype=torch.int64))
+        self.register_buffer("mask", torch.rand(5) > 0.5)
+
+
+def filled(seed: int, **kw) -> Net:
+    torch.manual_seed(seed)
+    net = Net(**kw)
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.dtype.is_floating_point:
+                t.normal_()
+    return net
+
+
+def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def unchanged(model, before) -> bool:
+    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.fixture
+def saved(tmp_path):
+    src = filled(1)
+    p = str(tmp_path / "net.safetensors")
+    ct.save_model(src, p)
+    return src, p
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_load_model_matches_the_reference(saved, backend, workers):
+    src, p = saved
+    ours, theirs = filled(2), filled(2)
+    assert ct.load_model(ours, p, backend=backend, max_workers=workers) == (set(), [])
+    assert reference.load_model(theirs, p) == (set(), [])
+    assert same_state(ours, src) and same_state(ours, theirs)
+    # In place: the parameters are the model's own, still tied.
+    assert ours.head.weight is ours.embed.weight
+
+
+def test_load_model_writes_into_the_existing_parameters(saved):
+    _, p = saved
+    net = filled(3)
+    pointers = {k: v.data_ptr() for k, v in net.state_dict().items()}
+    ct.load_model(net, p)
+    assert {k: v.data_ptr() for k, v in net.state_dict().items()} == pointers
+
+
+def test_load_model_strict_errors_before_any_write(saved, tmp_path):
+    _, p = saved
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    before = snapshot(net)
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"0.bias\", "
+                                           r"\"0.weight\"") as info:
+        ct.load_model(net, p)
+    assert "Unexpected key(s) in state_dict: " in str(info.value)
+    assert unchanged(net, before)
+    missing, unexpected = ct.load_model(net, p, strict=False)
+    ref_missing, ref_unexpected = reference.load_model(torch.nn.Sequential(torch.nn.Linear(64, 64)),
+                                                       p, strict=False)
+    assert missing == set(ref_missing) and sorted(unexpected) == sorted(ref_unexpected)
+
+
+def test_load_model_partial_is_loaded_without_strict(saved):
+    src, p = saved
+    net = filled(4)
+    net.extra = torch.nn.Linear(2, 2)
+    missing, unexpected = ct.load_model(net, p, strict=False)
+    assert missing == {"extra.weight", "extra.bias"} and unexpected == []
+    assert torch.equal(net.blocks[1].weight, src.blocks[1].weight)
+
+
+def test_load_model_size_mismatch_before_any_write(tmp_path):
+    p = str(tmp_path / "lin.safetensors")
+    ct.save_model(torch.nn.Linear(3, 4), p)
+    net = torch.nn.Linear(3, 5)
+    before = snapshot(net)
+    with pytest.raises(RuntimeError, match=r"size mismatch for weight: the file holds shape "
+                                           r"\[4, 3\], the model's tensor has shape \[5, 3\]"):
+        ct.load_model(net, p, strict=False)
+    assert unchanged(net, before)
+    with pytest.raises(RuntimeError, match="size mismatch for weight"):
+        reference.load_model(torch.nn.Linear(3, 5), p, strict=False)
+
+
+def test_load_model_casts_like_load_state_dict(saved):
+    src, p = saved
+    ours, theirs = filled(5).half(), filled(5).half()
+    ct.load_model(ours, p)
+    reference.load_model(theirs, p)
+    assert ours.blocks[0].weight.dtype == torch.float16
+    assert same_state(ours, theirs)
+
+
+def _mapped_ranges(path):
+    real = os.path.realpath(path)
+    ranges = []
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5] == real:
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                ranges.append((lo, hi))
+    return ranges
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps")
+def test_load_model_assign_adopts_the_mapping(saved):
+    src, p = saved
+    with torch.device("meta"):
+        net = Net()
+    assert ct.load_model(net, p, assign=True) == (set(), [])
+    assert same_state(net, src)
+    ranges = _mapped_ranges(p)
+    assert ranges
+    for name, t in net.state_dict().items():
+        if t.numel():
+            assert any(lo <= t.data_ptr() < hi for lo, hi in ranges), name
+    assert net.head.weight is net.embed.weight  # tied again
+    assert isinstance(net.blocks[0].weight, torch.nn.Parameter)
+    assert net.blocks[0].weight.requires_grad
+
+
+def test_load_model_with_loading_hooks_goes_through_load_state_dict(saved):
+    src, p = saved
+
+    class Renamed(Net):
+        def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+            key = prefix + "steps"
+            if key in state_dict:
+                state_dict[key] = state_dict[key] + 1
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    net = Renamed()
+    ct.load_model(net, p)
+    assert int(net.steps) == int(src.steps) + 1
+
+
+def test_load_model_sharded_directory(tmp_path):
+    src = filled(6, tie=False)
+    d = str(tmp_path / "ckpt")
+    ct.save_sharded(src.state_dict(), d, max_shard_size="40KB", progress=False)
+    assert len([f for f in os.listdir(d) if f.endswith(".safetensors")]) >= 3
+    net = filled(7, tie=False)
+    assert ct.load_model(net, d, max_workers=2) == (set(), [])
+    assert same_state(net, src)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_load_into(saved, backend):
+    src, p = saved
+    want = ct.load_file(p)
+    dest = {k: torch.zeros_like(v) for k, v in want.items()}
+    dest["embed.weight"].requires_grad_(True)
+    assert ct.load_into(dest, p, backend=backend, max_workers=2) is None
+    for k, v in want.items():
+        assert torch.equal(dest[k], v), k
+
+
+def test_torch_load_into_every_dtype(tmp_path):
+    tensors = {
+        "f32": torch.randn(3, 4), "bf16": torch.randn(5).to(torch.bfloat16),
+        "f16": torch.randn(2, 2).half(), "i8": torch.tensor([-1, 2], dtype=torch.int8),
+        "u8": torch.tensor([1, 255], dtype=torch.uint8), "b": torch.tensor([True, False]),
+        "scalar": torch.tensor(2.5, dtype=torch.float64), "empty": torch.zeros(0, 3),
+        "c64": torch.randn(3, dtype=torch.complex64), "f8": torch.randn(4).to(torch.float8_e4m3fn),
+    }
+    p = str(tmp_path / "all.safetensors")
+    ct.save_file(tensors, p)
+    dest = {k: torch.empty_like(v) for k, v in tensors.items()}
+    ct.load_into(dest, p)
+    for k, v in tensors.items():
+        assert dest[k].view(-1).view(torch.uint8).tolist() == v.view(-1).view(torch.uint8).tolist()
+
+
+def test_torch_load_into_checks_first(saved):
+    _, p = saved
+    want = ct.load_file(p)
+
+    def dest_with(name, value):
+        d = {k: torch.zeros_like(v) for k, v in want.items() if k != name}
+        d[name] = value
+        return d
+
+    cases = [
+        ("norm.weight", torch.zeros(64, dtype=torch.float64), SafetensorError,
+         "tensor 'norm.weight': the file holds F32, the destination expects F64"),
+        ("norm.weight", torch.zeros(65), SafetensorError,
+         r"the file's shape is \[64\], the destination's is \[65\]"),
+        ("nope", torch.zeros(1), SafetensorError, "no tensor named 'nope'"),
+        ("blocks.0.weight", torch.zeros(64, 64).t(), ValueError, "is not contiguous"),
+        ("blocks.0.weight", [0.0], TypeError, "must be a torch.Tensor"),
+    ]
+    for name, value, exc, message in cases:
+        d = dest_with(name, value)
+        with pytest.raises(exc, match=message):
+            ct.load_into(d, p)
+        assert all(not v.any() for v in d.values() if isinstance(v, torch.Tensor)), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_load_sharded_in_parallel(tmp_path, backend, workers):
+    src = filled(8, tie=False).state_dict()
+    d = str(tmp_path / "ckpt")
+    ct.save_sharded(src, d, max_shard_size="40KB", progress=False)
+    got = ct.load_sharded(d, backend=backend, max_workers=workers, progress=False)
+    assert list(got) == [n for s in sorted(os.listdir(d)) if s.endswith(".safetensors")
+                         for n in open_source(os.path.join(d, s)).offset_keys()]
+    for k, v in src.items():
+        assert torch.equal(got[k], v), k
+    np_got = sharded.load_sharded(d, backend=backend, max_workers=workers, progress=False)
+    assert np_got.keys() == got.keys()
+
+
+def test_plan_needs_a_process_group(saved, tmp_path):
+    _, p = saved
+    with pytest.raises(ValueError, match="plan= splits tensors between ranks: it needs "
+                                         "process_group="):
+        ct.load_file(p, plan={"norm.weight": 0})
+    with pytest.raises(ValueError, match="needs process_group="):
+        ct.load_sharded(p, plan={"norm.weight": 0}, progress=False)

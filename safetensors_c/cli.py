@@ -243,8 +243,9 @@ def cmd_convert(args) -> int:
     from .convert import ConversionError, convert, convert_sharded
 
     directory_source = os.path.isdir(args.src) or args.src.endswith(".json")
-    if directory_source and args.max_shard_size is not None:
-        _err("--max-shard-size applies to single-file sources (a sharded source keeps its shards)")
+    if directory_source and (args.max_shard_size is not None or args.select is not None):
+        option = "--max-shard-size" if args.max_shard_size is not None else "--select"
+        _err(f"{option} applies to single-file sources (a sharded source keeps its shards)")
         return 2
     progress, bar = _progress_bar(_source_bytes(args.src), "converting", args.quiet)
     options = dict(metadata=None, keep_scalars=args.keep_scalars,
@@ -254,7 +255,8 @@ def cmd_convert(args) -> int:
         if directory_source:
             report = convert_sharded(args.src, args.dst, **options)
         else:
-            report = convert(args.src, args.dst, max_shard_size=args.max_shard_size, **options)
+            report = convert(args.src, args.dst, max_shard_size=args.max_shard_size,
+                             select=args.select, **options)
     except (OSError, ValueError, TypeError, ConversionError, _Failure) as exc:
         _err(_one_line(exc))
         return 1
@@ -395,6 +397,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--max-shard-size", default=None,
                    help="write a sharded checkpoint into DST (a directory)")
+    s.add_argument("--select", default=None, metavar="KEY",
+                   help="convert only this part of the checkpoint, under its own names "
+                        "(e.g. 'model' of a training checkpoint; dotted for nested parts)")
     s.add_argument("--allow-expansion", action="store_true",
                    help="write overlapping or stride-0 views as copies, even when that "
                         "writes more bytes than the checkpoint stores")

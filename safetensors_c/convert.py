@@ -576,12 +576,42 @@ def _check_expansion(path: str, found: dict[str, Any], allow_expansion: bool) ->
     return total
 
 
+def _select(path: str, tree: Any, select: str) -> tuple[Any, list[str]]:
+    """The part of ``tree`` at the dotted path ``select``; and the names left out."""
+    if not isinstance(select, str) or not select:
+        raise TypeError("select must be a non-empty str, e.g. 'model' or 'state_dict'")
+    node, walked, others = tree, [], []
+    for part in select.split("."):
+        if isinstance(node, dict):
+            key = part if part in node else int(part) if part.isdigit() and int(part) in node else None
+            if key is None:
+                shown = ", ".join(repr(str(k)) for k in list(node)[:10])
+                raise ConversionError(
+                    f"{path}: no {part!r} in {'.'.join(walked) or 'the checkpoint'} "
+                    f"(its keys: {shown})"
+                )
+            prefix = ".".join(walked + [""])
+            others += [f"{prefix}{k}" for k in node if k != key]
+            node = node[key]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            prefix = ".".join(walked + [""])
+            others += [f"{prefix}{i}" for i in range(len(node)) if i != int(part)]
+            node = node[int(part)]
+        else:
+            raise ConversionError(
+                f"{path}: {'.'.join(walked) or 'the checkpoint'} has no part {part!r}"
+            )
+        walked.append(part)
+    return node, others
+
+
 def read_checkpoint(
     src,
     *,
     buffers: Iterable | None = None,
     name: str | None = None,
     allow_expansion: bool = False,
+    select: str | None = None,
 ):
     """Reads a checkpoint without executing it.
 
@@ -590,6 +620,7 @@ def read_checkpoint(
     ``aliases`` maps each dropped alias to the name kept. The arrays view a
     read-only mapping of ``src``. Views that would write more bytes than
     their storage holds are refused unless ``allow_expansion`` (see
+    :func:`convert`). ``select`` reads only one part of the checkpoint (see
     :func:`convert`).
     """
     path = os.fspath(src)
@@ -597,7 +628,11 @@ def read_checkpoint(
         path = os.fsdecode(path)
     mm = _map_file(path)
     kind, tree = _read_source(path, mm, buffers, name)
+    others: list[str] = []
+    if select is not None:
+        tree, others = _select(path, tree, select)
     found, scalars, skipped = _flatten(tree, kind)
+    skipped = others + skipped
     aliases = _split_aliases(found)
     _check_expansion(path, found, allow_expansion)
     tensors: dict[str, np.ndarray] = {}
@@ -710,6 +745,7 @@ def convert(
     name: str | None = None,
     max_shard_size: int | str | None = None,
     allow_expansion: bool = False,
+    select: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ConversionReport:
     """Converts a checkpoint to a .safetensors file (atomically) without executing it.
@@ -721,7 +757,11 @@ def convert(
     the out-of-band buffers of a protocol 5 pickle. ``name`` names the
     tensor of a single-array source (default: the file's stem).
     ``max_shard_size`` writes a sharded set (see
-    :func:`safetensors_c.sharded.save_sharded`).
+    :func:`safetensors_c.sharded.save_sharded`). ``select`` converts one
+    part of the checkpoint under its own names: ``select="model"`` turns a
+    training checkpoint ``{"model": state_dict, "optimizer": ..., "epoch":
+    ...}`` into the file ``load_state_dict`` wants (``"fc.weight"``, not
+    ``"model.fc.weight"``); the parts left out are listed in ``skipped``.
 
     The bytes written never exceed the bytes the checkpoint stores: the
     tensors that view one storage may write at most that storage's size.
@@ -740,7 +780,7 @@ def convert(
     """
     _check_metadata_arg(metadata)
     kind, tensors, aliases, scalars, skipped = read_checkpoint(
-        src, buffers=buffers, name=name, allow_expansion=allow_expansion
+        src, buffers=buffers, name=name, allow_expansion=allow_expansion, select=select
     )
     out_meta = _output_metadata(kind, scalars, aliases, keep_scalars, skipped, metadata, tensors)
     total = _tensor_bytes(tensors)

@@ -214,6 +214,22 @@ def test_training_checkpoint(tmp_path, zip_format):
     assert report.scalars["epoch"] == 3
     _assert_same_tensors(_load_converted(dst), expected)
 
+    # Only the model, under the names load_state_dict wants.
+    report = convert(src, dst, select="model")
+    _assert_same_tensors(_load_converted(dst), dict(ref["model"]))
+    assert {"optimizer", "sgd", "scheduler", "epoch", "best", "arch", "rng",
+            "_metadata"} == set(report.skipped)
+    fresh = Net()
+    fresh.load_state_dict(_load_converted(dst))
+    report = convert(src, dst, select="optimizer.state.0")
+    assert sorted(report.tensors) == ["exp_avg", "exp_avg_sq", "step"]
+    with pytest.raises(ConversionError, match=r"no 'weights' in the checkpoint \(its keys: "
+                                              r"'model', 'optimizer'"):
+        convert(src, dst, select="weights")
+    proc = _cli("convert", str(src), str(tmp_path / "m.safetensors"), "--select", "model")
+    assert proc.returncode == 0, proc.stderr
+    _assert_same_tensors(_load_converted(tmp_path / "m.safetensors"), dict(ref["model"]))
+
 
 def test_values_weights_only_loading_accepts(tmp_path):
     # What torch.load(weights_only=True) accepts besides tensors: tensors with Python

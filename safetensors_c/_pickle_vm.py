@@ -970,7 +970,11 @@ class Machine:
         elif op == b"S":
             text = self._line()
             if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-                text = codecs.escape_decode(text[1:-1].encode("latin-1"))[0].decode("latin-1")
+                try:
+                    text = codecs.escape_decode(text[1:-1].encode("latin-1", "replace"))[0]
+                    text = text.decode("latin-1")
+                except ValueError:  # a bad escape: the real unpickler fails here too
+                    text = Opaque("string")
             stack.append(text)
         elif op == b"V":
             raw = self._line().encode("latin-1", "replace")

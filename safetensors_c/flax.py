@@ -92,8 +92,10 @@ def load_sharded(
     prefix: str = "model",
     backend: str = "mmap",
     progress: bool = True,
+    max_workers: Optional[int] = None,
 ) -> Dict[str, Array]:
     """:func:`safetensors_c.sharded.load_sharded` giving JAX arrays."""
     return sharded.load_sharded(
-        path, framework="flax", prefix=prefix, backend=backend, progress=progress
+        path, framework="flax", prefix=prefix, backend=backend, progress=progress,
+        max_workers=max_workers,
     )

@@ -83,8 +83,10 @@ def load_sharded(
     prefix: str = "model",
     backend: str = "mmap",
     progress: bool = True,
+    max_workers: Optional[int] = None,
 ) -> Dict[str, mx.array]:
     """:func:`safetensors_c.sharded.load_sharded` giving MLX arrays."""
     return sharded.load_sharded(
-        path, framework="mlx", prefix=prefix, backend=backend, progress=progress
+        path, framework="mlx", prefix=prefix, backend=backend, progress=progress,
+        max_workers=max_workers,
     )

@@ -64,8 +64,10 @@ _RAW_MLX = {1: mx.uint8, 2: mx.uint16, 4: mx.uint32, 8: mx.uint64}
 # MARK: loading
 
 def placement(device: Any) -> None:
-    if device == "cpu" or (isinstance(device, mx.Device) and device.type == mx.DeviceType.cpu):
-        return None
+    if isinstance(device, mx.Device):
+        device = device.type
+    if device == "cpu" or (isinstance(device, mx.DeviceType) and device == mx.DeviceType.cpu):
+        return None  # "cpu", mx.cpu or mx.Device(mx.cpu)
     raise error(f"device {device!r} is not supported for MLX arrays; use 'cpu'")
 
 
@@ -88,7 +90,14 @@ def to_array(name: str, code: str, array: np.ndarray, placement: Any) -> mx.arra
         array = np.ascontiguousarray(array)
     itemsize = array.dtype.itemsize
     raw = mx.array(array.view(_RAW_NUMPY[itemsize]))  # the one copy
-    return raw if dtype == _RAW_MLX[itemsize] else raw.view(dtype)
+    if dtype == _RAW_MLX[itemsize]:
+        return raw
+    # The view is evaluated here (it copies nothing): a lazy MLX array is tied
+    # to the stream of the thread that made it, and sharded checkpoints load
+    # on worker threads.
+    out = raw.view(dtype)
+    mx.eval(out)
+    return out
 
 
 def index(index: Any) -> Any:

@@ -561,6 +561,7 @@ def test_sharded_round_trip(tmp_path):
     assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
     for loaded in (
         stc_flax.load_sharded(tmp_path / "ckpt", progress=False),
+        stc_flax.load_sharded(tmp_path / "ckpt", progress=False, max_workers=4),
         safetensors_c.load_sharded(tmp_path / "ckpt", framework="jax", progress=False),
     ):
         assert set(loaded) == set(tensors)

@@ -177,7 +177,11 @@ def check_tensors(tensors: Any) -> None:
 
 
 def _eager_tensor(name: str, value: Any) -> tf.Tensor:
-    """``value`` as an eager tf.Tensor (a tf.Variable's current value)."""
+    """``value`` as an eager tf.Tensor (a variable's current value)."""
+    if not isinstance(value, (tf.Tensor, tf.Variable)) and isinstance(
+        getattr(value, "value", None), tf.Variable
+    ):
+        value = value.value  # a Keras 3 variable (TF backend) wraps a tf.Variable
     if isinstance(value, tf.Variable):
         value = value.value()
     if isinstance(value, tf.SparseTensor):
@@ -192,7 +196,7 @@ def _eager_tensor(name: str, value: Any) -> tf.Tensor:
         )
     if not isinstance(value, tf.Tensor):
         raise TypeError(
-            f"tensor {name!r}: expected a tf.Tensor or tf.Variable, not {type(value).__name__}"
+            f"tensor {name!r}: expected a tf.Tensor or a variable, not {type(value).__name__}"
         )
     if tf.is_symbolic_tensor(value):
         raise TypeError(
@@ -220,5 +224,5 @@ def from_array(name: str, value: Any) -> Tensor:
     elif code in _DLPACK_CODES:
         data = np.from_dlpack(tensor)  # a read-only view of the tensor's memory
     else:
-        data = tensor.numpy()  # float8: TF's DLPack cannot export it
+        data = np.asarray(tensor.numpy())  # float8: TF's DLPack cannot export it
     return Tensor(code, shape, data)

@@ -1,0 +1,605 @@
+"""safetensors_c.tensorflow and framework="tf"/"tensorflow": eager TF tensors.
+
+Runs in a pytest process of its own (tests/test_frameworks.py): paddle
+crashes when imported after tensorflow, so nothing here imports paddle.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+import ml_dtypes  # noqa: E402
+
+import safetensors  # noqa: E402
+import safetensors.numpy as ref_numpy  # noqa: E402
+import safetensors.tensorflow as ref_tf  # noqa: E402
+import safetensors_c  # noqa: E402
+import safetensors_c.tensorflow as stc_tf  # noqa: E402
+from safetensors_c import SafetensorError, SliceIndexError, safe_open  # noqa: E402
+from safetensors_c._adapters import tensorflow as adapter  # noqa: E402
+
+ALIASES = ("tf", "tensorflow")
+
+# Every format dtype TensorFlow has -> its NumPy dtype (the reader's currency).
+TF_DTYPES = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    "I16": np.dtype("<i2"),
+    "U16": np.dtype("<u2"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I32": np.dtype("<i4"),
+    "U32": np.dtype("<u4"),
+    "F32": np.dtype("<f4"),
+    "C64": np.dtype("<c8"),
+    "F64": np.dtype("<f8"),
+    "I64": np.dtype("<i8"),
+    "U64": np.dtype("<u8"),
+}
+F8 = tuple(code for code in TF_DTYPES if code.startswith("F8"))
+# The dtypes TF moves through DLPack (bfloat16 as uint16): adopted when aligned.
+ADOPTED = tuple(code for code in TF_DTYPES if code not in F8)
+
+
+def random_array(code, shape, seed=0):
+    """Any bit pattern of the dtype (NaNs included); BOOL as 0/1."""
+    dtype = TF_DTYPES[code]
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.random.default_rng(seed).integers(0, 256, count * dtype.itemsize, dtype=np.uint8)
+    if code == "BOOL":
+        raw &= 1
+    return raw.view(dtype).reshape(shape)
+
+
+def address(tensor) -> int:
+    """Where a CPU tf.Tensor's data lives (bfloat16 through a bitcast view)."""
+    if tensor.dtype == tf.bfloat16:
+        tensor = tf.bitcast(tensor, tf.uint16)
+    return np.from_dlpack(tensor).__array_interface__["data"][0]
+
+
+def assert_same(actual, expected):
+    """An eager CPU tf.Tensor with the expected dtype, shape and bytes."""
+    assert isinstance(actual, tf.Tensor), type(actual)
+    assert "CPU" in actual.device
+    assert actual.dtype.as_numpy_dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert tuple(actual.shape) == expected.shape, (actual.shape, expected.shape)
+    assert np.asarray(actual.numpy()).tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
+def every_dtype(shape=(3, 5)):
+    return {code.lower(): random_array(code, shape, seed=i) for i, code in enumerate(TF_DTYPES)}
+
+
+def as_tf(tensors):
+    return {name: tf.convert_to_tensor(value) for name, value in tensors.items()}
+
+
+# ---------------------------------------------------------------------------
+# MARK: round trips and the reference
+
+
+@pytest.mark.parametrize("code", sorted(TF_DTYPES))
+def test_every_dtype_round_trips(tmp_path, code):
+    expected = random_array(code, (4, 3))
+    tensor = tf.convert_to_tensor(expected)
+    assert tensor.dtype.as_numpy_dtype == expected.dtype  # the dtype really is TF's
+    path = tmp_path / "x.safetensors"
+    stc_tf.save_file({"x": tensor}, path)
+    assert safetensors_c.safe_open(path).get_slice("x").get_dtype() == code
+    assert_same(stc_tf.load_file(path)["x"], expected)
+    assert_same(stc_tf.load(stc_tf.save({"x": tensor}))["x"], expected)
+    with safe_open(path, framework="tf") as f:
+        assert_same(f.get_tensor("x"), expected)
+        assert_same(f.get_slice("x")[1:3], expected[1:3])
+
+
+def test_saved_bytes_match_the_reference(tmp_path):
+    tensors = every_dtype()
+    ours = stc_tf.save(as_tf(tensors), metadata={"format": "tf"})
+    # (the reference replaces the values of the dict it is given: a copy each time)
+    assert ours == ref_tf.save(as_tf(tensors), metadata={"format": "tf"})
+    assert ours == ref_numpy.save(dict(tensors), metadata={"format": "tf"})
+    stc_tf.save_file(as_tf(tensors), tmp_path / "ours.safetensors", metadata={"format": "tf"})
+    ref_tf.save_file(as_tf(tensors), tmp_path / "ref.safetensors", metadata={"format": "tf"})
+    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+
+
+def test_reference_files_load_identically(tmp_path):
+    tensors = every_dtype()
+    path = tmp_path / "ref.safetensors"
+    ref_tf.save_file(as_tf(tensors), path, metadata={"k": "v"})
+    loaded = stc_tf.load_file(path)
+    with safe_open(path, framework="tf") as f:
+        assert list(loaded) == f.offset_keys()  # file order
+        assert f.metadata() == {"k": "v"}
+    assert set(loaded) == set(tensors)
+    for name, expected in tensors.items():
+        assert_same(loaded[name], expected)
+
+
+def test_our_files_load_identically_in_the_reference(tmp_path):
+    tensors = every_dtype()
+    path = tmp_path / "ours.safetensors"
+    stc_tf.save_file(as_tf(tensors), path)
+    # The reference's TF and NumPy loaders have no float8 (they look for
+    # numpy.float8_*): those are compared through its raw deserialize().
+    with safetensors.safe_open(path, framework="tf") as f:
+        for name, expected in tensors.items():
+            if name.upper() in F8:
+                with pytest.raises(AttributeError):
+                    f.get_tensor(name)
+            else:
+                assert_same(f.get_tensor(name), expected)
+    raw = dict(safetensors.deserialize(path.read_bytes()))
+    assert set(raw) == set(tensors)
+    for name, expected in tensors.items():
+        assert raw[name]["dtype"] == name.upper()
+        assert list(raw[name]["shape"]) == list(expected.shape)
+        assert bytes(raw[name]["data"]) == expected.tobytes()
+
+
+def test_reference_load_of_bytes_matches_ours():
+    # (the reference's TF load() goes through its NumPy loader, which has
+    # neither bfloat16 nor the float8 types)
+    tensors = {k: v for k, v in every_dtype().items() if k.upper() not in F8 + ("BF16",)}
+    image = stc_tf.save(as_tf(tensors))
+    theirs = ref_tf.load(image)
+    ours = stc_tf.load(image)
+    assert set(ours) == set(theirs)  # (ours are in file order, the reference's are not)
+    for name in tensors:
+        assert ours[name].dtype == theirs[name].dtype
+        assert_same(ours[name], theirs[name].numpy())
+
+
+def test_metadata_round_trips(tmp_path):
+    path = tmp_path / "m.safetensors"
+    stc_tf.save_file({"x": tf.zeros([2])}, path, metadata={"format": "tf", "é": "ü"})
+    with safe_open(path, framework="tensorflow") as f:
+        assert f.metadata() == {"format": "tf", "é": "ü"}
+    with safetensors.safe_open(path, framework="tf") as f:
+        assert f.metadata() == {"format": "tf", "é": "ü"}
+
+
+def test_variables_save_their_current_value(tmp_path):
+    variable = tf.Variable(np.arange(6, dtype=np.float32).reshape(2, 3))
+    variable.assign_add(tf.ones([2, 3]))
+    loaded = stc_tf.load(stc_tf.save({"v": variable}))
+    assert_same(loaded["v"], np.arange(6, dtype=np.float32).reshape(2, 3) + 1)
+
+
+def test_saving_does_not_change_the_callers_dict():
+    tensors = as_tf(every_dtype())
+    before = dict(tensors)
+    stc_tf.save(tensors)
+    assert tensors.keys() == before.keys()
+    assert all(tensors[name] is before[name] for name in before)
+
+
+def test_saving_reads_the_tensors_memory_in_place():
+    for code in ADOPTED:
+        tensor = tf.convert_to_tensor(random_array(code, (8, 8)))
+        neutral = adapter.from_array("x", tensor)
+        assert neutral.code == code
+        assert neutral.data.__array_interface__["data"][0] == address(tensor), code
+    # float8 cannot leave TF through DLPack: one copy, right bytes
+    for code in F8:
+        expected = random_array(code, (8, 8))
+        neutral = adapter.from_array("x", tf.convert_to_tensor(expected))
+        assert neutral.data.tobytes() == expected.tobytes()
+
+
+# ---------------------------------------------------------------------------
+# MARK: dtypes TensorFlow lacks
+
+
+@pytest.mark.parametrize("code", ["F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"])
+def test_dtypes_tensorflow_lacks_are_refused(tmp_path, code):
+    if code == "F8_E8M0":
+        tensors = {"x": np.ones(4, ml_dtypes.float8_e8m0fnu)}
+    else:
+        tensors = {"x": safetensors_c.packed(np.zeros((2, 3), np.uint8), code)}
+    path = tmp_path / "x.safetensors"
+    safetensors_c.save_file(tensors, path)
+    message = rf"'x': dtype {code} cannot be a TensorFlow tensor"
+    with pytest.raises(SafetensorError, match=message) as info:
+        stc_tf.load_file(path)
+    assert info.value.code == "STC_ERR_UNSUPPORTED_DTYPE"
+    with pytest.raises(SafetensorError, match=message):
+        stc_tf.load(path.read_bytes())
+    with safe_open(path, framework="tf") as f:
+        with pytest.raises(SafetensorError, match=message):
+            f.get_tensor("x")
+        with pytest.raises(SafetensorError, match=message):
+            f.get_slice("x")
+    # NumPy still reads it
+    assert safetensors_c.load_file(path)["x"].tobytes() == tensors["x"].tobytes()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        lambda: tf.constant(["a", "b"]),
+        lambda: tf.constant([1 + 2j], tf.complex128),
+        lambda: tf.convert_to_tensor(np.array([1.0, 2.0], ml_dtypes.float4_e2m1fn)),
+        lambda: tf.constant([1, 2], tf.qint8),
+    ],
+    ids=["string", "complex128", "float4_e2m1fn", "qint8"],
+)
+def test_tf_dtypes_the_format_lacks_are_refused(value):
+    tensor = value()
+    with pytest.raises(SafetensorError, match=rf"'x': dtype {tensor.dtype.name} cannot be "
+                                              "stored") as info:
+        stc_tf.save({"x": tensor})
+    assert info.value.code == "STC_ERR_UNSUPPORTED_DTYPE"
+
+
+# ---------------------------------------------------------------------------
+# MARK: zero-copy
+
+
+def _aligned_tensors():
+    # sizes that are multiples of 64 bytes, so each tensor after the first
+    # stays aligned when the data section is
+    return {
+        "a": random_array("F32", (16, 16)),
+        "b": random_array("BF16", (8, 32)),
+        "c": random_array("I64", (4, 8)),
+        "d": random_array("U8", (64,)),
+        "e": random_array("BOOL", (2, 64)),
+    }
+
+
+def test_aligned_tensors_are_adopted_from_the_mapping(tmp_path, helpers):
+    tensors = _aligned_tensors()
+    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
+    loaded = stc_tf.load_file(path)
+    for name, expected in tensors.items():
+        assert_same(loaded[name], expected)
+        assert helpers.in_mapping_of(path, address(loaded[name])), name
+    for framework in ALIASES:
+        with safe_open(path, framework=framework) as f:
+            a = f.get_tensor("a")
+            rows = f.get_slice("a")[2:5]  # whole rows of 64 bytes: still aligned
+        assert helpers.in_mapping_of(path, address(a))
+        assert helpers.in_mapping_of(path, address(rows))
+        assert_same(rows, tensors["a"][2:5])
+    # TF's kernels run on the adopted memory
+    assert float(tf.reduce_sum(tf.cast(loaded["c"], tf.float64))) == pytest.approx(
+        float(tensors["c"].astype(np.float64).sum()))
+
+
+def test_adopted_tensors_outlive_the_handle_and_the_file(tmp_path, helpers):
+    tensors = _aligned_tensors()
+    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
+    with safe_open(path, framework="tf") as f:
+        c = f.get_tensor("c")
+    del f
+    os.remove(path)
+    gc.collect()
+    assert_same(c, tensors["c"])
+    assert int(tf.reduce_sum(c)) == int(tensors["c"].sum())
+
+
+def test_the_file_never_changes(tmp_path, helpers):
+    tensors = _aligned_tensors()
+    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
+    before = path.read_bytes()
+    a = stc_tf.load_file(path)["a"]
+    b = tf.tensor_scatter_nd_update(a, [[0, 0]], [1.0])
+    assert address(b) != address(a)
+    del a
+    gc.collect()
+    assert path.read_bytes() == before
+
+
+def test_an_aligned_writable_image_is_adopted(helpers):
+    tensors = _aligned_tensors()
+    image = safetensors_c.numpy.save(tensors)
+    start = helpers.data_start(image)
+    raw = np.empty(len(image) + 128, np.uint8)
+    offset = (-(helpers.numpy_address(raw) + start)) % 64
+    buffer = raw[offset:offset + len(image)]
+    buffer[:] = np.frombuffer(image, np.uint8)
+    loaded = stc_tf.load(memoryview(buffer))
+    header = helpers.header_of(image)[1]
+    for name, expected in tensors.items():
+        begin = header[name]["data_offsets"][0]
+        assert address(loaded[name]) == helpers.numpy_address(buffer) + start + begin
+        assert_same(loaded[name], expected)
+
+
+def test_misaligned_tensors_are_copied_once_into_aligned_memory(tmp_path, helpers):
+    # TF aborts the process at the first kernel on data aligned below 64
+    # bytes: such tensors must be copied, and must then work.
+    tensors = _aligned_tensors()
+    shifted = helpers.save_aligned({"pad": np.zeros(1, np.uint64), **tensors},
+                                   tmp_path / "shifted.safetensors")
+    header = helpers.header_of(shifted)[1]
+    loaded = stc_tf.load_file(shifted)
+    for name, expected in tensors.items():
+        assert (helpers.data_start(shifted) + header[name]["data_offsets"][0]) % 64 != 0
+        pointer = address(loaded[name])
+        assert not helpers.in_mapping_of(shifted, pointer)
+        assert pointer % 64 == 0
+        assert_same(loaded[name], expected)
+    # TF's kernels run on the copies (on the mapping they would abort)
+    assert float(tf.reduce_sum(tf.cast(loaded["c"], tf.float64))) == pytest.approx(
+        float(tensors["c"].astype(np.float64).sum()))
+
+
+def test_float8_tensors_are_copied_once(tmp_path, helpers):
+    tensors = {code.lower(): random_array(code, (64,)) for code in F8}
+    path = helpers.save_aligned(tensors, tmp_path / "f8.safetensors")
+    for name, expected in stc_tf.load_file(path).items():
+        assert_same(expected, tensors[name])
+
+
+def test_read_only_arrays_are_copied_never_adopted():
+    for code in ADOPTED:
+        raw = np.empty(64 * 3, np.uint8)
+        start = -helpers_address(raw) % 64
+        array = raw[start:start + 128].view(TF_DTYPES[code])
+        array[...] = random_array(code, array.shape)
+        array.flags.writeable = False
+        tensor = adapter.to_array("x", code, array, None)
+        assert address(tensor) != helpers_address(array), code
+        assert_same(tensor, array)
+
+
+def helpers_address(array):
+    return array.__array_interface__["data"][0]
+
+
+def test_bytes_are_copied_once_per_tensor():
+    tensors = _aligned_tensors()
+    image = safetensors_c.numpy.save(tensors)
+    start, end = helpers_address(np.frombuffer(image, np.uint8)), 0
+    end = start + len(image)
+    loaded = stc_tf.load(image)
+    for name, expected in tensors.items():
+        assert not start <= address(loaded[name]) < end
+        assert_same(loaded[name], expected)
+
+
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_backends_give_the_same_tensors(tmp_path, backend):
+    tensors = every_dtype((5, 7))
+    path = tmp_path / "b.safetensors"
+    safetensors_c.save_file(tensors, path)
+    loaded = stc_tf.load_file(path, backend=backend)
+    for name, expected in tensors.items():
+        assert_same(loaded[name], expected)
+
+
+# ---------------------------------------------------------------------------
+# MARK: shapes
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0), (0, 0, 2), (1,), (1, 1, 1)])
+def test_zero_sized_and_scalar_tensors(tmp_path, shape):
+    tensors = {code.lower(): random_array(code, shape, seed=i)
+               for i, code in enumerate(TF_DTYPES)}
+    path = tmp_path / "z.safetensors"
+    stc_tf.save_file(as_tf(tensors), path)
+    for loaded in (stc_tf.load_file(path), stc_tf.load(path.read_bytes())):
+        for name, expected in tensors.items():
+            assert_same(loaded[name], expected)
+    if shape != ():  # the reference's NumPy writer fails on 0-d TF tensors
+        assert path.read_bytes() == ref_tf.save(as_tf(tensors))
+
+
+def test_no_tensors(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    stc_tf.save_file({}, path)
+    assert path.read_bytes() == ref_tf.save({})
+    assert stc_tf.load_file(path) == {}
+    assert stc_tf.load(path.read_bytes()) == {}
+
+
+# ---------------------------------------------------------------------------
+# MARK: bad input
+
+
+@pytest.mark.parametrize("tensors", [[tf.zeros([1])], "x", None, (("x", tf.zeros([1])),)])
+def test_tensors_must_be_a_dict(tensors):
+    with pytest.raises(TypeError, match="tensors must be a dict of str to tf.Tensor"):
+        stc_tf.save(tensors)
+
+
+@pytest.mark.parametrize("value", [[1.0, 2.0], 3.0, "x", None, np.zeros(3, np.float32)])
+def test_values_must_be_tensors(value):
+    with pytest.raises(TypeError, match=r"tensor 'x': expected a tf.Tensor or a variable, not"):
+        stc_tf.save({"x": value})
+
+
+def test_arrays_of_other_frameworks_are_refused():
+    import torch
+
+    with pytest.raises(TypeError, match="expected a tf.Tensor or a variable, not Tensor"):
+        stc_tf.save({"x": torch.zeros(2)})
+
+
+def test_names_must_be_str(tmp_path):
+    with pytest.raises(TypeError, match="tensor names must be str"):
+        stc_tf.save({1: tf.zeros([1])})
+    with pytest.raises(ValueError, match="reserved for metadata"):
+        stc_tf.save_file({"__metadata__": tf.zeros([1])}, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_sparse_tensors_are_refused():
+    sparse = tf.sparse.SparseTensor(indices=[[0, 1]], values=[1.0], dense_shape=[2, 2])
+    with pytest.raises(ValueError, match=r"'s' is a tf.SparseTensor.*tf.sparse.to_dense"):
+        stc_tf.save({"s": sparse})
+    # a dense copy is fine
+    assert_same(stc_tf.load(stc_tf.save({"s": tf.sparse.to_dense(sparse)}))["s"],
+                np.array([[0, 1], [0, 0]], np.float32))
+
+
+def test_ragged_tensors_are_refused():
+    with pytest.raises(ValueError, match=r"'r' is a tf.RaggedTensor.*to_tensor"):
+        stc_tf.save({"r": tf.ragged.constant([[1], [2, 3]])})
+
+
+def test_symbolic_tensors_are_refused():
+    @tf.function
+    def inside(x):
+        return stc_tf.save({"x": x})
+
+    with pytest.raises(TypeError, match="'x' is a symbolic tensor"):
+        inside(tf.zeros([2]))
+
+
+def test_bad_metadata_is_refused():
+    with pytest.raises(TypeError, match="metadata must map str to str"):
+        stc_tf.save({"x": tf.zeros([1])}, metadata={"k": 1})
+
+
+@pytest.mark.parametrize("device", ["cpu", "CPU", "/CPU:0", "/device:CPU:0", "cpu:0"])
+def test_cpu_device_names_are_accepted(tmp_path, device):
+    path = tmp_path / "d.safetensors"
+    safetensors_c.save_file({"x": np.arange(3, dtype=np.float32)}, path)
+    with safe_open(path, framework="tf", device=device) as f:
+        assert_same(f.get_tensor("x"), np.arange(3, dtype=np.float32))
+
+
+def test_unavailable_and_invalid_devices(tmp_path):
+    path = tmp_path / "d.safetensors"
+    safetensors_c.save_file({"x": np.arange(3, dtype=np.float32)}, path)
+    for device in ("gpu", "/GPU:0", "cuda:0", 0):  # no GPU on the test machines
+        with pytest.raises(RuntimeError, match="is not available: TensorFlow sees"):
+            safe_open(path, framework="tf", device=device)
+    for device in ("bogus", "gpu:x", None, 1.5, ["cpu"]):
+        with pytest.raises(SafetensorError, match="is invalid"):
+            safe_open(path, framework="tf", device=device)
+
+
+# ---------------------------------------------------------------------------
+# MARK: safe_open and slices
+
+INDICES = [
+    np.s_[:],
+    np.s_[1:3],
+    np.s_[:, ::2],
+    np.s_[..., 1],
+    np.s_[-1],
+    np.s_[::-1, 2:],
+    np.s_[1, 2, 3],
+    np.s_[None, 0],
+    np.s_[[0, 2]],
+    np.s_[np.array([True, False, True, False])],
+    np.s_[5:],
+]
+
+
+@pytest.mark.parametrize("framework", ALIASES)
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_get_slice_equals_numpy_indexing(tmp_path, framework, backend):
+    tensors = {"x": random_array("F32", (4, 5, 6)), "b": random_array("BF16", (4, 5, 6)),
+               "i": random_array("I64", (4, 5, 6)), "f8": random_array("F8_E4M3", (4, 5, 6))}
+    path = tmp_path / "s.safetensors"
+    safetensors_c.save_file(tensors, path)
+    with safe_open(path, framework=framework, backend=backend) as f:
+        assert f.keys() == ["b", "f8", "i", "x"]
+        for name, expected in tensors.items():
+            assert_same(f.get_tensor(name), expected)
+            assert_same(f[name], expected)
+            sliced = f.get_slice(name)
+            assert sliced.get_shape() == [4, 5, 6]
+            for index in INDICES:
+                assert_same(sliced[index], np.asarray(expected[index])), index
+            # an index holding TF tensors
+            assert_same(sliced[tf.constant([3, 1])], expected[np.array([3, 1])])
+            assert_same(sliced[tf.constant(2), 1:], expected[2, 1:])
+        assert set(f.get_tensors()) == set(tensors)
+
+
+@pytest.mark.parametrize("framework", ALIASES)
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_out_of_bounds_slices_raise_slice_index_error(tmp_path, framework, backend):
+    path = tmp_path / "s.safetensors"
+    safetensors_c.save_file({"x": np.zeros((4, 5), np.float32)}, path)
+    with safe_open(path, framework=framework, backend=backend) as f:
+        sliced = f.get_slice("x")
+        for index in (np.s_[4], np.s_[0, 5], np.s_[-5], np.s_[[0, 9]], np.s_[0, 0, 0]):
+            with pytest.raises(SliceIndexError, match="'x'"):
+                sliced[index]
+        with pytest.raises(IndexError):
+            sliced[7]
+        with pytest.raises(SafetensorError):
+            sliced[7]
+
+
+def test_safe_open_handle_over_a_file_object(tmp_path):
+    tensors = every_dtype((2, 3))
+    path = tmp_path / "h.safetensors"
+    safetensors_c.save_file(tensors, path)
+    for file in (open(path, "rb"), io.BytesIO(path.read_bytes())):
+        with file, safetensors_c._safe_open_handle(file, framework="tf") as f:
+            for name, expected in tensors.items():
+                assert_same(f.get_tensor(name), expected)
+                assert_same(f.get_slice(name)[1:], expected[1:])
+    with open(path, "rb") as file:
+        loaded = stc_tf.load_file(file)
+    for name, expected in tensors.items():
+        assert_same(loaded[name], expected)
+
+
+# ---------------------------------------------------------------------------
+# MARK: sharded checkpoints
+
+
+def test_sharded_round_trip(tmp_path):
+    tensors = {f"layer{i}.w": random_array("F32", (64, 16), seed=i) for i in range(6)}
+    tensors["emb"] = random_array("BF16", (32, 32))
+    tensors["scale"] = random_array("F8_E4M3", (16,))
+    stc_tf.save_sharded(as_tf(tensors), tmp_path / "ckpt", max_shard_size=10_000,
+                        progress=False)
+    assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
+    for loaded in (
+        stc_tf.load_sharded(tmp_path / "ckpt", progress=False),
+        safetensors_c.load_sharded(tmp_path / "ckpt", framework="tf", progress=False),
+        safetensors_c.load_sharded(tmp_path / "ckpt", framework="tensorflow", progress=False),
+    ):
+        assert set(loaded) == set(tensors)
+        for name, expected in tensors.items():
+            assert_same(loaded[name], expected)
+    safetensors_c.save_sharded(as_tf(tensors), tmp_path / "again", max_shard_size=10_000,
+                               framework="tf", progress=False)
+    for shard in (tmp_path / "ckpt").iterdir():
+        assert (tmp_path / "again" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_sharded_save_checks_every_input_first(tmp_path):
+    tensors = {"a": tf.zeros([4]), "b": [1, 2]}
+    with pytest.raises(TypeError, match="'b': expected a tf.Tensor"):
+        safetensors_c.save_sharded(tensors, tmp_path / "ckpt", framework="tf", progress=False)
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+
+
+def test_keras_weights_round_trip(tmp_path):
+    """A Keras model's weights, saved by name and loaded back."""
+    keras = tf.keras
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+    weights = {v.path: v for v in model.weights}
+    path = tmp_path / "keras.safetensors"
+    stc_tf.save_file(weights, path)
+    x = tf.random.stateless_normal([5, 3], seed=[1, 2])
+    expected = model(x)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+    loaded = stc_tf.load_file(path)
+    for variable, name in zip(other.weights, weights):
+        variable.assign(loaded[name])
+    np.testing.assert_array_equal(other(x).numpy(), expected.numpy())

@@ -66,7 +66,6 @@ from ._pickle_vm import (
     Finding,
     STATE_METADATA_ATTRIBUTE,
     Machine,
-    Opaque,
     OrderedDictData,
     PendingArray,
     StorageType,
@@ -463,7 +462,8 @@ def _flatten(tree: Any, kind: str = ""):
                     continue
                 items.append((f"{prefix}.{key}" if prefix else str(key), item, depth + 1))
             if isinstance(value, OrderedDictData) and value.state_metadata is not None:
-                name = f"{prefix}.{STATE_METADATA_ATTRIBUTE}" if prefix else STATE_METADATA_ATTRIBUTE
+                name = STATE_METADATA_ATTRIBUTE
+                name = f"{prefix}.{name}" if prefix else name
                 items.append((name, _Attribute(value.state_metadata), depth + 1))
             pending.extend(reversed(items))
             continue
@@ -583,7 +583,9 @@ def _select(path: str, tree: Any, select: str) -> tuple[Any, list[str]]:
     node, walked, others = tree, [], []
     for part in select.split("."):
         if isinstance(node, dict):
-            key = part if part in node else int(part) if part.isdigit() and int(part) in node else None
+            key = part if part in node else None
+            if key is None and part.isdigit() and int(part) in node:
+                key = int(part)  # optimizer states are keyed by parameter index
             if key is None:
                 shown = ", ".join(repr(str(k)) for k in list(node)[:10])
                 raise ConversionError(
@@ -641,7 +643,8 @@ def read_checkpoint(
             array = _materialize(value, key)
         else:
             array = value.array if isinstance(value, PendingArray) else value
-        if not isinstance(array, _dtypes.PackedArray) and _dtypes.code_for_dtype(array.dtype) is None:
+        packed = isinstance(array, _dtypes.PackedArray)
+        if not packed and _dtypes.code_for_dtype(array.dtype) is None:
             raise ConversionError(
                 f"{path}: tensor {key!r} has dtype {array.dtype}, which a safetensors file "
                 f"cannot hold; nothing was written"

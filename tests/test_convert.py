@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
-import struct
 import zipfile
 
 import ml_dtypes

@@ -23,7 +23,6 @@ import pytest
 from safetensors_c import load_file, safe_open
 from safetensors_c.convert import (
     ConversionError,
-    UnsafePickleError,
     convert,
     convert_sharded,
     safetensors_name,
@@ -536,7 +535,8 @@ def test_side_files_copied_but_never_pickles(tmp_path):
 
 def test_safetensors_names():
     assert safetensors_name("pytorch_model.bin") == "model.safetensors"
-    assert safetensors_name("pytorch_model-00002-of-00005.bin") == "model-00002-of-00005.safetensors"
+    assert safetensors_name("pytorch_model-00002-of-00005.bin") == (
+        "model-00002-of-00005.safetensors")
     assert safetensors_name("pytorch_model.bin.index.json") == "model.safetensors.index.json"
     assert safetensors_name("diffusion_pytorch_model-00001-of-00002.bin") == (
         "diffusion_pytorch_model-00001-of-00002.safetensors")

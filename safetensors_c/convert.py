@@ -782,6 +782,11 @@ def convert(
     for other bad input; nothing is written then.
     """
     _check_metadata_arg(metadata)
+    if isinstance(src, (str, bytes, os.PathLike)) and os.path.isdir(src):
+        raise ConversionError(
+            f"{os.fsdecode(os.fspath(src))}: a directory; convert_sharded(src, dst_directory) "
+            f"converts a model directory of .bin weights"
+        )
     kind, tensors, aliases, scalars, skipped = read_checkpoint(
         src, buffers=buffers, name=name, allow_expansion=allow_expansion, select=select
     )

@@ -519,6 +519,14 @@ def test_sharded_index_that_lies_is_refused(tmp_path):
         convert_sharded(index_path, tmp_path / "out")
 
 
+def test_a_directory_given_to_convert(tmp_path):
+    with pytest.raises(ConversionError, match=r"a directory; convert_sharded\(src, "
+                                              r"dst_directory\) converts"):
+        convert(tmp_path, tmp_path / "x.safetensors")
+    with pytest.raises(ConversionError, match="no \\*.bin.index.json, pytorch_model.bin"):
+        convert_sharded(tmp_path, tmp_path / "out")
+
+
 def test_side_files_copied_but_never_pickles(tmp_path):
     _, model = _tiny_bert()
     src = tmp_path / "bin"

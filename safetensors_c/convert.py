@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -814,11 +815,8 @@ def convert(
 # MARK: sharded .bin checkpoints ---------------------------------------------------
 
 _MAX_INDEX_BYTES = 64 << 20
-#: Single-file weights a model directory may hold, and what they become.
-_SINGLE_WEIGHTS = {
-    "pytorch_model.bin": "model.safetensors",
-    "diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
-}
+#: Single-file weights a model directory may hold (a variant such as ``.fp16`` included).
+_SINGLE_WEIGHTS = re.compile(r"(diffusion_)?pytorch_model(\.[A-Za-z0-9_]+)?\.bin")
 #: Files copied next to the converted weights when the output is another directory.
 _SIDE_FILE_SUFFIXES = (".json", ".txt", ".md", ".model")
 
@@ -901,9 +899,14 @@ def _locate_bin(src: str) -> tuple[str, str | None, str | None]:
             )
         if indexes:
             return src, os.path.join(src, indexes[0]), None
-        singles = [n for n in _SINGLE_WEIGHTS if n in names]
+        singles = [n for n in names if _SINGLE_WEIGHTS.fullmatch(n)]
         if len(singles) == 1:
             return src, None, singles[0]
+        if singles:
+            raise ConversionError(
+                f"{src}: several weights files ({', '.join(singles)}); convert each with "
+                f"convert(FILE, DST)"
+            )
         raise ConversionError(
             f"{src}: no *.bin.index.json, pytorch_model.bin or diffusion_pytorch_model.bin "
             f"in this directory"
@@ -965,7 +968,7 @@ def convert_sharded(
         raise ConversionError(f"{dst_dir}: the output of a directory conversion is a directory")
     os.makedirs(dst_dir, exist_ok=True)
     if single is not None:
-        target = os.path.join(dst_dir, _SINGLE_WEIGHTS[single])
+        target = os.path.join(dst_dir, safetensors_name(single))
         report = convert(os.path.join(directory, single), target, metadata=metadata,
                          keep_scalars=keep_scalars, allow_expansion=allow_expansion,
                          progress=progress)

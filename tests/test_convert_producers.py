@@ -525,6 +525,13 @@ def test_a_directory_given_to_convert(tmp_path):
         convert(tmp_path, tmp_path / "x.safetensors")
     with pytest.raises(ConversionError, match="no \\*.bin.index.json, pytorch_model.bin"):
         convert_sharded(tmp_path, tmp_path / "out")
+    torch.save({"w": torch.ones(2, dtype=torch.float16)}, tmp_path / "pytorch_model.fp16.bin")
+    report = convert_sharded(tmp_path, tmp_path / "out")
+    assert [os.path.basename(f) for f in report.files] == ["model.fp16.safetensors"]
+    torch.save({"w": torch.ones(2)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ConversionError, match="several weights files \\(pytorch_model.bin, "
+                                              "pytorch_model.fp16.bin\\)"):
+        convert_sharded(tmp_path, tmp_path / "out")
 
 
 def test_side_files_copied_but_never_pickles(tmp_path):

@@ -653,18 +653,43 @@ def load_sharded(
     only its tensor-parallel part of the planned tensors. See
     :mod:`safetensors_c.distributed`.
     """
+    if process_group is not None:
+        return _load_distributed(path, prefix, storage_options, framework, device, plan,
+                                 max_workers, process_group)
+    if plan is not None:
+        raise ValueError("plan= splits tensors between ranks: it needs process_group=")
     with safe_open_sharded(
         path, framework, device, prefix=prefix, backend=backend, storage_options=storage_options
     ) as f:
-        if process_group is None:
-            if plan is not None:
-                raise ValueError("plan= splits tensors between ranks: it needs process_group=")
-            return f.get_tensors(progress=progress, max_workers=max_workers)
-        files = [shard._handle().filename for shard in f._open_shards().values()]
-    if any(not isinstance(name, str) or _remote.is_url(name) for name in files):
+        return f.get_tensors(progress=progress, max_workers=max_workers)
+
+
+def _load_distributed(path, prefix, storage_options, framework, device, plan, max_workers,
+                      process_group) -> Dict[str, Any]:
+    """load_sharded(process_group=...): the shards are found from the index
+    alone (opening them here would read every header with read-ahead on this
+    rank's account); distributed.load_files opens and validates each."""
+    if (isinstance(path, str) and _remote.is_url(path)) or storage_options is not None:
         raise SafetensorError(
-            "process_group= reads local files (or files on a shared file system); "
-            "this checkpoint is not one"
+            "process_group= reads local files (or files on a shared file system), not URLs"
         )
-    return distributed.load_files(files, process_group, framework=framework, device=device,
-                                  plan=plan, max_workers=max_workers)
+    directory, index_path, single = _locate(path, prefix)
+    if index_path is None:
+        files = [_join(directory, single)]
+        weight_map = None
+    else:
+        weight_map, _ = _read_index(index_path, None)
+        real_directory = os.path.realpath(directory)
+        names = sorted(set(weight_map.values()))
+        files = [_shard_path(directory, real_directory, f, index_path) for f in names]
+    result = distributed.load_files(files, process_group, framework=framework, device=device,
+                                    plan=plan, max_workers=max_workers)
+    if weight_map is not None and set(result) != set(weight_map):
+        extra = sorted(set(result) - set(weight_map))
+        absent = sorted(set(weight_map) - set(result))
+        raise _index_error(
+            index_path,
+            f"the shards and the index's weight_map disagree (in the shards only: {extra[:5]}; "
+            f"in the index only: {absent[:5]})",
+        )
+    return result

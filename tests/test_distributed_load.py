@@ -104,7 +104,13 @@ def load_case(rank, world, case):
             evict(f)
     dist.barrier()
     before = read_bytes() if HAS_IO else 0
-    got = distributed.load_files(files, plan=case.get("plan"), max_workers=2)
+    group = dist.group.WORLD
+    if case.get("entry") == "load_file":
+        got = ct.load_file(files[0], process_group=group, max_workers=2)
+    elif case.get("entry") == "load_sharded":
+        got = ct.load_sharded(os.path.dirname(files[0]), process_group=group, progress=False)
+    else:
+        got = distributed.load_files(files, plan=case.get("plan"), max_workers=2)
     report = {"read_bytes": (read_bytes() - before) if HAS_IO else None}
     dist.barrier()
     plan = case.get("plan") or {}
@@ -161,9 +167,9 @@ def run(world, checkpoint, tmp_path_factory):
         return _RUNS[world]
     out_dir = str(tmp_path_factory.mktemp(f"world{world}"))
     cases = {
-        "single": {"files": [checkpoint["single"]],
+        "single": {"files": [checkpoint["single"]], "entry": "load_file",
                    "resave": os.path.join(out_dir, "resaved.safetensors")},
-        "sharded": {"files": checkpoint["shards"],
+        "sharded": {"files": checkpoint["shards"], "entry": "load_sharded",
                     "resave": os.path.join(out_dir, "resaved_sharded.safetensors")},
         "plan": {"files": checkpoint["shards"], "plan": PLAN},
     }

@@ -263,7 +263,10 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     # How protocol 2 spells bytes: _codecs.encode(latin-1 text, "latin1").
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise ConversionError("_codecs.encode is only accepted as encode(str, 'latin1')")
-    return text.encode("latin-1")
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # the real call fails the same way
+        raise ConversionError("_codecs.encode: the text is not latin-1") from None
 
 
 def _empty_bytes(*args: Any) -> bytes:

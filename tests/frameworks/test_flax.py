@@ -589,3 +589,27 @@ def test_flax_serialization_state_dicts_round_trip(tmp_path):
     out = model.apply(restored, jnp.ones((1, 3)))
     assert jnp.array_equal(out, model.apply(params, jnp.ones((1, 3))))
     assert flax.__version__
+
+
+def test_a_missing_jax_is_named_with_its_pip_package(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "a.safetensors"
+    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
+    code = (
+        "import sys; sys.modules['jax'] = None\n"
+        "import safetensors_c\n"
+        "for attempt in (lambda: safetensors_c.safe_open(sys.argv[1], framework='jax'),\n"
+        "                lambda: __import__('safetensors_c.flax')):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2
+    assert all("needs JAX, which is not installed: pip install jax" in line for line in lines)

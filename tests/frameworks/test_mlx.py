@@ -515,3 +515,27 @@ def test_mlx_own_loader_agrees(tmp_path):
     mx.save_safetensors(str(tmp_path / "mlx.safetensors"), as_mlx(tensors))
     for name, value in stc_mlx.load_file(tmp_path / "mlx.safetensors").items():
         assert_same(value, tensors[name])
+
+
+def test_a_missing_mlx_is_named_with_its_pip_package(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "a.safetensors"
+    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
+    code = (
+        "import sys; sys.modules['mlx'] = None; sys.modules['mlx.core'] = None\n"
+        "import safetensors_c\n"
+        "for attempt in (lambda: safetensors_c.safe_open(sys.argv[1], framework='mlx'),\n"
+        "                lambda: __import__('safetensors_c.mlx')):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2
+    assert all("needs MLX, which is not installed: pip install mlx" in line for line in lines)

@@ -84,10 +84,14 @@ static stc_status check_prefix(const uint8_t *head, size_t head_len, uint64_t fi
     }
     if (n > file_size - 8) {
         if (foreign) return stc__fail(error, STC_ERR_NOT_SAFETENSORS, foreign, 0, NULL, 0);
-        return stc__fail(error, STC_ERR_HEADER_LENGTH,
-                         "the header length points past the end of the file (truncated "
-                         "download?)",
-                         0, NULL, 0);
+        stc__fail(error, STC_ERR_HEADER_LENGTH,
+                  "the header length points past the end of the file (truncated download?)",
+                  0, NULL, 0);
+        if (error) {
+            error->size_expected = 8 + n; /* n <= max_header: cannot overflow */
+            error->size_found = file_size;
+        }
+        return STC_ERR_HEADER_LENGTH;
     }
     *header_len = n;
     return STC_OK;
@@ -140,8 +144,18 @@ static stc_status parse_and_validate(stc_file *f, uint64_t header_len, stc_error
         }
     }
     if (st != STC_OK) return st;
-    return stc__validate_layout(&f->header, f->file_size - f->data_start, f->a, &f->by_name,
-                                &f->by_offset, error);
+    st = stc__validate_layout(&f->header, f->file_size - f->data_start, f->a, &f->by_name,
+                              &f->by_offset, error);
+    if (error && (st == STC_ERR_TRUNCATED_DATA || st == STC_ERR_TRAILING_DATA)) {
+        /* Whole-file sizes: the layout saw only the data section. A tensor
+         * end near 2^64 plus the header can overflow: saturate. */
+        uint64_t expected;
+        error->size_expected = stc__add_u64(error->size_expected, f->data_start, &expected)
+                                   ? expected
+                                   : UINT64_MAX;
+        error->size_found = f->file_size;
+    }
+    return st;
 }
 
 /* Debug builds re-check, after every successful open, what validation

@@ -49,6 +49,15 @@ static stc_status check_sizes(const stc__header *h, stc_error *error) {
     return STC_OK;
 }
 
+/* Records the data-section sizes (the file adds the header's length). */
+static stc_status sizes(stc_error *error, stc_status status, uint64_t expected, uint64_t found) {
+    if (error) {
+        error->size_expected = expected;
+        error->size_found = found;
+    }
+    return status;
+}
+
 static stc_status check_packing(const stc__header *h, const uint32_t *by_offset,
                                 uint64_t data_len, stc_error *error) {
     uint64_t cursor = 0;
@@ -64,13 +73,16 @@ static stc_status check_packing(const stc__header *h, const uint32_t *by_offset,
     }
     if (cursor > data_len) {
         const stc_tensor *last = &h->tensors[by_offset[h->count - 1]];
-        return tensor_error(error, STC_ERR_TRUNCATED_DATA,
-                            "the file ends before this tensor's data does", last);
+        tensor_error(error, STC_ERR_TRUNCATED_DATA,
+                     "the file ends before this tensor's data does", last);
+        return sizes(error, STC_ERR_TRUNCATED_DATA, cursor, data_len);
     }
-    if (cursor < data_len)
-        return stc__fail(error, STC_ERR_TRAILING_DATA,
-                         "bytes follow the last tensor's data (the file may be a polyglot)",
-                         STC_NO_OFFSET, NULL, 0);
+    if (cursor < data_len) {
+        stc__fail(error, STC_ERR_TRAILING_DATA,
+                  "bytes follow the last tensor's data (the file may be a polyglot)",
+                  STC_NO_OFFSET, NULL, 0);
+        return sizes(error, STC_ERR_TRAILING_DATA, cursor, data_len);
+    }
     return STC_OK;
 }
 

@@ -44,5 +44,18 @@ const char *stc__sniff_foreign_format(const uint8_t *head, size_t len) {
     if (i < len && (head[i] == '{' || head[i] == '['))
         return "this is a JSON text (perhaps an index file such as "
                "model.safetensors.index.json), not a safetensors file";
+    /* Eight or more bytes of text: as a length they would be an absurd
+     * header size, which is not the useful thing to say. */
+    if (len >= 8) {
+        size_t n = len < 64 ? len : 64;
+        size_t valid = stc__utf8_valid_prefix(head, n);
+        bool text = n - valid < 4; /* a character may be cut at the end */
+        for (size_t k = 0; text && k < valid; k++)
+            if (head[k] < 0x20 && head[k] != '\t' && head[k] != '\n' && head[k] != '\r')
+                text = false;
+        if (text && valid >= 8)
+            return "this is a text file, not a safetensors file (a safetensors file starts "
+                   "with an 8-byte header length, then a JSON header)";
+    }
     return NULL;
 }

@@ -56,6 +56,8 @@ stc_status stc__fail(stc_error *error, stc_status status, const char *message,
     error->tensor_truncated = 0;
     error->tensor_is_key = 0;
     error->tensor_len = 0;
+    error->size_expected = 0;
+    error->size_found = 0;
     if (tensor) {
         size_t kept = tensor_len;
         if (kept > STC_ERROR_TENSOR_CAPACITY) {

@@ -112,6 +112,11 @@ typedef struct stc_error {
     /* 1 when `tensor` holds a JSON key that names no tensor (a metadata key,
      * a field of an ignored object), else 0. */
     int tensor_is_key;
+    /* For STC_ERR_HEADER_LENGTH, STC_ERR_TRUNCATED_DATA and
+     * STC_ERR_TRAILING_DATA: the file size the header implies (for
+     * HEADER_LENGTH, at least this) and the size the file has. Else 0. */
+    uint64_t size_expected;
+    uint64_t size_found;
 } stc_error;
 
 /* MARK: - Allocator */

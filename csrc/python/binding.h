@@ -96,6 +96,10 @@ PyObject *read_view_to_array(module_state *st, file_object *owner, const stc_ten
  * may be NULL. */
 PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *filename);
 
+/* Raises SafetensorError with a PyUnicode_FromFormat message and the stable
+ * `code` attribute (e.g. "STC_ERR_NO_SUCH_TENSOR"); returns NULL. */
+PyObject *raise_coded(module_state *st, const char *code, const char *format, ...);
+
 /* MARK: - Writing (writer.c) */
 
 /* save(names, codes, shapes, arrays, metadata, path) -> bytes or None */

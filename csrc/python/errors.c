@@ -9,6 +9,28 @@
 #include "binding.h"
 
 #include <errno.h>
+#include <stdarg.h>
+
+PyObject *raise_coded(module_state *st, const char *code, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    PyObject *message = PyUnicode_FromFormatV(format, args);
+    va_end(args);
+    if (!message) return NULL;
+    PyObject *exc = PyObject_CallOneArg(st->safetensor_error, message);
+    Py_DECREF(message);
+    if (!exc) return NULL;
+    PyObject *code_obj = PyUnicode_FromString(code);
+    if (!code_obj || PyObject_SetAttrString(exc, "code", code_obj) < 0) {
+        Py_XDECREF(code_obj);
+        Py_DECREF(exc);
+        return NULL;
+    }
+    Py_DECREF(code_obj);
+    PyErr_SetObject(st->safetensor_error, exc);
+    Py_DECREF(exc);
+    return NULL;
+}
 
 PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *filename) {
     switch (error->status) {
@@ -59,6 +81,13 @@ PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *f
                                        error->message, (unsigned long long)error->offset);
     else
         message = PyUnicode_FromFormat("%U%U%s", where, tensor, error->message);
+    if (message && (error->size_expected || error->size_found)) {
+        PyObject *longer = PyUnicode_FromFormat(
+            "%U; the header describes a file of %s%llu bytes, but it has %llu", message,
+            error->status == STC_ERR_HEADER_LENGTH ? "at least " : "",
+            (unsigned long long)error->size_expected, (unsigned long long)error->size_found);
+        Py_SETREF(message, longer);
+    }
     Py_DECREF(where);
     Py_DECREF(tensor);
     if (!message) return NULL;

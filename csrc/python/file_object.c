@@ -230,10 +230,10 @@ static const stc_tensor *lookup(module_state *st, file_object *f, PyObject *name
     const stc_tensor *t = len >= 0 ? stc_find_tensor(f->file, utf8, (size_t)len) : NULL;
     if (!t) {
         if (f->filename)
-            PyErr_Format(st->safetensor_error, "%U: no tensor named %R in this file", f->filename,
-                         name);
+            raise_coded(st, "STC_ERR_NO_SUCH_TENSOR", "%U: no tensor named %R in this file",
+                        f->filename, name);
         else
-            PyErr_Format(st->safetensor_error, "no tensor named %R in this file", name);
+            raise_coded(st, "STC_ERR_NO_SUCH_TENSOR", "no tensor named %R in this file", name);
     }
     return t;
 }
@@ -428,7 +428,7 @@ static PyObject *file_read_into(PyObject *self, PyObject *args, PyObject *kwargs
     if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
     size_t len = (size_t)view.len;
     if (byte_offset > t->nbytes || len > t->nbytes - byte_offset) {
-        PyErr_Format(st->safetensor_error,
+        raise_coded(st, "STC_ERR_INVALID_ARGUMENT",
                      "tensor %R holds %llu bytes: %zu bytes from byte %llu reach past its end",
                      name, (unsigned long long)t->nbytes, len, byte_offset);
         PyBuffer_Release(&view);
@@ -484,7 +484,7 @@ static PyObject *file_prefetch(PyObject *self, PyObject *args, PyObject *kwargs)
         if (PyErr_Occurred()) return NULL;
     }
     if (byte_offset > t->nbytes || len > t->nbytes - byte_offset) {
-        PyErr_Format(st->safetensor_error,
+        raise_coded(st, "STC_ERR_INVALID_ARGUMENT",
                      "tensor %R holds %llu bytes: %llu bytes from byte %llu reach past its end",
                      name, (unsigned long long)t->nbytes, len, byte_offset);
         return NULL;

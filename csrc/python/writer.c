@@ -124,7 +124,7 @@ static int fill_metadata(save_inputs *in, PyObject *metadata) {
 static int check_nbytes(module_state *st, save_inputs *in, Py_ssize_t i, PyArrayObject *array,
                         uint64_t nbytes) {
     if ((uint64_t)PyArray_NBYTES(array) == nbytes) return 0;
-    PyErr_Format(st->safetensor_error,
+    raise_coded(st, "STC_ERR_SIZE_MISMATCH",
                  "tensor %R: the array holds %zd bytes but its dtype and shape need %llu",
                  PyTuple_GET_ITEM(in->names, i), PyArray_NBYTES(array),
                  (unsigned long long)nbytes);

@@ -625,8 +625,8 @@ def build_all() -> None:
            json.dumps({"metadata": {"total_size": 16},
                        "weight_map": {"w": "model-00001-of-00002.safetensors"}},
                       indent=2).encode())
-    vector("plain_text.txt", "STC_ERR_HEADER_TOO_LARGE", FOREIGN,
-           "plain text: its first 8 bytes read as a huge length",
+    vector("plain_text.txt", "STC_ERR_NOT_SAFETENSORS", FOREIGN,
+           "plain text, named as text (its first 8 bytes would read as a huge length)",
            b"This is not a model file, just some text.\n")
 
 

@@ -367,3 +367,55 @@ def test_fifo_as_index_or_shard_is_refused(tmp_path):
         safetensors_c.load_sharded(tmp_path)
     assert info.value.code == "STC_ERR_NOT_REGULAR_FILE"
     assert text  # the real index was valid JSON before it was replaced
+
+
+# MARK: errors a user can act on --------------------------------------------------------
+
+
+def test_plain_text_is_named_as_text(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("these are my notes about the model, not weights\n")
+    with pytest.raises(SafetensorError) as info:
+        safetensors_c.load_file(path)
+    assert info.value.code == "STC_ERR_NOT_SAFETENSORS"
+    assert "text file" in str(info.value) and "max_header_size" not in str(info.value)
+
+
+def test_truncation_gives_expected_and_actual_sizes(tmp_path):
+    path = tmp_path / "t.safetensors"
+    safetensors_c.save_file({"a": np.ones(100)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    with pytest.raises(SafetensorError) as info:
+        safetensors_c.load_file(path)
+    assert info.value.code == "STC_ERR_TRUNCATED_DATA"
+    assert f"{len(data)} bytes, but it has {len(data) - 10}" in str(info.value)
+    path.write_bytes(data[:40])
+    with pytest.raises(SafetensorError) as info:
+        safetensors_c.load_file(path)
+    assert info.value.code == "STC_ERR_HEADER_LENGTH"
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    assert f"at least {header_end} bytes, but it has 40" in str(info.value)
+    path.write_bytes(data + b"xy")
+    with pytest.raises(SafetensorError) as info:
+        safetensors_c.load_file(path)
+    assert f"{len(data)} bytes, but it has {len(data) + 2}" in str(info.value)
+
+
+def test_errors_raised_in_python_carry_codes(tmp_path):
+    path = tmp_path / "c.safetensors"
+    safetensors_c.save_file({"a": np.ones(2)}, path)
+    f = safe_open(path)
+    with pytest.raises(SafetensorError) as info:
+        f.get_tensor("missing")
+    assert info.value.code == "STC_ERR_NO_SUCH_TENSOR"
+    f.close()
+    with pytest.raises(SafetensorError) as info:
+        f.keys()
+    assert info.value.code == "STC_ERR_CLOSED"
+    with pytest.raises(SafetensorError) as info:
+        safetensors_c.save({"s": np.array(["text"])})
+    assert info.value.code == "STC_ERR_UNSUPPORTED_DTYPE"
+    with pytest.raises(SafetensorError) as info:
+        safe_open(path, backend="aio")
+    assert info.value.code == "STC_ERR_INVALID_ARGUMENT"

@@ -126,11 +126,6 @@ def _host_array(name: str, value: Any) -> np.ndarray:
         return value
     if isinstance(value, np.generic):
         return np.asarray(value)
-    if isinstance(value, jax.core.Tracer):
-        raise TypeError(
-            f"tensor {name!r} is a traced value inside jax.jit/grad/vmap, which has no data "
-            "yet; save concrete arrays outside the transformed function"
-        )
     if isinstance(value, jax.Array):
         if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
             raise error(
@@ -138,15 +133,21 @@ def _host_array(name: str, value: Any) -> np.ndarray:
                 f"jax.random.key_data(key) and rebuild it with jax.random.wrap_key_data",
                 "STC_ERR_UNSUPPORTED_DTYPE",
             )
-        if not value.is_fully_addressable:
-            raise ValueError(
-                f"tensor {name!r} is sharded across processes and this process holds only "
-                "part of it; gather it first (e.g. jax.experimental.multihost_utils."
-                "process_allgather) or save each process's shards separately"
-            )
-        # A CPU array is viewed in place; a device (or sharded) one is copied
-        # to the host once.
-        return np.asarray(value)
+        try:
+            if not value.is_fully_addressable:
+                raise ValueError(
+                    f"tensor {name!r} is sharded across processes and this process holds "
+                    "only part of it; gather it first (e.g. jax.experimental.multihost_utils"
+                    ".process_allgather) or save each process's shards separately"
+                )
+            # A CPU array is viewed in place; a device (or sharded) one is
+            # copied to the host once.
+            return np.asarray(value)
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+            raise TypeError(
+                f"tensor {name!r} is a traced value inside jax.jit/grad/vmap, which has no "
+                "data yet; save concrete arrays outside the transformed function"
+            ) from None
     if type(value).__module__.startswith("jax.experimental.sparse"):
         raise ValueError(
             f"tensor {name!r} is a sparse {type(value).__name__} array, which cannot be "

@@ -613,3 +613,34 @@ def test_a_missing_jax_is_named_with_its_pip_package(tmp_path):
     lines = out.stdout.splitlines()
     assert len(lines) == 2
     assert all("needs JAX, which is not installed: pip install jax" in line for line in lines)
+
+
+def test_arrays_sharded_over_devices_are_saved_whole(tmp_path):
+    """A jax.Array split over several (CPU) devices is gathered once and
+    stored as one tensor; JAX needs the device count before it starts, so
+    this runs in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "sharded.safetensors"
+    code = (
+        "import sys, numpy as np, jax\n"
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec\n"
+        "import safetensors_c.flax as stc_flax, safetensors.numpy as ref_numpy\n"
+        "assert len(jax.devices('cpu')) == 4\n"
+        "mesh = Mesh(np.array(jax.devices('cpu')), ('x',))\n"
+        "values = np.arange(64, dtype=np.float32).reshape(8, 8)\n"
+        "array = jax.device_put(values, NamedSharding(mesh, PartitionSpec('x')))\n"
+        "assert len(array.addressable_shards) == 4\n"
+        "stc_flax.save_file({'w': array}, sys.argv[1])\n"
+        "assert open(sys.argv[1], 'rb').read() == ref_numpy.save({'w': values})\n"
+        "back = stc_flax.load_file(sys.argv[1])['w']\n"
+        "assert back.devices() == {jax.devices('cpu')[0]}\n"
+        "assert (np.asarray(back) == values).all()\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -135,15 +135,33 @@ def placement(device: Any) -> Optional[str]:
     return f"{kind}:{index}"
 
 
+def _c_strides(array: np.ndarray) -> tuple:
+    strides, step = [], array.dtype.itemsize
+    for dim in reversed(array.shape):
+        strides.append(step)
+        step *= dim
+    return tuple(reversed(strides))
+
+
 def to_array(name: str, code: str, array: np.ndarray, placement: Any) -> "paddle.Tensor":
     array = np.asarray(array)
+    dtype = _PADDLE_BY_CODE[code]
+    if array.size == 0 and code not in ("U16", "U32", "U64"):
+        # (paddle has no kernels making empty unsigned 16-64 bit tensors;
+        # those come through DLPack below)
+        tensor = paddle.empty(list(array.shape), dtype=dtype)
+        return tensor if placement is None else tensor.to(placement)
     if not array.flags.writeable:
         # paddle tensors are writable: a read-only buffer is never shared.
         array = array.copy()
     elif not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
-    tensor = paddle.utils.dlpack.from_dlpack(array.view(_CARRIER_BY_CODE[code]).__dlpack__())
-    dtype = _PADDLE_BY_CODE[code]
+    array = array.view(_CARRIER_BY_CODE[code])
+    if array.strides != _c_strides(array):
+        # NumPy calls an array with any stride on a dimension of 1 contiguous;
+        # paddle does not (and would refuse to save it back): restride the view.
+        array = np.lib.stride_tricks.as_strided(array, array.shape, _c_strides(array))
+    tensor = paddle.utils.dlpack.from_dlpack(array.__dlpack__())
     if tensor.dtype != dtype:
         tensor = tensor.view(dtype)  # same width: a reinterpretation, no copy
     return tensor if placement is None else tensor.to(placement)
@@ -196,7 +214,11 @@ def from_array(name: str, tensor: Any) -> Tensor:
             f"tensor {name!r} is a sparse tensor, which cannot be stored; convert it with "
             ".to_dense() first (the file may then be much larger)"
         )
-    if not tensor.is_contiguous():
+    shape = tuple(int(d) for d in tensor.shape)
+    count = 1
+    for d in shape:
+        count *= d
+    if count and not tensor.is_contiguous():  # (an empty tensor has no layout)
         raise ValueError(
             f"tensor {name!r} is not contiguous; call .contiguous() on it before saving "
             "(or, if it is a view of another tensor, save only the full tensor and slice "
@@ -209,10 +231,6 @@ def from_array(name: str, tensor: Any) -> Tensor:
             f"supported: {', '.join(name for _, _, name in _CODES)}",
             "STC_ERR_UNSUPPORTED_DTYPE",
         )
-    shape = tuple(int(d) for d in tensor.shape)
-    count = 1
-    for d in shape:
-        count *= d
     if count == 0:
         return Tensor(code, shape, np.empty(0, np.uint8))
     if not tensor.place.is_cpu_place():

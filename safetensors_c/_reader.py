@@ -95,6 +95,9 @@ def open_file_object(file: Any, *, backend: str = "mmap", max_header_size: Optio
     only the bytes of the tensors asked for.
     """
     check_backend(backend)
+    if _remote.is_fsspec_file(file):
+        # Read by ranges through its file system, not through its read-ahead buffer.
+        return SourceReader(_remote.open_fsspec_file(file), max_header_size or 0)
     name = _name_of(file)
     fd = _fileno(file)
     if fd is not None:
@@ -241,6 +244,10 @@ class SourceReader:
         code, _, _, begin, end = self._file.info(name)
         dtype = _dtypes.numpy_dtype(code)
         runs, run_bytes = _runs(offset, shape, strides, dtype.itemsize, end - begin)
+        if len(runs) == 1:  # one contiguous run: its bytes are the result
+            chunk = self._ranges([(begin + runs[0], run_bytes)])[0]
+            data = chunk if isinstance(chunk, bytearray) else bytearray(chunk)
+            return np.frombuffer(data, dtype=dtype).reshape(shape)
         out = bytearray(len(runs) * run_bytes)
         if runs:
             merged = _merge_runs(runs, run_bytes)

@@ -250,8 +250,11 @@ class ZipArchive:
         ranges.sort(key=lambda r: r[0])
         self.prefix = ranges[0][0] if ranges else 0
         cursor = self.prefix
+        #: ids of members whose bytes another member already covers (not worth reading)
+        self.overlapping: set[int] = set()
         for start, end, member in ranges:
             if start < cursor:
+                self.overlapping.add(id(member))
                 self.problems.append(
                     (member.name, f"{label}: member {member.name!r} overlaps the member before "
                      f"it (a crafted archive or a zip bomb)"))

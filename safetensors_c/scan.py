@@ -421,7 +421,7 @@ class _Scan:
         members = archive.members
         if not members:
             return "zip"
-        done: set[int] = set()
+        done: set[int] = set(archive.overlapping)  # already reported; their bytes are read once
         kind = "zip"
         first = members[0].name
         prefix = first.split("/", 1)[0] if "/" in first else None

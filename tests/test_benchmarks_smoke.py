@@ -25,4 +25,6 @@ def test_quick_tiny_run_writes_markdown(tmp_path):
     assert "## Targets" in markdown and "## Machine" in markdown
     assert "torch is not available" in markdown
     assert "safetensors_c" in proc.stdout and "verdict:" in proc.stdout
+    # A reduced run says, in the terminal, that its targets are for the 1 GiB run.
+    assert "set for the full run's 1 GiB checkpoint" in proc.stdout
     assert not [p for p in os.listdir(tmp_path) if p.startswith("stc-bench-")]

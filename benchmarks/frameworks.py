@@ -1,7 +1,8 @@
 """load_file and save_file per framework: safetensors_c.<fw> against the
 reference's safetensors.<fw>, one fresh process per framework, medians.
 
-    python benchmarks/frameworks.py [--size-mib 256] [--repeat 5] [--frameworks flax mlx]
+    python benchmarks/frameworks.py [--size-mib 256] [--repeat 5]
+        [--frameworks flax mlx tensorflow paddle] [--aligned]
 
 Each worker builds a transformer-like checkpoint of ``--size-mib`` MiB of
 float32 tensors as arrays of its framework, writes it with both libraries
@@ -21,7 +22,8 @@ chance), which is when JAX adopts the mapping. Columns:
 - durable save: the same, with the reference's save followed by an fsync of
   its file and of the directory, as ours does;
 - zero-copy: the share of tensors whose memory is the file's mapping after
-  safetensors_c's load (JAX adopts 64-byte aligned tensors only).
+  safetensors_c's load (JAX and TensorFlow adopt 64-byte aligned tensors
+  only; paddle adopts every tensor).
 
 Adding a framework is one entry in ``FRAMEWORKS``: how to turn NumPy arrays
 into its arrays, how to wait for its lazy work, and how to see an array's
@@ -98,6 +100,22 @@ def _mlx_address(array):
     return _mlx_host_view(array).__array_interface__["data"][0]
 
 
+def _tf_from_numpy(array):
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(array)
+
+
+def _paddle_from_numpy(array):
+    import paddle
+
+    return paddle.to_tensor(array)
+
+
+def _dlpack_address(array):
+    return np.from_dlpack(array).__array_interface__["data"][0]
+
+
 FRAMEWORKS: Dict[str, Framework] = {
     "flax": Framework(
         module="flax",
@@ -114,6 +132,24 @@ FRAMEWORKS: Dict[str, Framework] = {
         wait=_mlx_wait,
         host_view=_mlx_host_view,
         address=_mlx_address,
+    ),
+    # TF and paddle are eager: nothing to wait for; their CPU tensors are
+    # seen from NumPy through DLPack (float32 here), without a copy.
+    "tensorflow": Framework(
+        module="tensorflow",
+        needs="tensorflow",
+        from_numpy=_tf_from_numpy,
+        wait=lambda arrays: None,
+        host_view=np.from_dlpack,
+        address=_dlpack_address,
+    ),
+    "paddle": Framework(
+        module="paddle",
+        needs="paddle",
+        from_numpy=_paddle_from_numpy,
+        wait=lambda arrays: None,
+        host_view=np.from_dlpack,
+        address=lambda a: a.data_ptr(),
     ),
 }
 
@@ -178,8 +214,10 @@ def worker(name: str, size_mib: int, repeat: int, directory: str,
             if not missing:
                 break
             metadata["pad"] += " " * missing
+    # (each save gets a copy of the dict: the reference's TF save replaces
+    # its values with NumPy arrays)
     for who, path in paths.items():
-        libraries[who].save_file(arrays, path, metadata)
+        libraries[who].save_file(dict(arrays), path, metadata)
     with open(paths["ours"], "rb") as a, open(paths["theirs"], "rb") as b:
         identical = a.read() == b.read()
 
@@ -203,7 +241,7 @@ def worker(name: str, size_mib: int, repeat: int, directory: str,
         return out
 
     def save(who):
-        libraries[who].save_file(arrays, paths[who] + ".save", metadata)
+        libraries[who].save_file(dict(arrays), paths[who] + ".save", metadata)
 
     def durable_save(who):
         save(who)
@@ -290,7 +328,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--aligned", action="store_true",
                         help="pad the metadata so that the data section is 64-byte aligned "
-                             "(JAX can then adopt every tensor)")
+                             "(JAX and TensorFlow can then adopt every tensor)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     directory = args.tmpdir or tempfile.gettempdir()

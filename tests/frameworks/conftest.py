@@ -23,7 +23,10 @@ import safetensors_c
 
 def header_of(path_or_bytes) -> Tuple[int, dict]:
     """(N, header) of a file or a file image."""
-    data = Path(path_or_bytes).read_bytes() if not isinstance(path_or_bytes, bytes) else path_or_bytes
+    if isinstance(path_or_bytes, bytes):
+        data = path_or_bytes
+    else:
+        data = Path(path_or_bytes).read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     return n, json.loads(data[8:8 + n])
 

@@ -7,6 +7,7 @@ then) and turns it off inside the tests that check the refusal without it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 
@@ -26,6 +27,17 @@ from safetensors_c import SafetensorError, SliceIndexError, safe_open  # noqa: E
 from safetensors_c._adapters import flax as adapter  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+
+@contextlib.contextmanager
+def without_x64():
+    """jax_enable_x64 off for a block (the jax.enable_x64 context manager is
+    recent; the config flag works on every JAX this supports)."""
+    jax.config.update("jax_enable_x64", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", True)
 
 CPU = jax.devices("cpu")[0]
 ALIASES = ("flax", "jax")
@@ -108,7 +120,8 @@ def test_saved_bytes_match_the_reference(tmp_path):
     assert ours == ref_numpy.save(dict(tensors), metadata={"format": "flax"})
     stc_flax.save_file(as_jax(tensors), tmp_path / "ours.safetensors", metadata={"format": "flax"})
     ref_flax.save_file(as_jax(tensors), tmp_path / "ref.safetensors", metadata={"format": "flax"})
-    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    ours_file, ref_file = tmp_path / "ours.safetensors", tmp_path / "ref.safetensors"
+    assert ours_file.read_bytes() == ref_file.read_bytes()
 
 
 def test_reference_files_load_identically(tmp_path):
@@ -188,8 +201,10 @@ def test_saving_does_not_change_the_callers_dict():
 def test_64_bit_dtypes_are_refused_without_x64(tmp_path, code):
     path = tmp_path / "w.safetensors"
     safetensors_c.save_file({"wide": random_array(code, (3,)), "ok": np.ones(2, np.float32)}, path)
-    with jax.enable_x64(False):
-        with pytest.raises(SafetensorError, match=rf"'wide': dtype {code} .*JAX .*jax_enable_x64") as info:
+    with without_x64():
+        with pytest.raises(
+            SafetensorError, match=rf"'wide': dtype {code} .*JAX .*jax_enable_x64"
+        ) as info:
             stc_flax.load_file(path)
         assert info.value.code == "STC_ERR_UNSUPPORTED_DTYPE"
         with pytest.raises(SafetensorError, match="jax_enable_x64"):
@@ -208,7 +223,7 @@ def test_the_reference_narrows_what_we_refuse(tmp_path):
     """Why we refuse: without x64 the reference silently cuts the values."""
     path = tmp_path / "w.safetensors"
     safetensors_c.save_file({"big": np.array([2**40 + 1], np.int64)}, path)
-    with jax.enable_x64(False):
+    with without_x64():
         theirs = ref_flax.load_file(path)["big"]
         assert theirs.dtype == jnp.int32 and int(theirs[0]) != 2**40 + 1
         with pytest.raises(SafetensorError):

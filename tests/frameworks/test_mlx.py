@@ -137,7 +137,8 @@ def test_saved_bytes_match_the_reference(tmp_path):
     assert stc_mlx.save(as_mlx(without_bf16)) == ref_mlx.save(as_mlx(without_bf16))
     stc_mlx.save_file(as_mlx(without_bf16), tmp_path / "ours.safetensors")
     ref_mlx.save_file(as_mlx(without_bf16), tmp_path / "ref.safetensors")
-    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    ours_file, ref_file = tmp_path / "ours.safetensors", tmp_path / "ref.safetensors"
+    assert ours_file.read_bytes() == ref_file.read_bytes()
 
 
 def test_the_reference_cannot_save_bfloat16_arrays_but_we_can():

@@ -243,6 +243,41 @@ def test_built_wheels_carry_the_startup_hook(tmp_path, editable):
     assert "safetensors_c_compat.pth," in record   # pip uninstall removes it
 
 
+def test_install_in_code_serves_transformers_and_hub_errors(tmp_path):
+    # The in-code form of the switch, before the clients are imported; and a bad file raises
+    # the SafetensorError clients catch as `safetensors.SafetensorError`.
+    pytest.importorskip("transformers")
+    out = ok(run_python(f"""
+        import safetensors_c.compat
+        safetensors_c.compat.install()
+        import torch, safetensors, safetensors_c
+        import transformers.modeling_utils as mu
+        from transformers import BertConfig, BertModel
+        from huggingface_hub import load_state_dict_from_file
+        assert mu.safe_open is safetensors_c.safe_open
+        torch.manual_seed(0)
+        model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=20))
+        model.save_pretrained({str(tmp_path)!r})
+        again = BertModel.from_pretrained({str(tmp_path)!r})
+        for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+            assert torch.equal(a, b), k
+        bad = {str(tmp_path / "bad.safetensors")!r}
+        open(bad, "wb").write(b"\\x10" + bytes(7) + b"{{not json}}")
+        try:
+            load_state_dict_from_file(bad)
+        except ValueError as e:        # huggingface_hub wraps what the loader raised
+            cause = e.__cause__
+            assert isinstance(cause, safetensors.SafetensorError), repr(cause)
+            print(type(cause).__module__, "caught")
+        try:                           # diffusers' lora loader catches it as it comes
+            safetensors.torch.load_file(bad)
+        except (IOError, safetensors.SafetensorError) as e:
+            print(type(e).__module__, "caught")
+    """))
+    assert out.split() == ["safetensors_c", "caught"] * 2
+
+
 # -- client flows --------------------------------------------------------------------------------
 
 FLOWS = {
@@ -287,7 +322,8 @@ def test_client_flow_matches_the_reference(name, tmp_path):
     ours = run_flow(name, "safetensors_c", tmp_path)
     assert ours["tensors"], "the flow handed back no tensors"
     assert_same_tensors(ours["tensors"], reference["tensors"])
-    # Every file both runs wrote (weights, shard indexes, configs) is byte-identical.
+    # Every file both runs wrote (weights, shard indexes, configs) is byte-identical (a
+    # .safetensors file with several metadata keys: modulo their order, see _harness).
     assert ours["files"] == reference["files"], json.dumps(
         {k: (ours["files"].get(k), reference["files"].get(k))
          for k in set(ours["files"]) | set(reference["files"])

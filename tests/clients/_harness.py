@@ -11,7 +11,7 @@ package it was told to expect served the flow, that the other one was never call
 the flow's own expected entry points were among the calls (e.g. ``save_file``, ``safe_open``).
 
 The result file (torch.save, no safetensors involved) holds the flow's tensors, the calls seen,
-and a SHA-256 of every file the flow wrote under its work directory.
+and a SHA-256 of every file the flow wrote under its work directory (see file_digest).
 """
 
 from __future__ import annotations
@@ -136,12 +136,30 @@ def check_switch(expect: str) -> None:
         assert safetensors.torch is not safetensors_c.torch
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file; of a .safetensors file with two or more metadata keys, of its
+    header with the metadata in sorted order plus its data.
+
+    The reference keeps metadata in a hash map, so with several keys its order changes from
+    run to run (../shared/FORMAT.md): only those files are compared modulo that order.
+    """
+    raw = path.read_bytes()
+    if path.suffix == ".safetensors" and len(raw) >= 8:
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        metadata = header.get("__metadata__") or {}
+        if len(metadata) > 1:
+            header["__metadata__"] = dict(sorted(metadata.items()))
+            canonical = json.dumps(header).encode() + raw[8 + n:]
+            return "metadata-sorted:" + hashlib.sha256(canonical).hexdigest()
+    return hashlib.sha256(raw).hexdigest()
+
+
 def hash_files(workdir: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(workdir.rglob("*")):
-        if path.is_file():
-            out[str(path.relative_to(workdir))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
+    return {
+        str(path.relative_to(workdir)): file_digest(path)
+        for path in sorted(workdir.rglob("*")) if path.is_file()
+    }
 
 
 def run(flow, entry_points: dict[str, list[str]] | None = None) -> None:

@@ -26,9 +26,24 @@ import os
 from typing import Any, Dict, Optional, Union
 
 from . import _frameworks, sharded
-from ._adapters.paddle import paddle
+from ._adapters.paddle import _CARRIER_BY_CODE, _CODE_BY_PADDLE, _PADDLE_BY_CODE, paddle
+from ._open import safe_open
+# names the reference's module has too
+from ._writer import TensorSpec, deserialize, serialize, serialize_file  # noqa: F401
 
-__all__ = ["save", "save_file", "load", "load_file", "save_sharded", "load_sharded"]
+__all__ = ["save", "save_file", "load", "load_file", "save_sharded", "load_sharded", "safe_open"]
+
+# The reference module's dtype tables: format code -> paddle dtype, and
+# paddle dtype -> bytes per element.
+_TYPES: Dict[str, Any] = dict(_PADDLE_BY_CODE)
+_SIZE: Dict[Any, int] = {
+    dtype: _CARRIER_BY_CODE[code].itemsize for dtype, code in _CODE_BY_PADDLE.items()
+}
+
+
+def _getdtype(dtype_str: str) -> Any:
+    """The paddle dtype of a format code such as ``"BF16"``."""
+    return _TYPES[dtype_str]
 
 
 def save(tensors: Dict[str, paddle.Tensor], metadata: Optional[Dict[str, str]] = None) -> bytes:

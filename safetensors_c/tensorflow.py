@@ -25,8 +25,9 @@ from typing import Any, Dict, Optional, Union
 
 from . import _frameworks, sharded
 from ._adapters.tensorflow import tf
+from ._open import safe_open
 
-__all__ = ["save", "save_file", "load", "load_file", "save_sharded", "load_sharded"]
+__all__ = ["save", "save_file", "load", "load_file", "save_sharded", "load_sharded", "safe_open"]
 
 
 def save(tensors: Dict[str, tf.Tensor], metadata: Optional[Dict[str, str]] = None) -> bytes:

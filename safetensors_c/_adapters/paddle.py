@@ -63,17 +63,8 @@ _DTYPES = {
 _PADDLE_BY_CODE = {
     code: getattr(paddle, name) for code, (name, _) in _DTYPES.items() if hasattr(paddle, name)
 }
+_CODE_BY_PADDLE = {dtype: code for code, dtype in _PADDLE_BY_CODE.items()}
 _CARRIER_BY_CODE = {code: np.dtype(carrier) for code, (_, carrier) in _DTYPES.items()}
-# paddle dtype -> (code, name); a list, not a dict: paddle dtypes compare by
-# value but their hashes are not guaranteed to follow.
-_CODES = [(dtype, code, _DTYPES[code][0]) for code, dtype in _PADDLE_BY_CODE.items()]
-
-
-def _code_of(dtype: Any) -> Optional[str]:
-    for known, code, _ in _CODES:
-        if dtype == known:
-            return code
-    return None
 
 
 def check_code(name: str, code: str, shape: tuple) -> None:
@@ -224,11 +215,11 @@ def from_array(name: str, tensor: Any) -> Tensor:
             "(or, if it is a view of another tensor, save only the full tensor and slice "
             "it after loading)"
         )
-    code = _code_of(tensor.dtype)
+    code = _CODE_BY_PADDLE.get(tensor.dtype)
     if code is None:
         raise error(
             f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in a safetensors file; "
-            f"supported: {', '.join(name for _, _, name in _CODES)}",
+            f"supported: {', '.join(_DTYPES[code][0] for code in _PADDLE_BY_CODE)}",
             "STC_ERR_UNSUPPORTED_DTYPE",
         )
     if count == 0:

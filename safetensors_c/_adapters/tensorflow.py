@@ -31,7 +31,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 import numpy as np
 
-from .. import _dtypes
 from .._checks import error
 from .._writer import Tensor
 
@@ -84,9 +83,8 @@ _DLPACK_CODES = frozenset(
 
 def check_code(name: str, code: str, shape: tuple) -> None:
     if code not in _TF_BY_CODE:
-        if code in _dtypes.PACKED_BITS:
-            why = (f"TensorFlow's float4/float6 types hold one value per byte, the file "
-                   f"packs them")
+        if code == "F4":
+            why = "TensorFlow's float4_e2m1fn holds one value per byte, the file packs two"
         else:
             why = f"TensorFlow {tf.__version__} has no such dtype"
         raise error(

@@ -141,7 +141,8 @@ def test_saved_bytes_match_the_reference(tmp_path):
                          metadata={"format": "paddle"})
     ref_paddle.save_file(as_paddle(tensors), tmp_path / "ref.safetensors",
                          metadata={"format": "paddle"})
-    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    ours_file, ref_file = tmp_path / "ours.safetensors", tmp_path / "ref.safetensors"
+    assert ours_file.read_bytes() == ref_file.read_bytes()
 
 
 @pytest.mark.parametrize("code", ["U16", "U32", "U64"])
@@ -558,6 +559,9 @@ _SLICE_SCRIPT = textwrap.dedent(
     del whole, part, f
     gc.collect()
     print("freed")
+    # and tensors still alive when the interpreter exits
+    kept = safe_open(path, framework="paddle").get_slice("x")[2:]
+    print(float(kept.sum()))
     """
 )
 
@@ -573,7 +577,7 @@ def test_slicing_and_freeing_a_slice_does_not_abort(tmp_path):
     # the reference aborts here (below); ours must run to the end and exit 0
     proc = _run_slice_script("safetensors_c", tmp_path / "s.safetensors")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["138.0", "276.0", "freed"]
+    assert proc.stdout.split() == ["138.0", "276.0", "freed", "210.0"]
 
 
 def test_the_reference_aborts_freeing_a_paddle_slice(tmp_path):
@@ -653,3 +657,12 @@ def test_loaded_tensors_and_slices_save_back(tmp_path):
     assert ours == ref_paddle.save(dict(parts))
     for name, loaded in stc_paddle.load(ours).items():
         assert_same(loaded, expected[name])
+
+
+def test_reference_module_names():
+    # code written against safetensors.paddle (or run through safetensors_c.compat)
+    assert stc_paddle._getdtype("BF16") == paddle.bfloat16
+    assert stc_paddle._TYPES["F8_E4M3"] == paddle.float8_e4m3fn
+    assert stc_paddle._SIZE[paddle.bfloat16] == 2 and stc_paddle._SIZE[paddle.uint64] == 8
+    for name in ("safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec"):
+        assert getattr(stc_paddle, name) is getattr(safetensors_c, name)

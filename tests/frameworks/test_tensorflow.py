@@ -113,7 +113,8 @@ def test_saved_bytes_match_the_reference(tmp_path):
     assert ours == ref_numpy.save(dict(tensors), metadata={"format": "tf"})
     stc_tf.save_file(as_tf(tensors), tmp_path / "ours.safetensors", metadata={"format": "tf"})
     ref_tf.save_file(as_tf(tensors), tmp_path / "ref.safetensors", metadata={"format": "tf"})
-    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    ours_file, ref_file = tmp_path / "ours.safetensors", tmp_path / "ref.safetensors"
+    assert ours_file.read_bytes() == ref_file.read_bytes()
 
 
 def test_reference_files_load_identically(tmp_path):

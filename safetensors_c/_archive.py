@@ -250,6 +250,7 @@ class ZipArchive:
         ranges.sort(key=lambda r: r[0])
         self.prefix = ranges[0][0] if ranges else 0
         cursor = self.prefix
+        previous: ZipMember | None = None
         #: ids of members whose bytes another member already covers (not worth reading)
         self.overlapping: set[int] = set()
         for start, end, member in ranges:
@@ -258,19 +259,47 @@ class ZipArchive:
                 self.problems.append(
                     (member.name, f"{label}: member {member.name!r} overlaps the member before "
                      f"it (a crafted archive or a zip bomb)"))
-            elif start > cursor and not self._descriptor_gap(cursor, start):
+            elif start > cursor and not self._descriptor_gap(previous, cursor, start):
                 self.problems.append(
                     (member.name, f"{label}: {start - cursor} bytes before member "
                      f"{member.name!r} belong to no member (hidden data?)"))
             cursor = max(cursor, end)
+            previous = member
+        if (ranges and cursor < self.directory_start
+                and not self._descriptor_gap(previous, cursor, self.directory_start)):
+            self.problems.append(
+                (None, f"{label}: {self.directory_start - cursor} bytes between the last member "
+                 f"and the central directory belong to no member (hidden data?)"))
+        self._check_end()
         if self.prefix:
             self.problems.append(
                 (None, f"{label}: {self.prefix} bytes before the first zip member (another "
                  f"format in front of the archive: a polyglot?)"))
 
-    def _descriptor_gap(self, begin: int, end: int) -> bool:
-        # a data descriptor (flag bit 3) after a member: 12, 16, 20 or 24 bytes
-        return end - begin in (12, 16, 20, 24)
+    def _check_end(self) -> None:
+        """The end record (and its comment) must close the file: bytes after it are
+        another format's (a polyglot)."""
+        tail_start = max(0, len(self.view) - 65557)
+        tail = bytes(self.view[tail_start:])
+        at = tail.rfind(ZIP_EMPTY)
+        if at < 0 or at + 22 > len(tail):
+            return
+        (comment_len,) = struct.unpack("<H", tail[at + 20 : at + 22])
+        end = tail_start + at + 22 + comment_len
+        if end != len(self.view):
+            self.problems.append(
+                (None, f"{self.label}: {len(self.view) - end} bytes after the end of the zip "
+                 f"archive (another format appended: a polyglot?)"))
+
+    def _descriptor_gap(self, member: ZipMember | None, begin: int, end: int) -> bool:
+        # a data descriptor after a member that announces one (flag bit 3): its CRC and
+        # sizes, optionally signed, 32- or 64-bit: 12, 16, 20 or 24 bytes
+        if member is None or not member.flags & 0x8 or end - begin not in (12, 16, 20, 24):
+            return False
+        block = bytes(self.view[begin:end])
+        if block[:4] == b"PK\x07\x08":
+            block = block[4:]
+        return struct.unpack("<I", block[:4])[0] == member.crc
 
     def _locate(self, info: zipfile.ZipInfo) -> tuple[ZipMember, int]:
         label, name = self.label, info.filename

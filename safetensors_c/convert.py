@@ -3,7 +3,7 @@
     from safetensors_c.convert import convert, scan
 
     report = scan("pytorch_model.bin")      # what the pickle would import/call
-    print(report.verdict)                   # "safe" or "unsafe"
+    print(report.verdict)                   # "safe", "unsafe" or "unknown"
     convert("pytorch_model.bin", "model.safetensors")
 
 Sources: PyTorch checkpoints (the zip format of ``torch.save`` since 1.6 and

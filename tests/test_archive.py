@@ -227,6 +227,21 @@ def test_structure_problems_are_collected():
     assert any("bytes before the first zip member" in m for _, m in prefixed.problems)
 
 
+def test_hidden_bytes_around_the_members():
+    a = entry("a", b"A" * 100)
+    data = make_zip([a])
+    directory = data.index(b"PK\x01\x02")
+    # bytes slipped between the last member and the directory (offsets fixed up)
+    hidden = data[:directory] + b"\x80\x02K\x01." + data[directory:-6] + struct.pack(
+        "<I", directory + 5) + data[-2:]
+    archive = ZipArchive(hidden, "t.zip")
+    assert any("between the last member and the central directory" in m
+               for _, m in archive.problems)
+    appended = ZipArchive(data + b"\x80\x02K\x01.", "t.zip")
+    assert any("5 bytes after the end of the zip archive" in m for _, m in appended.problems)
+    assert ZipArchive(data, "t.zip").problems == []
+
+
 def test_names_are_found_ignoring_case():
     archive = ZipArchive(make_zip([entry("a/DATA.PKL", b"x")]), "t.zip")
     assert [m.name for m in archive.find("a/data.pkl")] == ["a/DATA.PKL"]
@@ -300,6 +315,27 @@ def test_walk_matches_the_real_unpickler_on_random_inputs():
             assert real == "fail", data
         checked += 1
     assert checked > 1000
+
+
+def test_convert_refuses_fifos_and_devices_without_blocking(tmp_path):
+    from safetensors_c.convert import convert
+
+    fifo = tmp_path / "model.bin"
+    os.mkfifo(fifo)
+    result = _no_block(convert, str(fifo), str(tmp_path / "out.safetensors"))
+    assert isinstance(result.get("error"), NotRegularFileError), result
+    with pytest.raises(NotRegularFileError, match="/dev/zero: a character device"):
+        convert("/dev/zero", tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_convert_sharded_index_fifo_is_refused(tmp_path):
+    from safetensors_c.convert import _read_bin_index
+
+    index = tmp_path / "pytorch_model.bin.index.json"
+    os.mkfifo(index)
+    result = _no_block(_read_bin_index, str(index))
+    assert isinstance(result.get("error"), ConversionError), result
 
 
 def test_source_of_an_empty_file(tmp_path):

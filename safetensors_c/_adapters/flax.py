@@ -38,6 +38,12 @@ COPIES_READ_ONLY = True
 # XLA's CPU client adopts host memory only at this alignment; below it copies.
 ALIGNMENT = 64
 _WIDE_CODES = {"I64": "int64", "U64": "uint64", "F64": "float64"}
+# The ml_dtypes codes this JAX has (float8_e8m0fnu, for one, is recent).
+_ML_CODES = {"BF16": "bfloat16", "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn",
+             "F8_E8M0": "float8_e8m0fnu", "F8_E4M3FNUZ": "float8_e4m3fnuz",
+             "F8_E5M2FNUZ": "float8_e5m2fnuz"}
+_MISSING_CODES = frozenset(code for code, name in _ML_CODES.items()
+                           if not hasattr(jax.numpy, name))
 
 
 # ---------------------------------------------------------------------------
@@ -63,6 +69,12 @@ def check_code(name: str, code: str, shape: tuple) -> None:
             f"tensor {name!r}: dtype {code} has no JAX equivalent (JAX's float4/float6 types "
             f"hold one value per byte, the file packs them); load it with framework='np' "
             f"to get the packed bytes",
+            "STC_ERR_UNSUPPORTED_DTYPE",
+        )
+    if code in _MISSING_CODES:
+        raise error(
+            f"tensor {name!r}: dtype {code} has no JAX equivalent in jax {jax.__version__} "
+            f"(jax.numpy.{_ML_CODES[code]} is newer); load it with framework='np' instead",
             "STC_ERR_UNSUPPORTED_DTYPE",
         )
     if code in _WIDE_CODES and not _x64_enabled():

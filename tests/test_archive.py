@@ -352,3 +352,23 @@ def test_scan_of_a_fifo_in_a_subprocess_does_not_hang(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "a FIFO (named pipe), not a regular file" in result.stderr
+
+
+def test_stored_torch_zip_converts_zero_copy(tmp_path):
+    """The arrays convert reads from a stored torch zip view the file's mapping."""
+    import mmap
+
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    from safetensors_c.convert import read_checkpoint
+
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.arange(1000, dtype=torch.float32)}, path)
+    kind, tensors, *_ = read_checkpoint(path)
+    obj = tensors["w"]
+    while isinstance(obj, np.ndarray) or type(obj).__name__ == "DummyArray":
+        obj = obj.base
+    assert kind == "pytorch zip"
+    assert isinstance(obj, memoryview) and isinstance(obj.obj, mmap.mmap)
+    assert tensors["w"].tolist() == list(range(1000))

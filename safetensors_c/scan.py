@@ -153,6 +153,9 @@ class ScanReport:
                 mark = "UNKNOWN"
             else:
                 mark = "UNSAFE"
+            if f.kind == "unknown":
+                lines.append(f"  {mark} {f.name}  [{where}byte {f.offset}]")
+                continue
             note = f" ({f.note})" if f.note else ""
             lines.append(f"  {mark} {f.kind} {f.name}  [{where}byte {f.offset}]{note}")
         return "\n".join(lines)
@@ -297,7 +300,7 @@ class _Scan:
             elif pickled is None:
                 self.unknown("not a format this scanner analyses (not a pickle, zip, tar, "
                              ".npy or .safetensors file)", where)
-                kind = "unknown"
+                kind = "unrecognised format"
             if pickled is not None:
                 kind = pickled
         self.embedded_zip(view, where)

@@ -7,7 +7,9 @@ against the floors and the other loaders, measured side by side in one run.
 Rows (median of --repeat runs, rows interleaved run by run so that noise
 from other processes on the machine spreads over all of them):
 
-  memcpy            one single-threaded memcpy of every byte, warm buffers (warm floor)
+  memcpy            one single-threaded memcpy of every byte, warm buffers (warm floor);
+                    and the same split over the workers' threads (what parallel
+                    copying can give on this machine at this moment)
   sequential read   one thread reading the evicted file front to back in 16 MiB
                     reads into a preallocated buffer (cold floor)
   load_model        safetensors_c.torch.load_model(model, path) (both backends;
@@ -43,6 +45,7 @@ import torch  # noqa: E402
 
 import safetensors_c  # noqa: E402
 import safetensors_c.torch as ct  # noqa: E402
+from safetensors_c import _into  # noqa: E402
 
 try:
     import safetensors.torch as reference
@@ -153,6 +156,15 @@ def main() -> None:
     def memcpy() -> None:
         np.copyto(dst, src)
 
+    def memcpy_parallel() -> None:
+        # The same bytes in as many halves as workers, one thread each: what
+        # the machine gives a parallel copy right now (NumPy copies without
+        # the GIL).
+        workers = args.workers or os.cpu_count() or 1
+        step = -(-nbytes // workers)
+        _into.run_parallel(lambda i: np.copyto(dst[i:i + step], src[i:i + step]),
+                           list(range(0, nbytes, step)), workers)
+
     def sequential_read() -> None:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -196,6 +208,7 @@ def main() -> None:
 
     warm_rows: Dict[str, Callable[[], None]] = {
         "memcpy (1 thread)": memcpy,
+        "memcpy (all workers)": memcpy_parallel,
         "load_model mmap": ours("mmap"),
         "load_model pread": ours("pread"),
         "load_model mmap, 1 worker": ours("mmap", max_workers=1),
@@ -254,6 +267,8 @@ def main() -> None:
     if reference is not None:
         ratios["warm: reference / load_model mmap (target >= 1.8)"] = (
             med["reference load_model"] / med["load_model mmap"])
+    ratios["warm: memcpy on all workers / memcpy (the machine's parallel floor)"] = (
+        med["memcpy (all workers)"] / mc)
     ratios["warm: torch.load(mmap) / load_model mmap"] = (
         med["torch.load(mmap=True)"] / med["load_model mmap"])
     if cold_rows:

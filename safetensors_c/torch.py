@@ -337,7 +337,7 @@ def load_model(
     device: Union[str, int] = "cpu",
     *,
     assign: bool = False,
-    backend: str = "mmap",
+    backend: Optional[str] = None,
     max_workers: Optional[int] = None,
 ) -> Tuple[Set[str], List[str]]:
     """Loads ``filename`` (a file, or a sharded checkpoint's directory or
@@ -359,7 +359,17 @@ def load_model(
     raises RuntimeError ("size mismatch for ...") whatever ``strict`` is.
     Other devices, and models with their own loading hooks, are loaded
     through ``model.load_state_dict``.
+
+    ``backend`` defaults to ``"pread"`` when tensors are copied into the
+    model (reading from the page cache straight into the parameters beats
+    faulting a mapping in page by page, warm and cold), and to ``"mmap"``
+    for ``assign=True`` and for ``load_state_dict``, which keep or copy
+    views of the file. Either can be asked for explicitly.
     """
+    on_cpu = _resolve_device(device) is None
+    through_torch = assign or not on_cpu or _has_load_hooks(model)
+    if backend is None:
+        backend = "mmap" if through_torch else "pread"
     readers = _readers(filename, backend)
     file_names = [name for reader in readers for name in reader.offset_keys()]
     model_state = model.state_dict()
@@ -377,8 +387,7 @@ def load_model(
         else:
             unexpected.append(name)
 
-    on_cpu = _resolve_device(device) is None
-    if assign or not on_cpu or _has_load_hooks(model):
+    if through_torch:
         state = {}
         for reader in readers:
             handle = safe_open._from_reader(reader, "pt", device, backend)

@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -355,20 +355,40 @@ def save_main(args) -> None:
             if (stop is not None and stop.is_set()) or (stop is None and elapsed >= seconds):
                 return n / elapsed
 
-    alone, during = [], []
-    for _ in range(args.repeat):
-        alone.append(steps(med["save_file"]))
-        done = threading.Event()
+    def python_loop(seconds: float, stop=None) -> float:
+        # Pure Python: it runs only while it holds the GIL.
+        n = 0
+        t0 = time.perf_counter()
+        while True:
+            for _ in range(1000):
+                n += 1
+            elapsed = time.perf_counter() - t0
+            if (stop is not None and stop.is_set()) or (stop is None and elapsed >= seconds):
+                return n / elapsed
 
-        def save_in_background() -> None:
-            ct.save_file(state, ours_path)
-            done.set()
+    def slowdown(loop) -> Tuple[float, float]:
+        alone, during = [], []
+        for _ in range(args.repeat):
+            alone.append(loop(med["save_file"]))
+            done = threading.Event()
 
-        worker = threading.Thread(target=save_in_background)
-        worker.start()
-        during.append(steps(0, done))
-        worker.join()
-    a, d = statistics.median(alone), statistics.median(during)
+            def save_in_background() -> None:
+                ct.save_file(state, ours_path)
+                done.set()
+
+            worker = threading.Thread(target=save_in_background)
+            worker.start()
+            during.append(loop(0, done))
+            worker.join()
+        return statistics.median(alone), statistics.median(during)
+
+    threads = torch.get_num_threads()
+    loops = {f"training ({threads} torch threads)": steps}
+    loops["pure-Python loop"] = python_loop
+    results = {name: slowdown(loop) for name, loop in loops.items()}
+    torch.set_num_threads(1)
+    results["training (1 torch thread)"] = slowdown(steps)
+    torch.set_num_threads(threads)
     print(f"state dict {len(image) / 2**20:.0f} MiB; {args.repeat} runs; medians")
     for k, v in med.items():
         print(f"{k:28} {v * 1e3:9.1f} ms  {len(image) / 2**30 / v:6.2f} GiB/s")
@@ -376,8 +396,9 @@ def save_main(args) -> None:
           "(target <= 1.05)")
     print(f"save_file / (write + fsync + rename)   "
           f"{med['save_file'] / med['write + fsync + rename']:.3f}")
-    print(f"training steps/s alone {a:.1f}, during a background save_file {d:.1f}: "
-          f"slowdown {a / d:.2f}x")
+    for name, (a, d) in results.items():
+        print(f"{name:30} iterations/s alone {a:12.1f}, during a background save_file "
+              f"{d:12.1f}: slowdown {a / d:.2f}x")
     for f in (ours_path, raw_path, raw_path + ".final"):
         if os.path.exists(f):
             os.unlink(f)

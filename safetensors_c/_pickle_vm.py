@@ -740,6 +740,7 @@ class Machine:
                 )
             for i in range(0, len(items), 2):
                 key = items[i]
+                _check_hash_cost(key, self.label, offset)
                 try:
                     target[key] = items[i + 1]
                 except TypeError:
@@ -999,8 +1000,33 @@ def _flat(args: Any):
     return args if isinstance(args, tuple) else (args,)
 
 
+# Hashing a tuple recurses in C without a depth check (a key nested 10**6 deep crashes
+# the interpreter) and visits shared sub-tuples once per path (exponential time): keys
+# are bounded before they are hashed.
+_MAX_KEY_DEPTH = 100
+_MAX_KEY_NODES = 100_000
+
+
+def _check_hash_cost(value: Any, label: str, offset: int) -> None:
+    if not isinstance(value, (tuple, frozenset)):
+        return
+    pending = [(value, 0)]
+    nodes = 0
+    while pending:
+        item, depth = pending.pop()
+        if not isinstance(item, (tuple, frozenset)):
+            continue
+        nodes += len(item)
+        if depth >= _MAX_KEY_DEPTH or nodes > _MAX_KEY_NODES:
+            raise ConversionError(
+                f"{label}: a dict key or set item nested too deep or too large to hash "
+                f"(byte {offset})")
+        pending.extend((x, depth + 1) for x in item)
+
+
 def _hashable(items: list, label: str, offset: int) -> list:
     for item in items:
+        _check_hash_cost(item, label, offset)
         try:
             hash(item)
         except TypeError:

@@ -123,6 +123,11 @@ def _hostile() -> dict[str, tuple[bytes, bool]]:
     kinds["huge pickle frame"] = (b"\x80\x04\x95" + (2**62).to_bytes(8, "little") + b"}.",
                                   False)
     kinds["huge BINBYTES8"] = (b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b".", False)
+    # hashing a tuple nested 10**6 deep overflows the C stack; shared sub-tuples make
+    # hashing exponential
+    kinds["deeply nested dict key"] = (b"\x80\x04}" + b")" + b"\x85" * 10**6 + b"Ns.", False)
+    kinds["shared sub-tuples as a set item"] = (
+        b"\x80\x04\x8f(" + b")" + b"2\x86" * 80 + b"\x90.", False)
     kinds["deep nesting"] = (b"\x80\x04" + b"(" * 200000 + b"t" * 200000 + b".", True)
     return kinds
 
@@ -135,6 +140,7 @@ def hostile():
 def test_inputs_are_small(hostile):
     for name, (data, _) in hostile.items():
         assert len(data) < 8 << 20, name
+    assert len(hostile) == 16
 
 
 @pytest.mark.parametrize("name", [
@@ -143,7 +149,7 @@ def test_inputs_are_small(hostile):
     "npz member bomb, size declared", "npz member bomb, size hidden",
     "nested zip bomb", "overlapping members", "absurd declared storage",
     "stride-0 expansion", "legacy storage past the end", "huge pickle frame",
-    "huge BINBYTES8", "deep nesting",
+    "huge BINBYTES8", "deep nesting", "deeply nested dict key", "shared sub-tuples as a set item",
 ])
 def test_hostile_kind_under_limits(tmp_path, hostile, name):
     data, may_be_safe = hostile[name]

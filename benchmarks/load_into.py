@@ -252,8 +252,8 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     gib = nbytes / 2**30
-    print(f"safetensors_c {safetensors_c.__version__ if hasattr(safetensors_c, '__version__') else ''}"
-          f" torch {torch.__version__}; checkpoint {nbytes / 2**20:.0f} MiB, "
+    version = getattr(safetensors_c, "__version__", "")
+    print(f"safetensors_c {version} torch {torch.__version__}; checkpoint {nbytes / 2**20:.0f} MiB, "
           f"{len(expect)} tensors; {args.repeat} runs per row; CPUs {os.cpu_count()}; "
           f"workers {args.workers or 'default'}")
     print(f"{'row':34} {'median ms':>10} {'GiB/s':>7}")

@@ -313,7 +313,8 @@ def _load(torch, dist, group, rank, world, sources, tensors, max_workers):
         size = layout[t.name] + t.nbytes
     shared = torch.empty(size, dtype=torch.uint8)
     shared_np = shared.numpy()
-    cuts = [0] + [min(size, (size * r // world) // _BLOCK * _BLOCK) for r in range(1, world)] + [size]
+    inner_cuts = [min(size, (size * r // world) // _BLOCK * _BLOCK) for r in range(1, world)]
+    cuts = [0] + inner_cuts + [size]
     lo, hi = cuts[rank], cuts[rank + 1]
     for source, offset, start, length in runs:
         a, b = max(lo, start), min(hi, start + length)

@@ -581,7 +581,8 @@ class safe_open_sharded:
             for name in reader.offset_keys():
                 begin, end = reader.info(name)[3:5]
                 for offset in range(0, end - begin, _POPULATE_PIECE):
-                    pieces.append((reader, name, offset, min(_POPULATE_PIECE, end - begin - offset)))
+                    length = min(_POPULATE_PIECE, end - begin - offset)
+                    pieces.append((reader, name, offset, length))
         bar = _progress_bar(len(shards), "Loading shards", progress)
         try:
             run_parallel(lambda p: p[0].prefetch(p[1], p[2], p[3]), pieces, max_workers)

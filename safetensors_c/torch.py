@@ -300,7 +300,8 @@ def _add_identity_ties(model: "torch.nn.Module", to_removes: Dict[str, List[str]
         to_removes[keep] = sorted(n for n in names if n != keep)
 
 
-def _retie(model: "torch.nn.Module", to_removes: Mapping[str, List[str]], in_file: Set[str]) -> None:
+def _retie(model: "torch.nn.Module", to_removes: Mapping[str, List[str]],
+           in_file: Set[str]) -> None:
     """After assign=True replaced the kept tensor of each tied group, points
     the names the file did not hold at it again."""
     for keep, names in to_removes.items():

@@ -82,7 +82,8 @@ def test_read_into_never_reaches_a_neighbour(path, tensors, backend):
     n = tensors["half"].nbytes
     for offset, length in [(0, n + 1), (1, n), (n, 1), (n + 1, 0), (2**63, 1)]:
         out = np.full(length, 0xA5, dtype=np.uint8)
-        with pytest.raises(SafetensorError, match=r"tensor 'half' holds \d+ bytes: .* reach past its end"):
+        with pytest.raises(SafetensorError,
+                           match=r"tensor 'half' holds \d+ bytes: .* reach past its end"):
             f.read_into("half", out, offset)
         assert (out == 0xA5).all()
 

@@ -1070,7 +1070,9 @@ def _copy_side_files(directory: str, dst_dir: str, enabled: bool, skip: set) -> 
                 or ".bin.index" in entry or not _is_regular(path)):
             continue
         target = os.path.join(dst_dir, entry)
-        shutil.copyfile(path, target)
+        fd, _info = open_regular(path)  # the file checked is the file copied: no FIFO
+        with os.fdopen(fd, "rb") as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
         copied.append(target)
     return copied
 

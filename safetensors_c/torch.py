@@ -475,3 +475,32 @@ def load_sharded(
         path, framework="pt", device=device, prefix=prefix, backend=backend, progress=progress,
         max_workers=max_workers, process_group=process_group, plan=plan,
     )
+
+
+# ---------------------------------------------------------------------------
+# MARK: client-facing extras (owner: the compatibility switch, safetensors_c.compat)
+# Names that programs import from ``safetensors.torch`` beyond its documented API, found by
+# reading the clients' sources (docs/compat.md lists which client uses which).
+
+import sys  # noqa: E402  (only this section needs it)
+
+
+def _to_ndarray(tensor: torch.Tensor) -> Tuple[Any, torch.Tensor]:
+    """A tensor's bytes as a NumPy ``uint8`` array, and the tensor they belong to.
+
+    diffusers builds the bodies of its remote VAE requests with
+    ``safetensors.torch._to_ndarray(t)[0].tobytes()``. The bytes are the tensor's elements in
+    C order, little-endian, as a .safetensors file holds them. A tensor on another device is
+    copied to the CPU and a non-contiguous one to C order first (the reference instead reads
+    ``numel * itemsize`` bytes from the data pointer, which for a non-contiguous tensor are not
+    its elements). The array shares the memory of the returned tensor.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.layout != torch.strided:
+        raise ValueError(f"a {tensor.layout} tensor has no flat bytes; call .to_dense() first")
+    tensor = tensor.detach().to("cpu").contiguous()
+    data = tensor.reshape(-1).view(torch.uint8)
+    if sys.byteorder == "big" and tensor.element_size() > 1:
+        data = data.view(-1, tensor.element_size()).flip(1).reshape(-1)
+    return data.numpy(), tensor

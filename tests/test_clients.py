@@ -278,6 +278,29 @@ def test_install_in_code_serves_transformers_and_hub_errors(tmp_path):
     assert out.split() == ["safetensors_c", "caught"] * 2
 
 
+def test_to_ndarray_gives_the_bytes_diffusers_sends():
+    # diffusers' remote VAE bodies: safetensors.torch._to_ndarray(t)[0].tobytes().
+    import safetensors_c.torch as ours
+
+    reference = pytest.importorskip("safetensors.torch")
+    cases = [torch.randn(3, 4), torch.randn(3, 4).to(torch.bfloat16), torch.arange(6).reshape(2, 3),
+             torch.tensor([True, False]), torch.zeros(0, 3), torch.tensor(3.5),
+             torch.randn(2, 2, dtype=torch.complex64), torch.randn(4).to(torch.float8_e4m3fn),
+             torch.randn(2, 3, requires_grad=True)]
+    for t in cases:
+        array, kept = ours._to_ndarray(t)
+        assert array.dtype.name == "uint8" and array.size == t.numel() * t.element_size()
+        assert array.tobytes() == reference._to_ndarray(t)[0].tobytes(), t.dtype
+        assert kept.data_ptr() == array.ctypes.data or t.numel() == 0
+    # Non-contiguous: the elements in C order (the reference reads storage order instead).
+    x = torch.arange(20, dtype=torch.float32).reshape(4, 5).t()
+    assert ours._to_ndarray(x)[0].tobytes() == x.contiguous().numpy().tobytes()
+    with pytest.raises(TypeError, match="expected a torch.Tensor, got list"):
+        ours._to_ndarray([1, 2])
+    with pytest.raises(ValueError, match="has no flat bytes"):
+        ours._to_ndarray(torch.eye(3).to_sparse())
+
+
 # -- client flows --------------------------------------------------------------------------------
 
 FLOWS = {

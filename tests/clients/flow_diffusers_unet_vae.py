@@ -2,11 +2,14 @@
 
 save_pretrained (single file, and sharded with max_shard_size), from_pretrained (the default
 low_cpu_mem_usage path through accelerate, and low_cpu_mem_usage=False), a bfloat16 load, and
-a forward pass of each loaded model.
+a forward pass of each loaded model; and the request bodies diffusers' remote VAE
+encode/decode would send (prepare_encode / prepare_decode, built offline), which it makes with
+safetensors.torch._to_ndarray.
 """
 
 import torch
 from diffusers import AutoencoderKL, UNet2DModel
+from diffusers.utils.remote_utils import prepare_decode, prepare_encode
 
 import _harness
 
@@ -51,6 +54,14 @@ def flow(workdir):
         out["vae.latent"] = loaded.encode(sample).latent_dist.mean
         out["vae.decoded"] = loaded.decode(out["vae.latent"]).sample
     out.update({f"vae.{k}": v for k, v in loaded.state_dict().items()})
+
+    # The request bodies of remote encode/decode (built offline): the tensors' raw bytes, from
+    # safetensors.torch._to_ndarray.
+    for tag, tensor in (("f32", out["vae.latent"]), ("bf16", out["vae.latent"].to(torch.bfloat16))):
+        body = prepare_decode(tensor, scaling_factor=0.5)["data"]
+        out[f"remote_decode_body.{tag}"] = torch.frombuffer(bytearray(body), dtype=torch.uint8)
+    body = prepare_encode(sample)["data"]
+    out["remote_encode_body"] = torch.frombuffer(bytearray(body), dtype=torch.uint8)
     return out
 
 

@@ -143,7 +143,9 @@ def test_saved_bytes_match_the_reference(tmp_path):
 
 def test_the_reference_cannot_save_bfloat16_arrays_but_we_can():
     array = mx.ones(3, dtype=mx.bfloat16)
-    with pytest.raises(ValueError, match="bfloat16"):
+    # ValueError naming bfloat16 on recent MLX, a RuntimeError about the
+    # buffer format on older ones
+    with pytest.raises((ValueError, RuntimeError), match="bfloat16|PEP 3118"):
         ref_mlx.save({"x": array})
     assert_same(stc_mlx.load(stc_mlx.save({"x": array}))["x"], np.ones(3, ml_dtypes.bfloat16))
 
@@ -161,8 +163,20 @@ def test_reference_files_load_identically(tmp_path):
         assert f.metadata() == {"k": "v"}
 
 
+def _mlx_takes_numpy_bfloat16() -> bool:
+    try:
+        mx.array(np.ones(1, ml_dtypes.bfloat16))
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def test_our_files_load_identically_in_the_reference(tmp_path):
     tensors = every_dtype()
+    if not _mlx_takes_numpy_bfloat16():
+        # The reference builds MLX arrays from NumPy ones, which older MLX
+        # (0.29 and before) refuses for bfloat16; its bytes are checked above.
+        del tensors["bf16"]
     path = tmp_path / "ours.safetensors"
     stc_mlx.save_file(as_mlx(tensors), path)
     theirs = ref_mlx.load_file(path)

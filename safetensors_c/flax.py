@@ -10,7 +10,9 @@ in memory (XLA's requirement) is adopted without copying: with the default
 ``backend="mmap"`` the jax.Array then reads the file's private,
 copy-on-write mapping. Any other tensor is copied once. The 64-bit dtypes
 (I64, U64, F64) load only with ``jax_enable_x64`` on; without it they raise
-SafetensorError rather than being cut to 32 bits.
+SafetensorError rather than being cut to 32 bits. F4 tensors load as
+``float4_e2m1fn`` arrays (unpacked, low nibble first, as PyTorch's
+``float4_e2m1fn_x2`` stores them) and save back packed; F6 is refused.
 
 Saving reads each CPU array's memory in place (an array on another device
 is copied to the host once). NumPy arrays are accepted too, e.g. the output

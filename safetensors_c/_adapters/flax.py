@@ -9,8 +9,11 @@ buffer that the jax.Array then adopts. The format does not align tensors, so
 whether a tensor of a file is adopted depends on where its bytes fall.
 
 JAX holds the 64-bit dtypes (I64, U64, F64) only with ``jax_enable_x64``;
-without it they are refused, never narrowed to 32 bits. The packed F4/F6
-tensors have no JAX equivalent (JAX's float4/float6 hold one value per byte).
+without it they are refused, never narrowed to 32 bits. F4 tensors become
+``float4_e2m1fn`` arrays, one value per byte as JAX holds them, so they are
+unpacked (one copy); the file packs two values per byte, the first in the
+low nibble (PyTorch's ``float4_e2m1fn_x2`` layout, OCP MX), and saving packs
+them back the same way. F6 has no agreed bit order to unpack: refused.
 """
 
 from __future__ import annotations
@@ -63,12 +66,15 @@ def _x64_enabled() -> bool:
     return jax.dtypes.canonicalize_dtype(np.int64) == np.dtype(np.int64)
 
 
+_HAS_FLOAT4 = hasattr(jax.numpy, "float4_e2m1fn")
+
+
 def check_code(name: str, code: str, shape: tuple) -> None:
-    if code in _dtypes.PACKED_BITS:
+    if code in _dtypes.PACKED_BITS and not (code == "F4" and _HAS_FLOAT4):
         raise error(
-            f"tensor {name!r}: dtype {code} has no JAX equivalent (JAX's float4/float6 types "
-            f"hold one value per byte, the file packs them); load it with framework='np' "
-            f"to get the packed bytes",
+            f"tensor {name!r}: dtype {code} has no JAX equivalent here (the file packs "
+            f"its values, and only F4 has a known layout to unpack into JAX's one value "
+            f"per byte); load it with framework='np' to get the packed bytes",
             "STC_ERR_UNSUPPORTED_DTYPE",
         )
     if code in _MISSING_CODES:
@@ -96,15 +102,37 @@ def _adoptable(array: np.ndarray) -> bool:
 
 def aligned_copy(array: np.ndarray) -> np.ndarray:
     """A C-contiguous, writable copy of ``array`` whose data is aligned for XLA."""
-    nbytes = array.size * array.dtype.itemsize
-    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
-    start = -raw.__array_interface__["data"][0] % ALIGNMENT
-    out = raw[start:start + nbytes].view(array.dtype).reshape(array.shape)
+    out = _aligned_empty(array.size, array.dtype).reshape(array.shape)
     np.copyto(out, array, casting="no")
     return out
 
 
+def _unpack_f4(name: str, packed: Any) -> np.ndarray:
+    """float4_e2m1fn values (one per byte) from F4 bytes, low nibble first."""
+    if not isinstance(packed, _dtypes.PackedArray) or packed._stored_shape is None:
+        raise error(
+            f"tensor {name!r}: slicing an F4 tensor is not supported for JAX arrays (the "
+            f"file packs two values per byte); load it whole with get_tensor and slice "
+            f"the jax.Array",
+            "STC_ERR_UNSUPPORTED_DTYPE",
+        )
+    shape = packed.logical_shape
+    raw = np.asarray(packed).reshape(-1)
+    out = _aligned_empty(raw.size * 2, np.dtype(np.uint8))
+    out[0::2] = raw & 0x0F
+    out[1::2] = raw >> 4
+    return out.view(jax.numpy.float4_e2m1fn).reshape(shape)
+
+
+def _aligned_empty(count: int, dtype: np.dtype) -> np.ndarray:
+    raw = np.empty(count * dtype.itemsize + ALIGNMENT, np.uint8)
+    start = -raw.__array_interface__["data"][0] % ALIGNMENT
+    return raw[start:start + count * dtype.itemsize].view(dtype)
+
+
 def to_array(name: str, code: str, array: np.ndarray, placement: Any) -> jax.Array:
+    if code == "F4":
+        return jax.device_put(_unpack_f4(name, array), placement)
     array = np.asarray(array)
     if not _adoptable(array):
         # A read-only buffer is never handed to XLA: a consumer of the
@@ -170,16 +198,30 @@ def _host_array(name: str, value: Any) -> np.ndarray:
     )
 
 
+def _pack_f4(name: str, array: np.ndarray) -> Tensor:
+    values = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    if values.size % 2:
+        raise error(
+            f"tensor {name!r}: {values.size} float4_e2m1fn values cannot fill whole bytes "
+            f"(F4 packs two per byte); store an even number of values",
+            "STC_ERR_UNSUPPORTED_DTYPE",
+        )
+    packed = (values[0::2] & 0x0F) | (values[1::2] << 4)
+    return Tensor("F4", tuple(array.shape), packed)
+
+
 def from_array(name: str, value: Any) -> Tensor:
     array = _host_array(name, value)
     if isinstance(array, _dtypes.PackedArray) and array.format_dtype:
         return Tensor(array.format_dtype, array.logical_shape, np.asarray(array).view(np.uint8))
+    if _HAS_FLOAT4 and array.dtype == jax.numpy.float4_e2m1fn:
+        return _pack_f4(name, array)
     code = _dtypes.code_for_dtype(array.dtype)
     if code is None:
         raise error(
             f"tensor {name!r}: dtype {array.dtype} cannot be stored in a safetensors file; "
             "supported: bool, (u)int8-64, float16/32/64, bfloat16, complex64, float8_e5m2, "
-            "float8_e4m3fn, float8_e8m0fnu, float8_e4m3fnuz, float8_e5m2fnuz",
+            "float8_e4m3fn, float8_e8m0fnu, float8_e4m3fnuz, float8_e5m2fnuz, float4_e2m1fn",
             "STC_ERR_UNSUPPORTED_DTYPE",
         )
     if array.dtype.byteorder == ">":

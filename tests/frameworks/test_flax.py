@@ -239,8 +239,8 @@ def test_the_reference_narrows_what_we_refuse(tmp_path):
 # MARK: dtypes JAX lacks
 
 
-@pytest.mark.parametrize("code", ["F4", "F6_E2M3", "F6_E3M2"])
-def test_packed_dtypes_are_refused(tmp_path, code):
+@pytest.mark.parametrize("code", ["F6_E2M3", "F6_E3M2"])
+def test_f6_is_refused(tmp_path, code):
     raw = np.arange(6, dtype=np.uint8).reshape(2, 3)
     path = tmp_path / "p.safetensors"
     safetensors_c.save_file({"p": safetensors_c.packed(raw, code)}, path)
@@ -256,6 +256,70 @@ def test_packed_dtypes_are_refused(tmp_path, code):
     )
 
 
+F4_VALUES = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
+
+needs_float4 = pytest.mark.skipif(not hasattr(jnp, "float4_e2m1fn"),
+                                  reason="this JAX has no float4_e2m1fn")
+
+
+@needs_float4
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_f4_loads_as_float4_low_nibble_first(tmp_path, backend):
+    # bytes 0x10, 0x32, ...: values 0, 1, 2, 3, ... of the table, in order
+    nibbles = np.arange(16, dtype=np.uint8)
+    raw = (nibbles[0::2] | (nibbles[1::2] << 4)).reshape(2, 4)
+    path = tmp_path / "f4.safetensors"
+    safetensors_c.save_file({"p": safetensors_c.packed(raw, "F4")}, path)
+    loaded = stc_flax.load_file(path, backend=backend)["p"]
+    assert loaded.dtype == jnp.float4_e2m1fn and loaded.shape == (2, 8)
+    assert np.array_equal(np.asarray(loaded).astype(np.float32).reshape(-1), F4_VALUES)
+    assert np.signbit(np.asarray(loaded).astype(np.float32).reshape(-1)[8])  # -0.0
+    # saved back: the same bytes
+    assert stc_flax.save({"p": loaded}) == safetensors_c.numpy.save(
+        {"p": safetensors_c.packed(raw, "F4")})
+
+
+@needs_float4
+def test_f4_agrees_with_torch_float4_x2(tmp_path):
+    """PyTorch documents float4_e2m1fn_x2 as (val1 : val0) from MSB to LSB."""
+    torch = pytest.importorskip("torch")
+    import safetensors.torch as ref_torch
+
+    if not hasattr(torch, "float4_e2m1fn_x2"):
+        pytest.skip("this torch has no float4_e2m1fn_x2")
+    packed = torch.tensor([[0x21, 0x43], [0xF0, 0x8A]], dtype=torch.uint8)
+    path = tmp_path / "torch.safetensors"
+    ref_torch.save_file({"w": packed.view(torch.float4_e2m1fn_x2)}, path)
+    ours = stc_flax.load_file(path)["w"]
+    assert ours.shape == (2, 4)
+    assert np.asarray(ours).astype(np.float32).tolist() == [[0.5, 1, 1.5, 2], [0, -6, -1, -0.0]]
+    out = tmp_path / "ours.safetensors"
+    stc_flax.save_file({"w": ours}, out)
+    assert out.read_bytes() == path.read_bytes()
+    theirs = ref_torch.load_file(out)["w"]
+    assert theirs.dtype == torch.float4_e2m1fn_x2
+    assert torch.equal(theirs.view(torch.uint8), packed)
+
+
+@needs_float4
+def test_f4_edge_cases(tmp_path):
+    empty = jnp.zeros((0, 4), jnp.float4_e2m1fn)
+    back = stc_flax.load(stc_flax.save({"e": empty}))["e"]
+    assert back.shape == (0, 4) and back.dtype == jnp.float4_e2m1fn
+    with pytest.raises(SafetensorError, match=r"'o': 3 float4_e2m1fn values cannot fill"):
+        stc_flax.save({"o": jnp.zeros(3, jnp.float4_e2m1fn)})
+    # an odd last dimension is fine when the total is even
+    odd = jnp.asarray(F4_VALUES[:6].reshape(2, 3).astype(ml_dtypes.float4_e2m1fn))
+    again = stc_flax.load(stc_flax.save({"x": odd}))["x"]
+    assert again.shape == (2, 3) and np.array_equal(np.asarray(again), np.asarray(odd))
+    path = tmp_path / "f4.safetensors"
+    stc_flax.save_file({"x": odd}, path)
+    with safe_open(path, framework="jax") as f:
+        assert f.get_tensor("x").shape == (2, 3)
+        with pytest.raises(SafetensorError, match="slicing an F4 tensor is not supported"):
+            f.get_slice("x")[0]
+
+
 @pytest.mark.skipif(not LACKING, reason="this JAX has every float8 type of the format")
 def test_float8_types_this_jax_lacks_are_refused(tmp_path):
     for code, dtype in LACKING.items():
@@ -265,7 +329,7 @@ def test_float8_types_this_jax_lacks_are_refused(tmp_path):
             stc_flax.load_file(path)
 
 
-@pytest.mark.parametrize("dtype", ["int4", "uint4", "float8_e3m4", "float4_e2m1fn", "int2"])
+@pytest.mark.parametrize("dtype", ["int4", "uint4", "float8_e3m4", "float8_e4m3b11fnuz", "int2"])
 def test_jax_dtypes_the_format_lacks_are_refused(dtype):
     if not hasattr(jnp, dtype):
         pytest.skip(f"this JAX has no {dtype}")

@@ -9,8 +9,11 @@ Loading gives eager CPU tensors. A tensor whose bytes are 64-byte aligned
 in memory (TF's requirement) is adopted through DLPack without copying:
 with the default ``backend="mmap"`` it then reads the file's private,
 copy-on-write mapping. Any other tensor, and every float8 tensor, is copied
-once. TF has every dtype of the format except F8_E8M0 and the packed
-F4/F6 types, which raise SafetensorError (load them with ``framework="np"``).
+once. F4 tensors load as ``float4_e2m1fn`` (one value per byte, unpacked
+from the file's two per byte, first value in the low nibble as PyTorch's
+``float4_e2m1fn_x2``; copied twice: unpacked, then into TF) and save back
+packed. TF has every other dtype of the format except F8_E8M0 and F6, which
+raise SafetensorError (load them with ``framework="np"``).
 
 Saving reads each CPU tensor's memory in place (float8 tensors and tensors
 on other devices are copied to the host once). ``tf.Variable`` values are

@@ -11,10 +11,14 @@ which TF's DLPack and bitcast do not handle. The format does not align
 tensors, so whether a tensor of a file is adopted depends on where its
 bytes fall (``8 + N`` and the offsets of the tensors before it).
 
+F4 tensors become ``float4_e2m1fn`` tensors, which hold one value per
+byte: they are unpacked (the file packs two values per byte, the first in
+the low nibble, as PyTorch's ``float4_e2m1fn_x2``), then copied into TF
+(which has no DLPack or bitcast for float4); saving packs them back.
+
 Saving reads each CPU tensor's own memory through DLPack (float8 through
 ``.numpy()``, one copy); a tensor on another device is copied to the host
-once. The packed F4/F6 tensors and F8_E8M0 have no TF equivalent (TF's
-``float4_e2m1fn`` holds one value per byte, the file packs two).
+once. F6 and F8_E8M0 have no TF equivalent.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 import numpy as np
 
+from .. import _dtypes
 from .._checks import error
 from .._writer import Tensor
 
@@ -68,6 +73,7 @@ for _code, _name in (
     ("F64", "float64"),
     ("I64", "int64"),
     ("U64", "uint64"),
+    ("F4", "float4_e2m1fn"),  # one value per byte in TF, two in the file
 ):
     try:
         _TF_BY_CODE[_code] = tf.dtypes.as_dtype(_name)
@@ -83,13 +89,9 @@ _DLPACK_CODES = frozenset(
 
 def check_code(name: str, code: str, shape: tuple) -> None:
     if code not in _TF_BY_CODE:
-        if code == "F4":
-            why = "TensorFlow's float4_e2m1fn holds one value per byte, the file packs two"
-        else:
-            why = f"TensorFlow {tf.__version__} has no such dtype"
         raise error(
-            f"tensor {name!r}: dtype {code} cannot be a TensorFlow tensor ({why}); "
-            f"load it with framework='np' instead",
+            f"tensor {name!r}: dtype {code} cannot be a TensorFlow tensor (TensorFlow "
+            f"{tf.__version__} has no such dtype); load it with framework='np' instead",
             "STC_ERR_UNSUPPORTED_DTYPE",
         )
 
@@ -135,7 +137,39 @@ def _adoptable(array: np.ndarray) -> bool:
     )
 
 
+def _unpack_f4(name: str, packed: Any) -> np.ndarray:
+    """float4_e2m1fn values (one per byte) from F4 bytes, the first value of
+    each byte in its low nibble (PyTorch's float4_e2m1fn_x2 layout)."""
+    if not isinstance(packed, _dtypes.PackedArray) or packed._stored_shape is None:
+        raise error(
+            f"tensor {name!r}: slicing an F4 tensor is not supported for TensorFlow (the "
+            f"file packs two values per byte); load it whole with get_tensor and slice "
+            f"the tf.Tensor",
+            "STC_ERR_UNSUPPORTED_DTYPE",
+        )
+    raw = np.asarray(packed).reshape(-1)
+    out = np.empty(raw.size * 2, np.uint8)
+    out[0::2] = raw & 0x0F
+    out[1::2] = raw >> 4
+    return out.view(_TF_BY_CODE["F4"].as_numpy_dtype).reshape(packed.logical_shape)
+
+
+def _pack_f4(name: str, values: np.ndarray) -> np.ndarray:
+    values = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
+    if values.size % 2:
+        raise error(
+            f"tensor {name!r}: {values.size} float4_e2m1fn values cannot fill whole bytes "
+            f"(F4 packs two per byte); store an even number of values",
+            "STC_ERR_UNSUPPORTED_DTYPE",
+        )
+    return (values[0::2] & 0x0F) | (values[1::2] << 4)
+
+
 def to_array(name: str, code: str, array: np.ndarray, placement: Any) -> tf.Tensor:
+    if code == "F4":
+        # unpacked (a copy), then into TF's memory (a second: TF has no
+        # DLPack or bitcast for float4)
+        array = _unpack_f4(name, array)
     array = np.asarray(array)
     if code in ("BF16", *_DLPACK_CODES) and _adoptable(array):
         # The tensor holds the DLPack capsule, which holds the array and so
@@ -217,6 +251,8 @@ def from_array(name: str, value: Any) -> Tensor:
     if "CPU" not in tensor.device.upper():
         with tf.device("/CPU:0"):
             tensor = tf.identity(tensor)  # the one copy to the host
+    if code == "F4":
+        return Tensor(code, shape, _pack_f4(name, tensor.numpy()))
     if code == "BF16":
         data = np.from_dlpack(tf.bitcast(tensor, tf.uint16))
     elif code in _DLPACK_CODES:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -64,18 +64,28 @@ def _read_digests(metadata: Optional[Dict[str, str]], filename) -> Optional[Dict
     return digests
 
 
-def mismatches(reader) -> Optional[List[str]]:
+def mismatches(
+    reader, progress: Optional[Callable[[int, int], None]] = None
+) -> Optional[List[str]]:
     """Names of tensors of a reader whose digests do not match, sorted; None
     if the file records no digests. A tensor without a digest, and a digest
-    for a tensor the file lacks, count as mismatches."""
+    for a tensor the file lacks, count as mismatches. ``progress(done,
+    total)`` gets the bytes hashed so far after each tensor."""
     digests = _read_digests(reader.metadata(), reader.filename)
     if digests is None:
         return None
-    bad = [
-        name
-        for name in reader.keys()
-        if digests.get(name) is None or tensor_digest(reader.tensor(name)) != digests[name].lower()
-    ]
+    names = reader.keys()
+    spans = [reader.info(name)[3:5] for name in names]
+    total = sum(end - begin for begin, end in spans)
+    done = 0
+    bad = []
+    for name, (begin, end) in zip(names, spans):
+        expected = digests.get(name)
+        if expected is None or tensor_digest(reader.tensor(name)) != expected.lower():
+            bad.append(name)
+        done += end - begin
+        if progress is not None:
+            progress(done, total)
     bad.extend(name for name in digests if name not in reader)
     return sorted(bad)
 

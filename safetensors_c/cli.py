@@ -17,11 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Sequence
+
+import numpy as np
+
+from . import integrity
+from ._display import format_bytes
+from ._open import safe_open
+from ._reader import open_source
+from .convert import ConversionError, convert, convert_sharded
+from .numpy import load_file, save_file
+from .scan import scan
+from .sharded import safe_open_sharded
 
 PROG = "safetensors-c"
 _PROGRESS_MIN_BYTES = 64 << 20
@@ -53,8 +65,6 @@ def _alignment(offset: int, cap: int = 4096) -> int:
 
 
 def _file_rows(path: str, shard: str | None = None) -> tuple[list[dict], dict | None]:
-    from ._reader import open_source
-
     # A path is mapped; a URL costs its header only (one request, two for a
     # header over 256 KiB).
     file = open_source(path)
@@ -82,10 +92,6 @@ def _inspect_data(path: str) -> dict:
     if not _is_sharded(path):
         rows, metadata = _file_rows(path)
         return {"file": path, "metadata": metadata, "tensors": rows}
-    try:
-        from .sharded import safe_open_sharded
-    except ImportError:
-        raise _Failure(f"{path}: sharded checkpoints need safetensors_c.sharded") from None
     directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
     with safe_open_sharded(path) as f:
         weight_map = _value(f.weight_map)
@@ -98,8 +104,6 @@ def _inspect_data(path: str) -> dict:
 
 
 def _format_size(n: int) -> str:
-    from ._display import format_bytes
-
     return format_bytes(n)
 
 
@@ -121,7 +125,7 @@ def _print_table(data: dict) -> None:
                  for i, (c, w) in enumerate(zip(line, widths))]
         print("  ".join(cells).rstrip())
     total = sum(r["size"] for r in rows)
-    print(f"{len(rows)} tensors, {_format_size(total)}")
+    print(f"{_plural(len(rows), 'tensor')}, {_format_size(total)}")
     metadata = data["metadata"]
     if metadata:
         print("metadata:")
@@ -150,30 +154,45 @@ def cmd_inspect(args) -> int:
 # MARK: verify ------------------------------------------------------------------
 
 
-def _verify_one(path: str) -> str:
-    from . import integrity
-    from ._open import safe_open
-
-    if _is_sharded(path):
-        data = _inspect_data(path)
-        return f"{len(data['tensors'])} tensors (sharded)"
+def _verify_file(path: str, quiet: bool, label: str | None = None) -> tuple[int, bool]:
+    """Validates one file and checks its recorded digests; (tensors, digests checked)."""
     with safe_open(path, framework="np") as f:
         count = len(f)
         has_digests = integrity.DIGEST_KEY in (f.metadata() or {})
     if not has_digests:
-        return f"{count} tensors"
-    bad = integrity.verify_digests(path)
+        return count, False
+    update, bar = _progress_bar(os.path.getsize(path), f"Verifying {label or path}", quiet)
+    try:
+        bad = integrity.verify_digests(path, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
     if bad:
         shown = ", ".join(repr(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        raise _Failure(f"SHA-256 mismatch for {len(bad)} tensor(s): {shown}")
-    return f"{count} tensors, digests verified"
+        raise _Failure(f"SHA-256 mismatch for {_plural(len(bad), 'tensor')}: {shown}")
+    return count, True
+
+
+def _verify_one(path: str, quiet: bool = False) -> str:
+    if _is_sharded(path):
+        directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+        with safe_open_sharded(path) as f:  # the index against every shard's header
+            shards = f.shard_files
+            count = len(f)
+        checked = 0
+        for shard in shards:
+            checked += _verify_file(os.path.join(directory, shard), quiet, shard)[1]
+        digests = f", digests verified in {checked} of {len(shards)} shards" if checked else ""
+        return f"{_plural(count, 'tensor')} in {_plural(len(shards), 'shard')}{digests}"
+    count, checked = _verify_file(path, quiet)
+    return _plural(count, "tensor") + (", digests verified" if checked else "")
 
 
 def cmd_verify(args) -> int:
     status = 0
     for path in args.files:
         try:
-            summary = _verify_one(path)
+            summary = _verify_one(path, args.quiet)
         except (OSError, ValueError, _Failure) as exc:
             message = _one_line(exc)
             if not message.startswith(path):
@@ -240,8 +259,6 @@ def _parse_metadata(items: Sequence[str]) -> dict[str, str] | None:
 
 
 def cmd_convert(args) -> int:
-    from .convert import ConversionError, convert, convert_sharded
-
     directory_source = os.path.isdir(args.src) or args.src.endswith(".json")
     if directory_source and (args.max_shard_size is not None or args.select is not None):
         option = "--max-shard-size" if args.max_shard_size is not None else "--select"
@@ -285,8 +302,6 @@ def cmd_convert(args) -> int:
 
 
 def cmd_scan(args) -> int:
-    from .scan import scan
-
     status = 0
     reports = []
     for path in args.files:
@@ -320,12 +335,6 @@ def _source_benchmark() -> str | None:
 
 
 def _builtin_bench() -> int:
-    import pickle
-
-    import numpy as np
-
-    from .numpy import load_file, save_file
-
     rng = np.random.default_rng(0)
     tensors = {f"layer.{i}.weight": rng.standard_normal((256, 256), dtype=np.float32)
                for i in range(64)}
@@ -385,6 +394,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="validate files strictly (and their digests)")
     s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("convert", help="convert a checkpoint without executing it")

@@ -16,7 +16,7 @@ copy of the data. Every framework's arrays can be saved with digests.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import _frameworks
 from ._digests import DIGEST_KEY, add_digests, check_digests, mismatches, tensor_digest
@@ -51,15 +51,16 @@ def has_digests(filename) -> bool:
         return DIGEST_KEY in (f.metadata() or {})
 
 
-def verify_digests(filename) -> List[str]:
+def verify_digests(filename, *, progress: Optional[Callable[[int, int], None]] = None) -> List[str]:
     """Names of tensors whose bytes do not match their recorded SHA-256, sorted.
 
     A tensor without a recorded digest, and a digest for a tensor the file
     lacks, count as mismatches too. Raises ``ValueError`` if the file
-    records no digests at all.
+    records no digests at all. ``progress(done, total)`` is called with the
+    bytes hashed so far after each tensor.
     """
     with safe_open(filename, framework="np") as f:
-        bad = mismatches(f._handle())
+        bad = mismatches(f._handle(), progress=progress)
     if bad is None:
         raise ValueError(f"{filename}: the file records no tensor digests ({DIGEST_KEY})")
     return bad

@@ -125,4 +125,37 @@ def test_inspect_and_verify_sharded(tmp_path, capsys):
     assert sorted(r["name"] for r in rows) == sorted(tensors)
     assert len({r["file"] for r in rows}) > 1
     assert main(["verify", str(tmp_path / "ckpt")]) == 0
-    assert "4 tensors (sharded)" in capsys.readouterr().out
+    assert "4 tensors in 4 shards" in capsys.readouterr().out
+
+
+def test_verify_checks_the_digests_of_every_shard(tmp_path, capsys):
+    from safetensors_c import integrity
+
+    for i in range(2):
+        integrity.save_file_with_digests(
+            {f"t{i}": np.full(64, i, np.float32)}, tmp_path / f"model-0000{i + 1}-of-00002.safetensors"
+        )
+    index = {"metadata": {"total_size": 512},
+             "weight_map": {"t0": "model-00001-of-00002.safetensors",
+                            "t1": "model-00002-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert main(["verify", "--quiet", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 tensors in 2 shards, digests verified in 2 of 2 shards" in out
+    shard = tmp_path / "model-00002-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert main(["verify", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "SHA-256 mismatch for 1 tensor: 't1'" in err
+
+
+def test_verify_digests_reports_progress_in_bytes(tmp_path):
+    from safetensors_c import integrity
+
+    path = tmp_path / "d.safetensors"
+    integrity.save_file_with_digests({"a": np.ones(10, np.float32), "b": np.ones(6)}, path)
+    calls = []
+    assert integrity.verify_digests(path, progress=lambda done, total: calls.append((done, total))) == []
+    assert calls == [(40, 88), (88, 88)]

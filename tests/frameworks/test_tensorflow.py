@@ -667,3 +667,23 @@ def test_keras_weights_round_trip(tmp_path):
     for variable, name in zip(other.weights, weights):
         variable.assign(loaded[name])
     np.testing.assert_array_equal(other(x).numpy(), expected.numpy())
+
+
+def test_adopted_tensors_alive_at_exit_are_freed_cleanly(tmp_path, helpers):
+    # the DLPack deleter runs when TF frees the buffer, possibly during
+    # interpreter shutdown: the process must still exit normally
+    import subprocess
+    import sys
+
+    path = helpers.save_aligned(_aligned_tensors(), tmp_path / "aligned.safetensors")
+    script = (
+        "import sys, tensorflow as tf, safetensors_c, safetensors_c.tensorflow as st\n"
+        "d = st.load_file(sys.argv[1])\n"
+        "f = safetensors_c.safe_open(sys.argv[1], framework='tf')\n"
+        "rows, b = f.get_slice('a')[2:4], f.get_tensor('b')\n"
+        "print(int(tf.reduce_sum(tf.cast(d['d'], tf.int64))) >= 0, rows.shape, b.dtype.name)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "(2,", "16)", "bfloat16"]

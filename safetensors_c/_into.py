@@ -26,7 +26,7 @@ from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _dtypes
-from ._core import SafetensorError
+from ._checks import error
 
 __all__ = [
     "Destination",
@@ -127,24 +127,27 @@ def check_destinations(reader: Any, destinations: Mapping[str, Any]) -> List[_Ta
         if not isinstance(name, str):
             raise TypeError(f"tensor names are str, not {type(name).__name__}")
         if name not in reader:
-            raise SafetensorError(f"{prefix}no tensor named {name!r} in this file")
+            raise error(f"{prefix}no tensor named {name!r} in this file", "STC_ERR_NO_SUCH_TENSOR")
         code, shape, _, begin, end = reader.info(name)
         buffer, want_code, want_shape = _expected(name, value)
         if want_code is not None and want_code != code:
-            raise SafetensorError(
+            raise error(
                 f"{prefix}tensor {name!r}: the file holds {code}, the destination expects "
-                f"{want_code}"
+                f"{want_code}",
+                "STC_ERR_DTYPE_MISMATCH",
             )
         if want_shape is not None and tuple(want_shape) != tuple(shape):
-            raise SafetensorError(
+            raise error(
                 f"{prefix}tensor {name!r}: the file's shape is {_fmt_shape(shape)}, the "
-                f"destination's is {_fmt_shape(want_shape)}"
+                f"destination's is {_fmt_shape(want_shape)}",
+                "STC_ERR_SHAPE_MISMATCH",
             )
         view = _byte_view(name, buffer)
         if view.nbytes != end - begin:
-            raise SafetensorError(
+            raise error(
                 f"{prefix}tensor {name!r} holds {end - begin} bytes; its destination has "
-                f"{view.nbytes}"
+                f"{view.nbytes}",
+                "STC_ERR_SIZE_MISMATCH",
             )
         targets.append(_Target(name, view, begin, end - begin))
     _check_disjoint(targets)

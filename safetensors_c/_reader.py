@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core, _display, _dtypes, _remote
-from ._checks import check_backend
+from ._checks import check_backend, error
 from ._core import SafetensorError
 
 __all__ = ["SliceIndexError", "TensorSlice", "as_source", "open_source"]
@@ -135,7 +135,7 @@ class FileObjectSource:
 
     def __init__(self, file: Any, name: Optional[str] = None) -> None:
         if not getattr(file, "seekable", lambda: True)():
-            raise SafetensorError("the file object must be seekable to read a safetensors file")
+            raise error("the file object must be seekable to read a safetensors file")
         self._file = file
         self._lock = threading.Lock()
         self.name = name or f"<{type(file).__name__}>"
@@ -155,9 +155,10 @@ class FileObjectSource:
                 left -= len(chunk)
         data = b"".join(chunks)
         if len(data) != length:
-            raise SafetensorError(
+            raise error(
                 f"{self.name}: the file ended after {len(data)} of the {length} bytes at "
-                f"offset {offset} (it is shorter than when it was opened)"
+                f"offset {offset} (it is shorter than when it was opened)",
+                "STC_ERR_FILE_CHANGED",
             )
         return data
 
@@ -214,9 +215,10 @@ class SourceReader:
             chunks = [self.source.read_at(offset, length) for offset, length in absolute]
         for (offset, length), chunk in zip(absolute, chunks):
             if len(chunk) != length:
-                raise SafetensorError(
+                raise error(
                     f"{self.filename}: got {len(chunk)} bytes instead of {length} at offset "
-                    f"{offset}"
+                    f"{offset}",
+                    "STC_ERR_FILE_CHANGED",
                 )
         return chunks
 
@@ -276,7 +278,7 @@ def _runs(offset: int, shape: tuple, strides: tuple, itemsize: int, limit: int):
     low = offset + sum(s * (n - 1) for n, s in dims if s < 0)
     high = offset + sum(s * (n - 1) for n, s in dims if s > 0) + run
     if low < 0 or high > limit:
-        raise SafetensorError("strided view is outside the tensor")
+        raise error("strided view is outside the tensor")
     starts = np.array([offset], dtype=np.int64)
     for n, s in dims:
         starts = (starts[:, None] + np.arange(n, dtype=np.int64) * s).reshape(-1)

@@ -33,7 +33,6 @@ Every loop here is bounded: retries, redirects, parts, bytes read.
 from __future__ import annotations
 
 import base64
-import errno
 import http.client
 import re
 import socket

@@ -18,8 +18,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 import numpy as np
 
 from . import _core, _dtypes
-from ._checks import check_metadata, check_tensor_name, fs_path
-from ._core import SafetensorError
+from ._checks import check_metadata, check_tensor_name, error, fs_path
 
 __all__ = [
     "Tensor",
@@ -111,14 +110,15 @@ class TensorSpec:
         if code is None and dtype in _dtypes.SUPPORTED_CODES:
             code = dtype
         if code is None:
-            raise SafetensorError(
+            raise error(
                 f"dtype {dtype!r} is not one a safetensors file can hold; use one of "
-                + ", ".join(_CODE_BY_DTYPE_NAME)
+                + ", ".join(_CODE_BY_DTYPE_NAME),
+                "STC_ERR_UNSUPPORTED_DTYPE",
             )
         dims = [_non_negative(d, "shape entries") for d in shape]
         if dtype == "float4_e2m1fn_x2":
             if not dims:
-                raise SafetensorError("a float4_e2m1fn_x2 tensor needs at least one dimension")
+                raise error("a float4_e2m1fn_x2 tensor needs at least one dimension")
             dims[-1] *= 2
         self.dtype = code
         self.shape = dims
@@ -136,7 +136,7 @@ class TensorSpec:
             data = np.empty(0, np.uint8)
         else:
             if self.data_ptr == 0:
-                raise SafetensorError("a TensorSpec with data must have a non-null data_ptr")
+                raise error("a TensorSpec with data must have a non-null data_ptr")
             raw = (ctypes.c_uint8 * self.data_len).from_address(self.data_ptr)
             data = np.frombuffer(raw, dtype=np.uint8)
         return Tensor(self.dtype, tuple(self.shape), data)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 import numpy as np
 
 from . import _core, _dtypes
-from ._core import SafetensorError
+from ._checks import error
 from ._frameworks import adapter_for
 from ._into import run_parallel
 
@@ -118,12 +118,10 @@ def _dim_of(plan: Optional[Plan], name: str, code: str, shape: Tuple[int, ...]) 
     dim = int(dim)
     ndim = len(shape)
     if not -ndim <= dim < ndim:
-        raise SafetensorError(
-            f"tensor {name!r} of shape {list(shape)} has no dimension {dim} to split"
-        )
+        raise error(f"tensor {name!r} of shape {list(shape)} has no dimension {dim} to split")
     dim %= ndim
     if code in _dtypes.PACKED_BITS and dim == ndim - 1:
-        raise SafetensorError(
+        raise error(
             f"tensor {name!r}: {code} packs several values per byte along its last dimension, "
             "which cannot be split between ranks; split another dimension"
         )
@@ -138,8 +136,9 @@ def _tensors(sources: Sequence[_Source], plan: Optional[Plan], adapter: Any) -> 
         start = reader.data_start
         for name in reader.offset_keys():
             if name in seen:
-                raise SafetensorError(
-                    f"tensor {name!r} is in both {seen[name]} and {source.path}"
+                raise error(
+                    f"tensor {name!r} is in both {seen[name]} and {source.path}",
+                    "STC_ERR_INVALID_INDEX",
                 )
             seen[name] = source.path
             code, shape, np_shape, begin, end = reader.info(name)
@@ -172,9 +171,10 @@ def _pread_into(source: _Source, dst: np.ndarray, offset: int) -> None:
     while done < len(view):
         got = os.preadv(source.fd, [view[done:]], offset + done)
         if got == 0:
-            raise SafetensorError(
+            raise error(
                 f"{source.path}: the file ended at byte {offset + done}; it is shorter "
-                "than when it was opened"
+                "than when it was opened",
+                "STC_ERR_FILE_CHANGED",
             )
         done += got
 
@@ -273,9 +273,10 @@ def _check_same_everywhere(torch: Any, dist: Any, group: Any, world: int, mark: 
     every = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(every, mine, group=group)
     if any(int(t.item()) != mark for t in every):
-        raise SafetensorError(
+        raise error(
             "the ranks opened different files (or different versions of them); every rank "
-            "must load the same checkpoint"
+            "must load the same checkpoint",
+            "STC_ERR_FILE_CHANGED",
         )
 
 

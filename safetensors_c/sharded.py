@@ -671,9 +671,7 @@ def _load_distributed(path, prefix, storage_options, framework, device, plan, ma
     alone (opening them here would read every header with read-ahead on this
     rank's account); distributed.load_files opens and validates each."""
     if (isinstance(path, str) and _remote.is_url(path)) or storage_options is not None:
-        raise SafetensorError(
-            "process_group= reads local files (or files on a shared file system), not URLs"
-        )
+        raise error("process_group= reads local files (or files on a shared file system), not URLs")
     directory, index_path, single = _locate(path, prefix)
     if index_path is None:
         files = [_join(directory, single)]

@@ -18,6 +18,7 @@ it first. Shared, non-contiguous and sparse tensors are refused exactly as
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 try:
@@ -29,7 +30,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from . import _frameworks, _into, distributed, sharded
-from ._adapters.torch import (
+# The shared-tensor helpers keep the reference module's names: transformers,
+# accelerate and peft import them from here.
+from ._adapters.torch import (  # noqa: F401 - re-exported
     _CODE_BY_TORCH,
     _TORCH_BY_CODE,
     _end_ptr,
@@ -478,11 +481,9 @@ def load_sharded(
 
 
 # ---------------------------------------------------------------------------
-# MARK: client-facing extras (owner: the compatibility switch, safetensors_c.compat)
+# MARK: client-facing extras
 # Names that programs import from ``safetensors.torch`` beyond its documented API, found by
 # reading the clients' sources (docs/compat.md lists which client uses which).
-
-import sys  # noqa: E402  (only this section needs it)
 
 
 def _to_ndarray(tensor: torch.Tensor) -> Tuple[Any, torch.Tensor]:

@@ -133,3 +133,14 @@ def test_core_includes_no_python():
         str(p) for p in core.glob("*.[ch]") if "Python.h" in p.read_text() or "numpy/" in p.read_text()
     ]
     assert not offenders
+
+
+def test_every_safetensor_error_is_raised_with_a_code():
+    """One stable scheme: Python code raises SafetensorError through
+    _checks.error(message, code), as the C binding always sets `code`."""
+    bare = []
+    for name, path in modules():
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if "raise SafetensorError(" in line:
+                bare.append(f"safetensors_c/{name}.py:{lineno}")
+    assert not bare, "use _checks.error(message, code):\n" + "\n".join(bare)

@@ -78,14 +78,14 @@ def model_config(size_mib: int):
     per_layer = 12 * d * d * 4
     layers = max(1, round((size_mib * 2**20 - 2 * vocab * d * 4) / per_layer))
     return GPT2Config(vocab_size=vocab, n_positions=256, n_embd=d, n_layer=layers, n_head=16,
-                      tie_word_embeddings=False)
+                      tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
 
 
 def tiny_config():
     from transformers import GPT2Config
 
     return GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2,
-                      tie_word_embeddings=False)
+                      tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
 
 
 def build(directory: str, size_mib: int) -> None:

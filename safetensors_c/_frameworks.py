@@ -78,7 +78,7 @@ def save_file(
     neutral = to_neutral(adapter_for(framework), tensors)
     path = fs_path(filename)
     if digests:
-        metadata = add_digests({name: t.data for name, t in neutral.items()}, metadata)
+        metadata = add_digests(neutral, metadata)  # code, shape and bytes of each
     _writer.write(neutral, metadata, path)
 
 

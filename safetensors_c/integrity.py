@@ -1,17 +1,28 @@
-"""SHA-256 digests of each tensor, kept in the file's ``__metadata__``.
+"""Digests of each tensor and of the metadata, kept in the file's ``__metadata__``.
 
     from safetensors_c.integrity import save_file_with_digests, verify_digests
 
     save_file_with_digests({"w": w}, "model.safetensors")
     assert verify_digests("model.safetensors") == []    # names of bad tensors
 
-The digests live under one metadata key, :data:`DIGEST_KEY`
-(``"safetensors_c.sha256"``), whose value is compact JSON mapping each
-tensor name to the lowercase hex SHA-256 of the tensor's bytes exactly as
-stored in the file (C order, little-endian; for F4/F6 the packed bytes).
-Any reader can check them with a JSON parser and hashlib. Verification
-hashes the mapped file in place: a memoryview of each zero-copy array, no
-copy of the data. Every framework's arrays can be saved with digests.
+Files are written with two entries (see :mod:`safetensors_c._digests` for the
+exact records): :data:`DIGEST_KEY_V2` (``"safetensors_c.digests.v2"``, scheme
+``"sha256-record-v2"``) binds each tensor's name, dtype, shape and bytes in
+one record and the rest of the metadata in another, so a dtype or shape
+rewritten in the header, a renamed tensor or an edited metadata value fails
+verification; :data:`DIGEST_KEY` (``"safetensors_c.sha256"``, scheme
+``"sha256-bytes-v1"``) holds the SHA-256 of each tensor's bytes, as earlier
+releases wrote it. Files with only the v1 entry still verify, and
+:func:`digest_scheme` says which scheme a file uses. Digest entries that
+repeat a key, carry other fields or other than 64 lowercase hex digits are
+refused. Verification hashes the mapped file in place, without a copy.
+
+These digests are not keyed: they detect corruption, truncation and edits by
+tools that do not know them, not a forger who can rewrite the file and its
+digests together. There is no keyed (HMAC) mode: a key would have to reach
+every reader as securely as a digest can, so compare the recorded v2 entry
+(or the whole file's SHA-256) with one obtained from a channel you trust, or
+sign the file with a signing tool.
 """
 
 from __future__ import annotations
@@ -19,14 +30,34 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional
 
 from . import _frameworks
-from ._digests import DIGEST_KEY, add_digests, check_digests, mismatches, tensor_digest
+from ._digests import (
+    DIGEST_KEY,
+    DIGEST_KEY_V2,
+    METADATA_NAME,
+    SCHEME_V1,
+    SCHEME_V2,
+    add_digests,
+    check_digests,
+    mismatches,
+    metadata_digest,
+    tensor_digest,
+    tensor_record_digest,
+)
+from ._digests import digest_scheme as _scheme_of
 from ._open import safe_open
 
 __all__ = [
     "DIGEST_KEY",
+    "DIGEST_KEY_V2",
+    "METADATA_NAME",
+    "SCHEME_V1",
+    "SCHEME_V2",
     "add_digests",
     "check_digests",
+    "digest_scheme",
     "has_digests",
+    "metadata_digest",
+    "tensor_record_digest",
     "save_file_with_digests",
     "tensor_digest",
     "verify_digests",
@@ -46,16 +77,25 @@ def save_file_with_digests(
 
 
 def has_digests(filename) -> bool:
-    """True if the file records tensor digests."""
+    """True if the file records tensor digests (either scheme)."""
+    return digest_scheme(filename) is not None
+
+
+def digest_scheme(filename) -> Optional[str]:
+    """``"sha256-record-v2"``, ``"sha256-bytes-v1"`` (tensor bytes only, as older
+    files have), or None when the file records no digests."""
     with safe_open(filename, framework="np") as f:
-        return DIGEST_KEY in (f.metadata() or {})
+        return _scheme_of(f.metadata())
 
 
 def verify_digests(filename, *, progress: Optional[Callable[[int, int], None]] = None) -> List[str]:
-    """Names of tensors whose bytes do not match their recorded SHA-256, sorted.
+    """Names of tensors whose name, dtype, shape or bytes do not match their
+    recorded digests, sorted; ``"__metadata__"`` (:data:`METADATA_NAME`) among
+    them when the metadata does not match (v2).
 
     A tensor without a recorded digest, and a digest for a tensor the file
-    lacks, count as mismatches too. Raises ``ValueError`` if the file
+    lacks, count as mismatches too. Malformed digest entries raise
+    ``SafetensorError`` (code ``STC_ERR_INVALID_DIGESTS``). Raises ``ValueError`` if the file
     records no digests at all. ``progress(done, total)`` is called with the
     bytes hashed so far after each tensor.
     """

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import integrity
+from ._digests import digest_scheme
 from ._display import format_bytes
 from ._open import safe_open
 from ._reader import open_source
@@ -158,8 +159,8 @@ def _verify_file(path: str, quiet: bool, label: str | None = None) -> tuple[int,
     """Validates one file and checks its recorded digests; (tensors, digests checked)."""
     with safe_open(path, framework="np") as f:
         count = len(f)
-        has_digests = integrity.DIGEST_KEY in (f.metadata() or {})
-    if not has_digests:
+        scheme = digest_scheme(f.metadata())  # either key: v2 records or v1 bytes
+    if scheme is None:
         return count, False
     update, bar = _progress_bar(os.path.getsize(path), f"Verifying {label or path}", quiet)
     try:

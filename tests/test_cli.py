@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from safetensors_c import load_file, save_file
+from safetensors_c import safe_open as safe_open_np
 from safetensors_c.cli import main
 from safetensors_c.integrity import save_file_with_digests
 
@@ -159,3 +160,19 @@ def test_verify_digests_reports_progress_in_bytes(tmp_path):
     calls = []
     assert integrity.verify_digests(path, progress=lambda done, total: calls.append((done, total))) == []
     assert calls == [(40, 88), (88, 88)]
+
+
+def test_verify_checks_the_v2_records_that_bind_the_metadata(tmp_path, capsys):
+    from safetensors_c import integrity
+
+    path = tmp_path / "v2.safetensors"
+    integrity.save_file_with_digests({"w": np.arange(8, dtype=np.float32)}, path)
+    assert main(["verify", str(path)]) == 0
+    assert "digests verified" in capsys.readouterr().out
+    with safe_open_np(path) as f:
+        metadata = f.metadata()
+        tensors = {"w": f.get_tensor("w")}
+    metadata["note"] = "added after saving"  # the bytes are untouched, the metadata is not
+    save_file(tensors, path, metadata=metadata)
+    assert main(["verify", str(path)]) == 1
+    assert "SHA-256 mismatch for 1 tensor: '__metadata__'" in capsys.readouterr().err

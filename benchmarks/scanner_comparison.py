@@ -60,8 +60,12 @@ def run_picklescan(path: str) -> str:
 
 def run_fickling(path: str) -> str:
     try:
-        proc = subprocess.run([sys.executable, "-m", "fickling", "--check-safety", path],
-                              capture_output=True, text=True, timeout=300)
+        # fickling writes safety_results.json into its working directory: keep it
+        # next to the file scanned, never in the caller's tree.
+        proc = subprocess.run([sys.executable, "-m", "fickling", "--check-safety",
+                               os.path.abspath(path)],
+                              capture_output=True, text=True, timeout=300,
+                              cwd=os.path.dirname(os.path.abspath(path)))
     except subprocess.TimeoutExpired:
         return ERROR
     return {0: CLEAN, 1: FLAGGED}.get(proc.returncode, ERROR)

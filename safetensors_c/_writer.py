@@ -12,7 +12,10 @@ with the same meaning.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
+import tempfile
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -22,6 +25,7 @@ from ._checks import check_metadata, check_tensor_name, error, fs_path
 
 __all__ = [
     "Tensor",
+    "write_text_atomic",
     "TensorSpec",
     "deserialize",
     "serialize",
@@ -58,6 +62,23 @@ def write(
         shapes.append(tuple(int(d) for d in tensor.shape))
         arrays.append(tensor.data)
     return _core.save(names, codes, shapes, arrays, metadata, path)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes a small text file (an index) atomically: a temporary file in the
+    same directory, flushed to disk, then renamed over ``path``."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # MARK: the reference's raw-bytes API ----------------------------------------

@@ -53,7 +53,6 @@ import re
 import shutil
 import stat
 import struct
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -916,21 +915,6 @@ def _locate_bin(src: str) -> tuple[str, str | None, str | None]:
     raise ConversionError(f"{src}: expected a model directory or a *.bin.index.json")
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def convert_sharded(
     src,
     dst,
@@ -1043,7 +1027,7 @@ def convert_sharded(
     out_index = {"metadata": out_index_meta,
                  "weight_map": {k: out_map[k] for k in sorted(out_map)}}
     index_out = os.path.join(dst_dir, safetensors_name(os.path.basename(index_path)))
-    _write_text_atomic(index_out, json.dumps(out_index, indent=2, sort_keys=True) + "\n")
+    _writer.write_text_atomic(index_out, json.dumps(out_index, indent=2, sort_keys=True) + "\n")
     written.append(index_out)
     skip = {os.path.basename(index_path), *by_shard, *map(os.path.basename, written)}
     written += _copy_side_files(directory, dst_dir, copy_side_files, skip)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import urllib.parse
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -119,23 +118,6 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 _POPULATE_PIECE = 64 << 20
 
 
-def _write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save_sharded(
     tensors: Mapping[str, Any],
     directory: Union[str, os.PathLike],
@@ -185,7 +167,7 @@ def save_sharded(
         )
     index_path = os.path.join(directory, prefix + INDEX_SUFFIX)
     if count > 1:
-        _write_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        _writer.write_text_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
     _remove_stale(directory, prefix, set(files), remove_index=count == 1)
     return index
 

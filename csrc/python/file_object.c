@@ -39,6 +39,19 @@ static int parse_backend(PyObject *backend, stc_backend *out) {
     return -1;
 }
 
+/* The last step of every opening: the owner takes the core's file, or the
+ * core's error is raised and the half-made owner released. */
+static PyObject *finish_open(module_state *st, file_object *f, stc_status status,
+                             stc_file *file, const stc_error *error, PyObject *filename) {
+    if (status != STC_OK) {
+        raise_core_error(st, error, filename);
+        Py_DECREF(f);
+        return NULL;
+    }
+    f->file = file;
+    return (PyObject *)f;
+}
+
 PyObject *open_path(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"filename", "backend", "max_header_size", NULL};
     module_state *st = state_of_module(module);
@@ -73,13 +86,7 @@ PyObject *open_path(PyObject *module, PyObject *args, PyObject *kwargs) {
     status = stc_open(path, &options, &file, &error);
     Py_END_ALLOW_THREADS
     Py_DECREF(path_bytes);
-    if (status != STC_OK) {
-        raise_core_error(st, &error, f->filename);
-        Py_DECREF(f);
-        return NULL;
-    }
-    f->file = file;
-    return (PyObject *)f;
+    return finish_open(st, f, status, file, &error, f->filename);
 }
 
 PyObject *open_buffer(PyObject *module, PyObject *args, PyObject *kwargs) {
@@ -111,13 +118,7 @@ PyObject *open_buffer(PyObject *module, PyObject *args, PyObject *kwargs) {
     Py_BEGIN_ALLOW_THREADS
     status = stc_open_memory(f->image.buf, (size_t)f->image.len, &options, &file, &error);
     Py_END_ALLOW_THREADS
-    if (status != STC_OK) {
-        raise_core_error(st, &error, NULL);
-        Py_DECREF(f);
-        return NULL;
-    }
-    f->file = file;
-    return (PyObject *)f;
+    return finish_open(st, f, status, file, &error, NULL);
 }
 
 PyObject *open_fd(PyObject *module, PyObject *args, PyObject *kwargs) {
@@ -145,13 +146,7 @@ PyObject *open_fd(PyObject *module, PyObject *args, PyObject *kwargs) {
     Py_BEGIN_ALLOW_THREADS
     status = stc_open_fd(fd, &options, &file, &error);
     Py_END_ALLOW_THREADS
-    if (status != STC_OK) {
-        raise_core_error(st, &error, f->filename);
-        Py_DECREF(f);
-        return NULL;
-    }
-    f->file = file;
-    return (PyObject *)f;
+    return finish_open(st, f, status, file, &error, f->filename);
 }
 
 PyObject *header_length(PyObject *module, PyObject *args, PyObject *kwargs) {
@@ -203,13 +198,7 @@ PyObject *open_header(PyObject *module, PyObject *args, PyObject *kwargs) {
     status = stc_open_header(head.buf, (size_t)head.len, file_size, &options, &file, &error);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&head);
-    if (status != STC_OK) {
-        raise_core_error(st, &error, f->filename);
-        Py_DECREF(f);
-        return NULL;
-    }
-    f->file = file;
-    return (PyObject *)f;
+    return finish_open(st, f, status, file, &error, f->filename);
 }
 
 /* MARK: - Lookups */

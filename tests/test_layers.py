@@ -144,3 +144,19 @@ def test_every_safetensor_error_is_raised_with_a_code():
             if "raise SafetensorError(" in line:
                 bare.append(f"safetensors_c/{name}.py:{lineno}")
     assert not bare, "use _checks.error(message, code):\n" + "\n".join(bare)
+
+
+def test_every_subpackage_is_installed():
+    """`pip install .` ships only the packages pyproject.toml lists."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    found = {
+        ".".join(("safetensors_c",) + p.parent.relative_to(PACKAGE).parts)
+        for p in PACKAGE.rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"

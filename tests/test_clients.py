@@ -41,6 +41,9 @@ def child_env(switch: str | None) -> dict[str, str]:
     env["HF_HUB_DISABLE_TELEMETRY"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["PYTHONWARNINGS"] = "ignore::FutureWarning"
+    # Clients write sets of strings into their configs (peft's target_modules): one hash seed
+    # for both runs, so those files come out in the same order.
+    env["PYTHONHASHSEED"] = "0"
     return env
 
 

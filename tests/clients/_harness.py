@@ -141,7 +141,7 @@ def file_digest(path: Path) -> str:
     header with the metadata in sorted order plus its data.
 
     The reference keeps metadata in a hash map, so with several keys its order changes from
-    run to run (../shared/FORMAT.md): only those files are compared modulo that order.
+    run to run: only those files are compared modulo that order.
     """
     raw = path.read_bytes()
     if path.suffix == ".safetensors" and len(raw) >= 8:

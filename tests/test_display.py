@@ -90,3 +90,20 @@ def test_loaded_dicts_display_as_tables(tmp_path):
         html = loaded._repr_html_()
         assert "w&lt;script&gt;" in html and "<script>" not in html
         assert "<td>F32</td><td>[2, 3]</td><td>24 B</td>" in html
+
+
+def test_sharded_handle_displays_a_table_and_completes_keys(tmp_path):
+    tensors = {f"layer{i}": np.zeros((4, 4), np.float32) for i in range(3)}
+    tensors[EVIL] = np.ones(4, np.int16)
+    safetensors_c.save_sharded(tensors, tmp_path, max_shard_size=100, progress=False)
+    with safetensors_c.safe_open_sharded(tmp_path) as f:
+        html = f._repr_html_()
+        assert f._ipython_key_completions_() == sorted(tensors)
+        np.testing.assert_array_equal(f["layer1"], tensors["layer1"])
+        shards = f.shard_files
+    assert len(shards) >= 3
+    assert EVIL not in html and "&lt;script&gt;" in html
+    assert f"4 tensors in {len(shards)} shards" in html
+    for name in ("layer0", shards[0], "F32", "[4, 4]"):
+        assert name in html
+    assert "closed" in f._repr_html_()

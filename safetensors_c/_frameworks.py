@@ -85,19 +85,26 @@ def save_file(
 # MARK: loading ---------------------------------------------------------------
 
 
-def load_reader(framework: str, reader: Any, device: Any = "cpu") -> Dict[str, Any]:
-    """Every tensor of an open reader, in file order, as ``framework`` arrays."""
-    adapter = adapter_for(framework)
-    placement = adapter.placement(device)
+def tensors_of(adapter: ModuleType, placement: Any, reader: Any) -> Dict[str, Any]:
+    """Every tensor of an open reader, in file order, as the adapter's arrays.
+    Every dtype is checked against the framework before any tensor is read."""
     names = reader.offset_keys()
+    codes = []
     for name in names:
         code, shape = reader.info(name)[:2]
         adapter.check_code(name, code, shape)
+        codes.append(code)
     arrays = reader.tensors()
     return {
-        name: adapter.to_array(name, reader.info(name)[0], arrays[name], placement)
-        for name in names
+        name: adapter.to_array(name, code, arrays[name], placement)
+        for name, code in zip(names, codes)
     }
+
+
+def load_reader(framework: str, reader: Any, device: Any = "cpu") -> Dict[str, Any]:
+    """Every tensor of an open reader, in file order, as ``framework`` arrays."""
+    adapter = adapter_for(framework)
+    return tensors_of(adapter, adapter.placement(device), reader)
 
 
 def load(framework: str, data: Any, device: Any = "cpu") -> Dict[str, Any]:

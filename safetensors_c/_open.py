@@ -15,7 +15,7 @@ import numpy as np
 from . import _display
 from ._checks import error
 from ._digests import check_digests
-from ._frameworks import adapter_for
+from ._frameworks import adapter_for, tensors_of
 from ._reader import TensorSlice, as_source, open_file_object, open_source
 
 __all__ = ["FrameworkSlice", "safe_open", "_safe_open_handle"]
@@ -56,9 +56,7 @@ class safe_open:
         storage_options: Optional[Dict[str, Any]] = None,
     ) -> None:
         self._file = None
-        self._adapter = adapter_for(framework)
-        self._placement = self._adapter.placement(device)
-        self._backend = backend
+        self._set_framework(framework, device, backend)
         self._file = open_source(
             as_source(filename),
             backend=backend,
@@ -72,11 +70,16 @@ class safe_open:
     def _from_reader(cls, reader, framework: str = "np", device: Any = "cpu",
                      backend: str = "mmap") -> "safe_open":
         self = cls.__new__(cls)
+        self._file = None
+        self._set_framework(framework, device, backend)
+        self._file = reader
+        return self
+
+    def _set_framework(self, framework: str, device: Any, backend: str) -> None:
+        """The adapter and its placement, checked before any file is opened."""
         self._adapter = adapter_for(framework)
         self._placement = self._adapter.placement(device)
         self._backend = backend
-        self._file = reader
-        return self
 
     # -- lifetime -------------------------------------------------------
 
@@ -125,16 +128,7 @@ class safe_open:
 
     def get_tensors(self) -> Dict[str, Any]:
         """Every tensor, in file order."""
-        file = self._handle()
-        names = file.offset_keys()
-        infos = [file.info(name) for name in names]
-        for name, info in zip(names, infos):
-            self._adapter.check_code(name, info[0], info[1])
-        arrays = file.tensors()
-        return {
-            name: self._adapter.to_array(name, info[0], arrays[name], self._placement)
-            for name, info in zip(names, infos)
-        }
+        return tensors_of(self._adapter, self._placement, self._handle())
 
     def get_slice(self, name: str):
         """A lazy slice object: index it to read only the part you need."""

@@ -222,8 +222,10 @@ class SourceReader:
                 )
         return chunks
 
-    def _array(self, name: str, raw: Any) -> np.ndarray:
-        code, shape, numpy_shape = self._file.info(name)[:3]
+    @staticmethod
+    def _array(info: tuple, raw: Any) -> np.ndarray:
+        """The array of a tensor (its ``info`` tuple) over its bytes."""
+        code, shape, numpy_shape = info[:3]
         data = raw if isinstance(raw, bytearray) else bytearray(raw)
         array = np.frombuffer(data, dtype=_dtypes.numpy_dtype(code)).reshape(numpy_shape)
         if code in _dtypes.PACKED_BITS:
@@ -231,14 +233,15 @@ class SourceReader:
         return array
 
     def tensor(self, name: str) -> np.ndarray:
-        begin, end = self._file.info(name)[3:5]
-        return self._array(name, self._ranges([(begin, end - begin)])[0])
+        info = self._file.info(name)
+        begin, end = info[3:5]
+        return self._array(info, self._ranges([(begin, end - begin)])[0])
 
     def tensors(self) -> Dict[str, np.ndarray]:
         names = self._file.offset_keys()
-        spans = [self._file.info(name)[3:5] for name in names]
-        chunks = self._ranges([(begin, end - begin) for begin, end in spans])
-        return {name: self._array(name, chunk) for name, chunk in zip(names, chunks)}
+        infos = [self._file.info(name) for name in names]
+        chunks = self._ranges([(info[3], info[4] - info[3]) for info in infos])
+        return {name: self._array(info, chunk) for name, info, chunk in zip(names, infos, chunks)}
 
     def read_view(self, name: str, offset: int, shape: tuple, strides: tuple) -> np.ndarray:
         """A strided view of one tensor (byte offset and strides relative to

@@ -30,9 +30,9 @@ import re
 import urllib.parse
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-import stat
 
 from . import _display, _remote, _writer, distributed
+from ._archive import NotRegularFileError, open_regular
 from ._checks import check_metadata, error, fs_path, parse_size
 from ._core import SafetensorError
 from ._frameworks import adapter_for, to_neutral
@@ -211,18 +211,14 @@ def _index_error(path: str, message: str) -> SafetensorError:
 
 
 def _read_regular_file(path: str, limit: int) -> bytes:
-    """At most ``limit`` bytes of a regular file. The open does not block
-    (a FIFO would wait for a writer forever) and what is read is what was
-    checked: the same descriptor."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    """At most ``limit`` bytes of a regular file, opened by the one check every
+    reader of checkpoint files shares (a non-blocking open, then ``fstat`` of
+    that descriptor: a FIFO would otherwise wait for a writer forever)."""
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise error(
-                f"{path}: not a regular file (a FIFO, device, socket or directory); refusing "
-                "to read it as a checkpoint index",
-                "STC_ERR_NOT_REGULAR_FILE",
-            )
+        fd, _ = open_regular(path)
+    except NotRegularFileError as exc:
+        raise error(f"{exc} as a checkpoint index", "STC_ERR_NOT_REGULAR_FILE") from None
+    try:
         chunks, left = [], limit
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 20))

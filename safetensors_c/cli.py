@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -65,10 +65,8 @@ def _alignment(offset: int, cap: int = 4096) -> int:
     return min(offset & -offset, cap)
 
 
-def _file_rows(path: str, shard: str | None = None) -> tuple[list[dict], dict | None]:
-    # A path is mapped; a URL costs its header only (one request, two for a
-    # header over 256 KiB).
-    file = open_source(path)
+def _file_rows(file, shard: str | None = None) -> list[dict]:
+    """One row per tensor of an open reader, in file order."""
     rows = []
     for name in file.offset_keys():
         code, shape, _np_shape, begin, end = file.info(name)
@@ -78,30 +76,23 @@ def _file_rows(path: str, shard: str | None = None) -> tuple[list[dict], dict | 
         if shard is not None:
             row["file"] = shard
         rows.append(row)
-    return rows, file.metadata()
+    return rows
 
 
 def _is_sharded(path: str) -> bool:
     return os.path.isdir(path) or path.endswith(".json")
 
 
-def _value(attribute: Any) -> Any:
-    return attribute() if callable(attribute) else attribute
-
-
 def _inspect_data(path: str) -> dict:
     if not _is_sharded(path):
-        rows, metadata = _file_rows(path)
-        return {"file": path, "metadata": metadata, "tensors": rows}
-    directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
-    with safe_open_sharded(path) as f:
-        weight_map = _value(f.weight_map)
-        index_metadata = _value(f.index_metadata)
-    rows: list[dict] = []
-    for shard in sorted(set(weight_map.values())):
-        shard_rows, _ = _file_rows(os.path.join(directory, shard), shard)
-        rows.extend(shard_rows)
-    return {"file": path, "metadata": index_metadata, "tensors": rows}
+        # A path is mapped; a URL costs its header only (one request, two for a
+        # header over 256 KiB).
+        file = open_source(path)
+        return {"file": path, "metadata": file.metadata(), "tensors": _file_rows(file)}
+    with safe_open_sharded(path) as f:  # every shard's header, read once
+        rows = [row for shard, handle in f._open_shards().items()
+                for row in _file_rows(handle._handle(), shard)]
+        return {"file": path, "metadata": f.index_metadata(), "tensors": rows}
 
 
 def _format_size(n: int) -> str:

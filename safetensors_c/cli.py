@@ -26,8 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import integrity
-from ._digests import digest_scheme
+from ._digests import digest_scheme, mismatches as digest_mismatches
 from ._display import format_bytes
 from ._open import safe_open
 from ._reader import open_source
@@ -146,37 +145,33 @@ def cmd_inspect(args) -> int:
 # MARK: verify ------------------------------------------------------------------
 
 
-def _verify_file(path: str, quiet: bool, label: str | None = None) -> tuple[int, bool]:
-    """Validates one file and checks its recorded digests; (tensors, digests checked)."""
-    with safe_open(path, framework="np") as f:
-        count = len(f)
-        scheme = digest_scheme(f.metadata())  # either key: v2 records or v1 bytes
-    if scheme is None:
-        return count, False
-    update, bar = _progress_bar(os.path.getsize(path), f"Verifying {label or path}", quiet)
+def _check_digests(reader, label: str, quiet: bool) -> bool:
+    """Checks the digests an open, validated file records; False if it records none."""
+    if digest_scheme(reader.metadata()) is None:  # either key: v2 records or v1 bytes
+        return False
+    update, bar = _progress_bar(reader.file_size, f"Verifying {label}", quiet)
     try:
-        bad = integrity.verify_digests(path, progress=update)
+        bad = digest_mismatches(reader, progress=update)
     finally:
         if bar is not None:
             bar.close()
     if bad:
         shown = ", ".join(repr(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise _Failure(f"SHA-256 mismatch for {_plural(len(bad), 'tensor')}: {shown}")
-    return count, True
+    return True
 
 
 def _verify_one(path: str, quiet: bool = False) -> str:
     if _is_sharded(path):
-        directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
         with safe_open_sharded(path) as f:  # the index against every shard's header
-            shards = f.shard_files
+            shards = f._open_shards()
+            checked = sum(_check_digests(h._handle(), name, quiet) for name, h in shards.items())
             count = len(f)
-        checked = 0
-        for shard in shards:
-            checked += _verify_file(os.path.join(directory, shard), quiet, shard)[1]
         digests = f", digests verified in {checked} of {len(shards)} shards" if checked else ""
         return f"{_plural(count, 'tensor')} in {_plural(len(shards), 'shard')}{digests}"
-    count, checked = _verify_file(path, quiet)
+    with safe_open(path, framework="np") as f:
+        checked = _check_digests(f._handle(), path, quiet)
+        count = len(f)
     return _plural(count, "tensor") + (", digests verified" if checked else "")
 
 

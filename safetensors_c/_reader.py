@@ -57,9 +57,9 @@ def open_source(
         return SourceReader(_remote.open_url(source, storage_options), max_header)
     if storage_options is not None:
         raise TypeError("storage_options applies only to URLs (e.g. 'https://...', 's3://...')")
-    if isinstance(source, (str, bytes, os.PathLike)) and not isinstance(source, bytes):
+    if isinstance(source, (str, os.PathLike)):
         return _core.open(os.fspath(source), backend, max_header)
-    if isinstance(source, bytes) or isinstance(source, (bytearray, memoryview)):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         return _core.open_buffer(source, max_header)
     if _is_byte_source(source):
         return SourceReader(source, max_header)

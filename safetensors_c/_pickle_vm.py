@@ -59,7 +59,9 @@ class UnsafePickleError(ConversionError):
     an opcode. Nothing was executed: the check happens before any call.
     """
 
-    def __init__(self, message: str, found: str) -> None:
+    def __init__(self, message: str, found: str = "") -> None:
+        # ``found`` has a default so that unpickling (which calls the class
+        # with the message alone, then restores ``found``) works.
         super().__init__(message)
         self.found = found
 

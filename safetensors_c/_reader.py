@@ -40,7 +40,12 @@ _FIRST_READ = 256 * 1024
 
 class SliceIndexError(SafetensorError, IndexError):
     """An index out of a tensor's bounds in ``get_slice``: both a
-    SafetensorError and an IndexError, so code catching either works."""
+    SafetensorError and an IndexError, so code catching either works. Its
+    ``code`` is ``"STC_ERR_INDEX_OUT_OF_BOUNDS"``."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.code = "STC_ERR_INDEX_OUT_OF_BOUNDS"
 
 
 def open_source(

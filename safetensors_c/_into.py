@@ -31,7 +31,9 @@ from ._checks import error
 __all__ = [
     "Destination",
     "check_destinations",
+    "check_workers",
     "default_workers",
+    "fill",
     "load_into",
     "open_direct",
     "run_parallel",
@@ -219,6 +221,15 @@ def _copy_from_source(reader: Any, target: _Target, offset: int, length: int) ->
     target.view[offset:offset + length] = raw[offset:offset + length]
 
 
+def check_workers(max_workers: Optional[int]) -> int:
+    """``max_workers`` checked (a positive int), or the default for None."""
+    if max_workers is None:
+        return default_workers()
+    if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+        raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+    return max_workers
+
+
 def load_into(
     reader: Any,
     destinations: Mapping[str, Any],
@@ -240,10 +251,21 @@ def load_into(
     destinations may then hold part of the data.
     """
     targets = check_destinations(reader, destinations)
-    if max_workers is None:
-        max_workers = default_workers()
-    if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
-        raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+    fill(reader, targets, max_workers=check_workers(max_workers), chunk_size=chunk_size,
+         direct_fd=direct_fd)
+
+
+def fill(
+    reader: Any,
+    targets: Sequence[_Target],
+    *,
+    max_workers: int,
+    chunk_size: Optional[int] = None,
+    direct_fd: Optional[int] = None,
+) -> None:
+    """The writing half of :func:`load_into`: copies the work that
+    :func:`check_destinations` returned (callers that must know whether
+    anything was written check first, then fill)."""
     if not targets:
         return
     read_into = getattr(reader, "read_into", None)
@@ -301,10 +323,7 @@ def _run_parallel(run, pieces: Sequence[Any], workers: int) -> None:
 def run_parallel(run, items: Sequence[Any], max_workers: Optional[int] = None) -> List[Any]:
     """run(item) for every item on a bounded pool; results in item order.
     The first failure is raised (after the running items stop)."""
-    if max_workers is None:
-        max_workers = default_workers()
-    if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
-        raise ValueError(f"max_workers must be a positive int, not {max_workers!r}")
+    max_workers = check_workers(max_workers)
     results: List[Any] = [None] * len(items)
 
     def one(index: int) -> None:

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 try:
     import torch
+    import torch.autograd.graph
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "safetensors_c.torch needs PyTorch, which is not installed: "
@@ -44,6 +46,7 @@ from ._adapters.torch import (  # noqa: F401 - re-exported
     _storage_ptr,
     _storage_size,
 )
+from ._adapters.torch import check_code as _check_code
 from ._adapters.torch import to_array as _to_array
 from ._core import SafetensorError
 from ._open import safe_open
@@ -244,7 +247,32 @@ def load_into(
     for name, tensor in tensors.items():
         _check_into(name, tensor)
         destinations[name] = _destination(name, tensor)
-    _into.load_into(reader, destinations, max_workers=max_workers)
+    targets = _into.check_destinations(reader, destinations)
+    workers = _into.check_workers(max_workers)
+    with _written_in_place(list(tensors.values())):
+        _into.fill(reader, targets, max_workers=workers)
+
+
+class _written_in_place:
+    """Tells autograd that the tensors were modified in place once the block
+    ends (even by an error: some may hold part of the data then).
+
+    The C core writes into the tensors' memory behind torch's back, so their
+    version counters would not move, and a graph that saved one of them
+    before the load would differentiate with the new values silently; with
+    the counter moved, backward fails ("modified by an inplace operation")
+    exactly as after ``copy_``. One call for all tensors: bumping a counter
+    costs no pass over the data."""
+
+    def __init__(self, tensors: List["torch.Tensor"]) -> None:
+        self.tensors = tensors
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.tensors:
+            torch.autograd.graph.increment_version(self.tensors)
 
 
 def _has_load_hooks(model: "torch.nn.Module") -> bool:
@@ -371,7 +399,8 @@ def load_model(
     views of the file. Either can be asked for explicitly.
     """
     on_cpu = _resolve_device(device) is None
-    through_torch = assign or not on_cpu or _has_load_hooks(model)
+    hooks = _has_load_hooks(model)
+    through_torch = assign or not on_cpu or hooks
     if backend is None:
         backend = "mmap" if through_torch else "pread"
     readers = _readers(filename, backend)
@@ -391,20 +420,12 @@ def load_model(
         else:
             unexpected.append(name)
 
-    if through_torch:
-        state = {}
-        for reader in readers:
-            handle = safe_open._from_reader(reader, "pt", device, backend)
-            for name in reader.offset_keys():
-                state[name] = handle.get_tensor(name)
-        model.load_state_dict(state, strict=False, assign=assign)
-        if assign:
-            _retie(model, to_removes, in_file)
-        _raise_if_strict(model, filename, strict, missing, unexpected)
-        return missing, unexpected
-
-    plans = []
+    # Everything that can refuse the load is checked before anything is
+    # written, on every path: shapes (except where the model's own hooks may
+    # reshape what they are given), then names.
+    plans: List[Tuple[Any, Dict[str, Any]]] = []
     cast: List[Tuple[Any, str]] = []
+    on_meta: List[str] = []
     problems = []
     for reader in readers:
         direct: Dict[str, Any] = {}
@@ -417,30 +438,67 @@ def load_model(
             if code == "F4":  # torch counts pairs of values
                 torch_shape = torch_shape[:-1] + (torch_shape[-1] // 2,)
             if tuple(target.shape) != torch_shape:
-                problems.append(
-                    f"size mismatch for {name}: the file holds shape {list(torch_shape)}, "
-                    f"the model's tensor has shape {list(target.shape)}."
-                )
+                if not hooks:
+                    problems.append(
+                        f"size mismatch for {name}: the file holds shape {list(torch_shape)}, "
+                        f"the model's tensor has shape {list(target.shape)}."
+                    )
                 continue
-            if (_CODE_BY_TORCH.get(target.dtype) == code and target.device.type == "cpu"
+            if through_torch:
+                continue
+            if target.is_meta:
+                on_meta.append(name)
+            elif (_CODE_BY_TORCH.get(target.dtype) == code and target.device.type == "cpu"
                     and target.layout == torch.strided and target.is_contiguous()):
                 direct[name] = _destination(name, target)
             else:
+                _check_code(name, code, tuple(shape))
                 cast.append((reader, name))
         plans.append((reader, direct))
     if problems:
         raise _size_mismatch(model, problems)
     _raise_if_strict(model, filename, strict, missing, unexpected)
+
+    if through_torch:
+        state = {}
+        for reader in readers:
+            handle = safe_open._from_reader(reader, "pt", device, backend)
+            for name in reader.offset_keys():
+                state[name] = handle.get_tensor(name)
+        model.load_state_dict(state, strict=False, assign=assign)
+        if assign:
+            _retie(model, to_removes, in_file)
+        return missing, unexpected
+
+    if on_meta:
+        _warn_meta(on_meta)
     # Shards one after the other, each with the whole pool: a large shard
     # is cut into chunks, so the pool stays busy either way.
-    for reader, direct in plans:
-        _into.load_into(reader, direct, max_workers=max_workers)
+    work = [(reader, _into.check_destinations(reader, direct)) for reader, direct in plans]
+    workers = _into.check_workers(max_workers)
+    written = [model_state[name] for _, direct in plans for name in direct]
+    with _written_in_place(written):
+        for reader, targets in work:
+            _into.fill(reader, targets, max_workers=workers)
     if cast:
         with torch.no_grad():
             for reader, name in cast:
                 code = reader.info(name)[0]
                 model_state[name].copy_(_to_array(name, code, reader.tensor(name), None))
     return missing, unexpected
+
+
+def _warn_meta(names: List[str]) -> None:
+    """torch's load_state_dict warns when it copies into meta tensors (which
+    hold no data, so the copy does nothing); so does load_model, once."""
+    shown = ", ".join(f'"{n}"' for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    warnings.warn(
+        f"load_model: {len(names)} tensor(s) of the model are on the meta device ({shown}); "
+        "copying into a meta tensor does nothing, so they still hold no data. Pass "
+        "assign=True to replace them with the file's tensors.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 # ---------------------------------------------------------------------------

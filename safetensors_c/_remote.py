@@ -14,10 +14,11 @@ Two kinds live here:
   concurrent range request). It needs no third-party package. Every
   response is checked strictly: a range request must be answered
   ``206 Partial Content`` with exactly the ``Content-Range`` asked for,
-  the file's total size and validator (ETag / Last-Modified) must not
-  change between requests, and the body must have exactly the expected
-  length. Anything else raises :class:`RemoteError` (an ``OSError``) naming
-  the URL and the byte range; a silent server raises ``TimeoutError``.
+  the file's total size and validator (ETag / Last-Modified) must stay the
+  same on every answer, and the body must have exactly the expected
+  length. Anything else raises :class:`RemoteError` (an ``OSError`` with a
+  ``code``) naming the URL and the byte range; a silent or slow server
+  raises ``TimeoutError`` (code ``STC_ERR_REMOTE_TIMEOUT``).
 - :class:`FsspecSource` reads any other protocol fsspec knows (``s3://``,
   ``gs://``, ``memory://``, ``file://``, chained URLs, ...) through
   ``fs.cat_file`` / ``fs.cat_ranges``, checking every length. fsspec is
@@ -27,13 +28,20 @@ Both read the first ``prefetch`` bytes (256 KiB) in one request when
 opened, so the header normally costs one request and never more than two;
 reads are planned by :func:`plan_reads`: nearby runs coalesced, long runs
 split into ``block_size`` parts fetched ``max_concurrency`` at a time.
-Every loop here is bounded: retries, redirects, parts, bytes read.
+Every loop here is bounded: retries, redirects, parts, bytes read, and the
+time of each request. Memory follows the bytes received, never a size a
+server announced: each part grows as its bytes arrive.
 """
 
 from __future__ import annotations
 
 import base64
+import heapq
 import http.client
+import itertools
+import math
+import numbers
+import os
 import re
 import socket
 import ssl
@@ -65,7 +73,12 @@ DEFAULT_BLOCK_SIZE = 16 << 20  # the largest single range request
 DEFAULT_COALESCE_GAP = 64 << 10  # runs closer than this are read as one
 DEFAULT_MAX_REQUESTS = 256  # per read_ranges call, after coalescing (before splitting)
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte (connect, and each read)
+MAX_TIMEOUT = 86400.0  # a day: larger values are mistakes (and overflow the socket layer)
+MIN_RATE = 64 << 10  # bytes per second every request must average (its deadline)
 MAX_CONCURRENCY = 64
+_MAX_BUFFER_OPTION = 1 << 30  # block_size, prefetch, coalesce_gap: at most 1 GiB
+_GROW_STEP = 1 << 20  # a body's buffer grows by at most this much ahead of its bytes
+_ZEROS = bytes(_GROW_STEP)
 _DIRECT_MIN = 1 << 20  # clusters this large (on average) are read into buffers of their own
 _MAX_REDIRECTS = 5
 _MAX_ATTEMPTS = 3  # per request: a stale keep-alive connection or a 502/503/504
@@ -79,7 +92,25 @@ _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
 class RemoteError(OSError):
     """A remote server or file system answered in a way that cannot be
     trusted to give the right bytes (wrong status, wrong range, short body,
-    a file that changed while being read)."""
+    a file that changed while being read, a redirect that is refused).
+
+    ``code`` names the failure: ``STC_ERR_FILE_CHANGED`` (size, ETag or
+    Last-Modified differ between answers), ``STC_ERR_INSECURE_REDIRECT``
+    (https -> http without ``allow_insecure_redirects``),
+    ``STC_ERR_BAD_REDIRECT`` (too many, or to a place that is not http(s)),
+    ``STC_ERR_REMOTE`` (any other answer that breaks the protocol)."""
+
+    def __init__(self, message: str, *, code: str = "STC_ERR_REMOTE") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _timeout_error(message: str) -> TimeoutError:
+    """A ``TimeoutError`` (what callers catch for a slow network) with our
+    code, ``STC_ERR_REMOTE_TIMEOUT``."""
+    exc = TimeoutError(message)
+    exc.code = "STC_ERR_REMOTE_TIMEOUT"  # type: ignore[attr-defined]
+    return exc
 
 
 # ---------------------------------------------------------------------------
@@ -187,17 +218,6 @@ def plan_reads(
     return [(s, e) for s, e in spans], parts
 
 
-def _first_bytes(views: List[memoryview], length: int) -> List[memoryview]:
-    """The views cut to hold exactly the first ``length`` bytes."""
-    out = []
-    for view in views:
-        if length <= 0:
-            break
-        out.append(view[:length])
-        length -= len(out[-1])
-    return out
-
-
 def _positive_int(value: Any, what: str, low: int, high: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
@@ -213,7 +233,7 @@ def _positive_int(value: Any, what: str, low: int, high: Optional[int] = None) -
 
 class _RangeSource:
     """Prefix cache, range planning and parallel fetching; a subclass
-    provides ``_fetch_parts(parts, buffers)``."""
+    provides ``_fetch_parts(parts, deliver)``."""
 
     name: str
     size: int
@@ -231,9 +251,9 @@ class _RangeSource:
         self.max_concurrency = _positive_int(
             max_concurrency, "max_concurrency", 1, MAX_CONCURRENCY
         )
-        self.block_size = _positive_int(block_size, "block_size", 4096)
-        self.prefetch = _positive_int(prefetch, "prefetch", 8)
-        self.coalesce_gap = _positive_int(coalesce_gap, "coalesce_gap", 0)
+        self.block_size = _positive_int(block_size, "block_size", 4096, _MAX_BUFFER_OPTION)
+        self.prefetch = _positive_int(prefetch, "prefetch", 8, _MAX_BUFFER_OPTION)
+        self.coalesce_gap = _positive_int(coalesce_gap, "coalesce_gap", 0, _MAX_BUFFER_OPTION)
         self._prefix = memoryview(b"")
         self._stats_lock = threading.Lock()
         self.requests = 0  # range requests sent (for tests and benchmarks)
@@ -255,7 +275,11 @@ class _RangeSource:
         """The bytes of each ``(offset, length)``, in the order given, fetched
         with as few requests as :func:`plan_reads` allows. A large range
         comes back as a ``bytearray`` of its own (writable, no copy needed);
-        a small one, or one inside the prefetched start, as a view."""
+        a small one, or one inside the prefetched start, as a view.
+
+        Nothing is allocated ahead of the bytes: each request's body grows
+        as it arrives, so a server that announces gigabytes and sends
+        nothing costs no memory."""
         ranges = [(int(o), int(n)) for o, n in ranges]
         _check_range_args(ranges, self.size, self.name)
         known = len(self._prefix)
@@ -275,13 +299,13 @@ class _RangeSource:
             coalesce_gap=self.coalesce_gap,
             block_size=self.block_size,
         )
-        # A span of large, adjacent clusters (a whole-file load) is read
-        # straight into one buffer per cluster, handed out without a copy.
-        # Any other span (small pieces, or gaps from coalescing) is read into
-        # one buffer of its own, in large reads, and the pieces are views.
-        buffers: List[Any] = [None] * len(clusters)
-        in_span: Dict[int, memoryview] = {}
-        segments: List[Tuple[int, int, memoryview]] = []
+        # A span of large, adjacent clusters (a whole-file load) fills one
+        # buffer per cluster, handed out without a copy. Any other span
+        # (small pieces, or gaps from coalescing) fills one buffer of its
+        # own, and the pieces are views of it.
+        targets: List[Tuple[int, int]] = []  # (start, end) of each buffer to fill
+        own: Dict[int, int] = {}  # cluster -> its target
+        in_span: Dict[int, int] = {}  # cluster -> the target of its span
         k = 0
         for span_start, span_end in spans:
             first = k
@@ -293,25 +317,24 @@ class _RangeSource:
             )
             if adjacent and span_end - span_start >= _DIRECT_MIN * (k - first):
                 for j in range(first, k):
-                    c_start, c_end, _ = clusters[j]
-                    buf = bytearray(c_end - c_start)
-                    if c_start < known:  # the part already fetched with the header
-                        buf[: known - c_start] = prefix[c_start:known]
-                    buffers[j] = buf
-                    s, e = fetch[j]
-                    segments.append((s, e, memoryview(buf)[s - c_start :]))
+                    own[j] = len(targets)
+                    targets.append((clusters[j][0], clusters[j][1]))
             else:
-                span = memoryview(bytearray(span_end - span_start))
-                segments.append((span_start, span_end, span))
                 for j in range(first, k):
-                    in_span[j] = span[fetch[j][0] - span_start : fetch[j][1] - span_start]
-        self._fetch_segments(segments, spans)
-        for j, view in in_span.items():
+                    in_span[j] = len(targets)
+                targets.append((span_start, span_end))
+        filled = self._fill(targets, spans)
+        buffers: List[Any] = [None] * len(clusters)
+        for j, t in own.items():
+            buffers[j] = filled[t]
+        for j, t in in_span.items():
             c_start, c_end, members = clusters[j]
+            span_start = targets[t][0]
+            view = memoryview(filled[t])[fetch[j][0] - span_start : fetch[j][1] - span_start]
             if c_start >= known and len(members) == 1:
                 buffers[j] = view
             else:
-                buf = bytearray(c_end - c_start)
+                buf = bytearray(c_end - c_start)  # every byte of it has arrived
                 head = max(0, known - c_start)
                 buf[:head] = prefix[c_start : c_start + head]
                 buf[head:] = view
@@ -333,27 +356,53 @@ class _RangeSource:
                 out.append(by_range[(offset, offset + length)])
         return out
 
-    def _fetch_segments(self, segments, spans) -> None:
-        """Cuts the spans into requests of at most ``block_size`` bytes, each
-        with the list of segment views its body fills, and fetches them."""
-        parts = []  # (start, end, [views])
-        i = 0
+    def _fill(self, targets: List[Tuple[int, int]], spans) -> List[bytearray]:
+        """The bytes of each target ``(start, end)`` (sorted, disjoint; the
+        part before the prefetched start comes from it): the spans are cut
+        into requests of at most ``block_size`` bytes, and each answer, in
+        order, is appended to the targets it covers. A target that one
+        answer fills alone is that answer's buffer (no copy)."""
+        known = len(self._prefix)
+        out: List[Any] = [None] * len(targets)
+        for t, (start, _) in enumerate(targets):
+            if start < known:
+                out[t] = bytearray(self._prefix[start:known])
+        parts: List[Tuple[int, int]] = []
+        pieces: List[List[Tuple[int, int, int]]] = []  # per part: (target, lo, hi) in the part
+        t = 0
         for span_start, span_end in spans:
             for s in range(span_start, span_end, self.block_size):
                 e = min(s + self.block_size, span_end)
-                views = []
-                while i < len(segments) and segments[i][0] < e:
-                    seg_start, seg_end, view = segments[i]
-                    lo, hi = max(seg_start, s), min(seg_end, e)
-                    views.append(view[lo - seg_start : hi - seg_start])
-                    if seg_end <= e:
-                        i += 1
+                mine = []
+                while t < len(targets) and max(targets[t][0], known) < e:
+                    lo, hi = max(targets[t][0], known, s), min(targets[t][1], e)
+                    mine.append((t, lo - s, hi - s))
+                    if targets[t][1] <= e:
+                        t += 1
                     else:
                         break
-                parts.append((s, e, views))
-        self._fetch_parts(parts)
+                parts.append((s, e))
+                pieces.append(mine)
 
-    def _fetch_parts(self, parts: List[Tuple[int, int, List[memoryview]]]) -> None:
+        def deliver(i: int, data: Any) -> None:
+            if len(data) != parts[i][1] - parts[i][0]:  # the fetchers check it; never trust
+                raise RemoteError(f"{self.name}: a {len(data)}-byte answer for part {parts[i]}")
+            for target, lo, hi in pieces[i]:
+                if out[target] is None:
+                    whole = lo == 0 and hi == len(data) and isinstance(data, bytearray)
+                    out[target] = data if whole else bytearray(memoryview(data)[lo:hi])
+                else:
+                    out[target] += memoryview(data)[lo:hi]
+
+        self._fetch_parts(parts, deliver)
+        for (start, end), buf in zip(targets, out):
+            if buf is None or len(buf) != end - start:
+                raise RemoteError(f"{self.name}: bytes {start}-{end - 1} were not all read")
+        return out
+
+    def _fetch_parts(self, parts: List[Tuple[int, int]], deliver) -> None:
+        """Fetches each ``(start, end)`` and calls ``deliver(index, bytes)``
+        for each, in order."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -364,18 +413,57 @@ class _RangeSource:
 # MARK: HTTP
 
 
-_HTTP_OPTIONS = ("headers", "client_kwargs", "auth", "timeout", "ssl")
+_HTTP_OPTIONS = (
+    "headers", "client_kwargs", "auth", "timeout", "ssl",
+    "allow_insecure_redirects", "forward_headers",
+)
 
 
-def _http_options(storage_options: Optional[Dict[str, Any]], url: str):
-    """(headers, timeout, ssl_context) from fsspec-style storage_options."""
-    options = dict(storage_options or {})
-    unknown = sorted(set(options) - set(_HTTP_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"storage_options {unknown} are not supported for HTTP URLs; safetensors_c "
-            "reads http(s) itself and understands " + ", ".join(map(repr, _HTTP_OPTIONS))
-        )
+class _HTTPOptions:
+    """The checked storage options of an HTTP source."""
+
+    def __init__(self, storage_options: Optional[Dict[str, Any]], url: str) -> None:
+        options = dict(storage_options or {})
+        unknown = sorted(set(options) - set(_HTTP_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"storage_options {unknown} are not supported for HTTP URLs; safetensors_c "
+                "reads http(s) itself and understands " + ", ".join(map(repr, _HTTP_OPTIONS))
+            )
+        self.headers = _caller_headers(options, url)
+        self.timeout = _check_timeout(options.get("timeout", DEFAULT_TIMEOUT))
+        context = options.get("ssl")
+        if context is False:
+            context = ssl._create_unverified_context()
+        elif context is not None and not isinstance(context, ssl.SSLContext):
+            raise TypeError("storage_options['ssl'] must be an ssl.SSLContext or False")
+        self.ssl: Optional[ssl.SSLContext] = context
+        insecure = options.get("allow_insecure_redirects", False)
+        if not isinstance(insecure, bool):
+            raise TypeError(
+                "storage_options['allow_insecure_redirects'] must be True or False, not "
+                f"{type(insecure).__name__}"
+            )
+        self.allow_insecure_redirects = insecure
+        forward = options.get("forward_headers", ())
+        if isinstance(forward, (str, bytes)) or not all(
+            isinstance(name, str) for name in _iterable(forward, "forward_headers")
+        ):
+            raise TypeError("storage_options['forward_headers'] must be a list of header names")
+        self.forward_headers = frozenset(name.strip().lower() for name in forward)
+
+
+def _iterable(value: Any, what: str):
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"storage_options[{what!r}] must be a list of header names") from None
+
+
+def _caller_headers(options: Dict[str, Any], url: str) -> Dict[str, str]:
+    """Every header the caller supplies: ``headers``, ``client_kwargs``'
+    ``headers``, and ``Authorization`` from ``auth`` or the URL's
+    ``user:password@``."""
     headers: Dict[str, str] = {}
     client = options.get("client_kwargs") or {}
     if not isinstance(client, dict):
@@ -403,15 +491,130 @@ def _http_options(storage_options: Optional[Dict[str, Any]], url: str):
             raise TypeError("auth must be a (user, password) pair")
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode("utf-8")).decode("ascii")
         headers["Authorization"] = "Basic " + token
-    timeout = options.get("timeout", DEFAULT_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    context = options.get("ssl")
-    if context is False:
-        context = ssl._create_unverified_context()
-    elif context is not None and not isinstance(context, ssl.SSLContext):
-        raise TypeError("storage_options['ssl'] must be an ssl.SSLContext or False")
-    return headers, float(timeout), context
+    return headers
+
+
+def _check_timeout(timeout: Any) -> float:
+    """The timeout in seconds: a finite number in (0, MAX_TIMEOUT]."""
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    value = float(timeout)
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise ValueError(
+            f"timeout must be a finite number of seconds above 0 and at most {MAX_TIMEOUT:g} "
+            f"(a day), not {timeout!r}"
+        )
+    return value
+
+
+def _origin(url: str) -> Tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, the port made explicit."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def request_deadline(timeout: float, length: int) -> float:
+    """Seconds one HTTP request for ``length`` body bytes may take in all,
+    connecting and every interim answer included: ``2 x timeout + length /
+    MIN_RATE`` (64 KiB/s)."""
+    return 2 * timeout + length / MIN_RATE
+
+
+# ---------------------------------------------------------------------------
+# MARK: request deadlines
+
+
+class _Watch:
+    """One request under the watchdog: its connection, and whether its
+    deadline passed."""
+
+    __slots__ = ("conn", "done", "fired")
+
+    def __init__(self, conn: http.client.HTTPConnection) -> None:
+        self.conn: Optional[http.client.HTTPConnection] = conn
+        self.done = False
+        self.fired = False
+
+
+class _Watchdog:
+    """Ends every request that runs past its deadline. One daemon thread
+    shuts down the socket of a request still running at its deadline,
+    which wakes the read it is blocked in (or spinning through): a
+    per-read socket timeout alone cannot bound a request, since
+    ``http.client`` reads ``100 Continue`` answers and chunked trailer
+    lines in loops without a limit, and a server sending one byte before
+    each timeout keeps any read alive."""
+
+    _RECHECK = 0.05  # seconds: a request whose socket does not exist yet is looked at again
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: List[Tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, conn: http.client.HTTPConnection, seconds: float) -> _Watch:
+        watch = _Watch(conn)
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), watch))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="safetensors_c-http-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return watch
+
+    def end(self, watch: _Watch) -> bool:
+        """Marks the request finished; True when its deadline had passed
+        (its socket was shut down: the connection must not be reused)."""
+        with self._cond:
+            watch.done = True
+            watch.conn = None
+            return watch.fired
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:  # a daemon thread: it waits while nothing is watched
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, _, watch = self._heap[0]
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+                watch.fired = True
+                sock = watch.conn.sock if watch.conn is not None else None
+                if sock is None:  # still connecting (bounded by the timeout), or closed
+                    item = (time.monotonic() + self._RECHECK, next(self._order), watch)
+                    heapq.heappush(self._heap, item)
+                    continue
+                try:
+                    # The plain socket's shutdown, also for TLS: SSLSocket's own
+                    # would drop its state under the thread still reading it.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:  # already closed
+                    pass
+
+    def _after_fork(self) -> None:
+        self._cond = threading.Condition()
+        self._heap = []
+        self._thread = None
+
+
+_WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHDOG._after_fork)
+
+
+# ---------------------------------------------------------------------------
+# MARK: HTTP sources
 
 
 class _Retry(Exception):
@@ -429,8 +632,26 @@ class HTTPSource(_RangeSource):
 
     Opening sends one request (the first ``prefetch`` bytes), which also
     gives the file's size and validator from its ``Content-Range``, ETag and
-    Last-Modified. Redirects are followed (at most 5) and the final location
-    is reused for later requests.
+    Last-Modified; every later answer must name the same size and the same
+    validator (one that drops or changes it fails the read with code
+    ``STC_ERR_FILE_CHANGED``), so one read never mixes two versions.
+
+    Redirects: at most 5 per request; the last location is where later
+    requests go. An https -> http redirect is refused
+    (``STC_ERR_INSECURE_REDIRECT``) unless the storage option
+    ``allow_insecure_redirects=True``. A request to any other origin
+    (scheme, host or port) than the URL's carries none of the caller's
+    headers (``headers``, ``Authorization`` from ``auth`` or the URL,
+    cookies, API keys, anything) except those named in the storage option
+    ``forward_headers`` (case-insensitive).
+
+    Time: ``timeout`` (30 s) bounds connecting and each wait for bytes,
+    and each request as a whole ends within :func:`request_deadline`:
+    ``2 x timeout + n / 64 KiB/s`` for ``n`` body bytes, after which its
+    connection is shut down and closed and ``TimeoutError`` raised (code
+    ``STC_ERR_REMOTE_TIMEOUT``). One range read makes at most 3 attempts
+    and follows at most 5 redirects, so it ends within 8 such deadlines
+    (plus under 2 s of back-off).
     """
 
     def __init__(
@@ -451,9 +672,14 @@ class HTTPSource(_RangeSource):
             coalesce_gap=coalesce_gap,
         )
         self.url = url
-        self._headers, self.timeout, self._ssl = _http_options(storage_options, url)
+        options = _HTTPOptions(storage_options, url)
+        self._headers = options.headers
+        self.timeout = options.timeout
+        self._ssl = options.ssl
+        self._allow_insecure = options.allow_insecure_redirects
+        self._forward = options.forward_headers
+        self._origin = _origin(url)
         self._location = url  # where the last redirect led
-        self._netloc = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
         self._pool: List[Tuple[Tuple[str, str, int], http.client.HTTPConnection]] = []
         self._pool_lock = threading.Lock()
         self._etag: Optional[str] = None
@@ -469,11 +695,8 @@ class HTTPSource(_RangeSource):
 
     def _connection(self, url: str):
         parts = urllib.parse.urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise RemoteError(f"{self.name}: cannot follow a redirect to {display_url(url)}")
-        port = parts.port or (443 if scheme == "https" else 80)
-        key = (scheme, parts.hostname, port)
+        key = _origin(url)
+        scheme, _, port = key
         with self._pool_lock:
             for i in range(len(self._pool) - 1, -1, -1):
                 if self._pool[i][0] == key:
@@ -519,48 +742,102 @@ class HTTPSource(_RangeSource):
     def _where(self, start: int, end: int) -> str:
         return f"{self.name} (bytes {start}-{end - 1})"
 
-    def _fail(self, start: int, end: int, message: str) -> RemoteError:
-        return RemoteError(f"{self._where(start, end)}: {message}")
+    def _fail(self, start: int, end: int, message: str, code: str = "STC_ERR_REMOTE") -> RemoteError:
+        return RemoteError(f"{self._where(start, end)}: {message}", code=code)
 
-    def _get(self, start: int, end: int, into: List[memoryview], probe: bool = False) -> int:
-        """GET bytes [start, end) into the views ``into`` (filled in turn);
-        returns the body length. With ``probe`` the file's size is learnt
-        (and the answer may be shorter)."""
+    def _follow(self, url: str, location: str, start: int, end: int) -> str:
+        """The next URL of a redirect from ``url``, if it may be followed."""
+        target = urllib.parse.urljoin(url, location)
+        try:
+            scheme, host, _ = _origin(target)
+        except ValueError:  # a port that is not a number
+            scheme, host = "", ""
+        if scheme not in ("http", "https") or not host:
+            raise self._fail(
+                start, end, f"cannot follow a redirect to {display_url(target)}",
+                "STC_ERR_BAD_REDIRECT",
+            )
+        if scheme == "http" and _origin(url)[0] == "https" and not self._allow_insecure:
+            raise self._fail(
+                start, end,
+                f"refused a redirect from https to plain http ({display_url(target)}); pass "
+                "storage_options={'allow_insecure_redirects': True} to follow it (the "
+                "caller's headers are not sent there)",
+                "STC_ERR_INSECURE_REDIRECT",
+            )
+        return target
+
+    def _get(self, start: int, end: int, probe: bool = False) -> bytearray:
+        """The bytes [start, end), in a buffer that grew as they arrived.
+        With ``probe`` the file's size is learnt (and the answer may be
+        shorter)."""
+        url = self._location
         redirects = 0
         attempts = 0
         while True:  # bounded: each pass raises, returns, or spends a redirect/attempt
             try:
-                return self._get_once(self._location, start, end, into, probe, attempts)
+                return self._get_once(url, start, end, probe, attempts)
             except _Redirect as redirect:
                 redirects += 1
                 if redirects > _MAX_REDIRECTS:
-                    raise self._fail(start, end, f"more than {_MAX_REDIRECTS} redirects")
-                self._location = redirect.location
+                    raise self._fail(
+                        start, end, f"more than {_MAX_REDIRECTS} redirects",
+                        "STC_ERR_BAD_REDIRECT",
+                    ) from None
+                url = self._follow(url, redirect.location, start, end)
+                self._location = url
             except _Retry as retry:
                 attempts += 1
                 if retry.backoff:
                     time.sleep(min(0.05 * 2**attempts, 1.0))
 
-    def _get_once(self, url, start, end, into, probe, attempts) -> int:
-        last = attempts + 1 >= _MAX_ATTEMPTS
-        key, conn, reused = self._connection(url)
-        parts = urllib.parse.urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    def _request_headers(self, url: str, start: int, end: int) -> Dict[str, str]:
         headers = {
             "Range": f"bytes={start}-{end - 1}",
             "Accept-Encoding": "identity",
             "User-Agent": "safetensors_c",
         }
-        same_host = parts.netloc.rpartition("@")[2] == self._netloc
-        for key_, value in self._headers.items():
-            if same_host or key_.lower() != "authorization":  # never leak credentials
-                headers[key_] = value
+        same_origin = _origin(url) == self._origin
+        for name, value in self._headers.items():
+            # The caller's headers go where the caller sent them, nowhere else.
+            if same_origin or name.strip().lower() in self._forward:
+                headers[name] = value
+        return headers
+
+    def _get_once(self, url, start, end, probe, attempts) -> bytearray:
+        key, conn, reused = self._connection(url)
+        seconds = request_deadline(self.timeout, end - start)
+        watch = _WATCHDOG.watch(conn, seconds)
         try:
-            conn.request("GET", target, headers=headers)
-            response = conn.getresponse()
+            response = self._send(conn, reused, url, start, end, attempts + 1 >= _MAX_ATTEMPTS)
+            data = self._receive(response, url, start, end, probe, attempts + 1 >= _MAX_ATTEMPTS)
+        except BaseException:
+            conn.close()
+            if _WATCHDOG.end(watch):
+                raise self._overdue(start, end, seconds) from None
+            raise
+        if _WATCHDOG.end(watch):
+            conn.close()
+            raise self._overdue(start, end, seconds)
+        self._release(key, conn, response)
+        return data
+
+    def _overdue(self, start: int, end: int, seconds: float) -> TimeoutError:
+        return _timeout_error(
+            f"{self._where(start, end)}: the request did not finish within its deadline of "
+            f"{seconds:.3g} s (2 x timeout {self.timeout:g} s + {end - start} bytes at "
+            f"{MIN_RATE >> 10} KiB/s); the connection was closed"
+        )
+
+    def _send(self, conn, reused, url, start, end, last):
+        parts = urllib.parse.urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            conn.request("GET", target, headers=self._request_headers(url, start, end))
+            return conn.getresponse()
         except (socket.timeout, TimeoutError):
             conn.close()
-            raise TimeoutError(
+            raise _timeout_error(
                 f"{self._where(start, end)}: no answer within {self.timeout:g} s"
             ) from None
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
@@ -583,23 +860,18 @@ class HTTPSource(_RangeSource):
             except Exception:
                 replacement = RemoteError(message)
             raise replacement from None
-        try:
-            return self._receive(response, url, start, end, into, probe, last)
-        except BaseException:
-            conn.close()
-            raise
-        finally:
-            if conn.sock is not None:
-                self._release(key, conn, response)
 
-    def _receive(self, response, url, start, end, into, probe, last) -> int:
+    def _receive(self, response, url, start, end, probe, last) -> bytearray:
         status = response.status
         if status in (301, 302, 303, 307, 308):
             location = response.getheader("Location")
             self._drain(response)
             if not location:
-                raise self._fail(start, end, f"HTTP {status} redirect without a Location")
-            raise _Redirect(urllib.parse.urljoin(url, location))
+                raise self._fail(
+                    start, end, f"HTTP {status} redirect without a Location",
+                    "STC_ERR_BAD_REDIRECT",
+                )
+            raise _Redirect(location)
         if status in (502, 503, 504) and not last:
             self._drain(response)
             raise _Retry(backoff=True)
@@ -609,7 +881,7 @@ class HTTPSource(_RangeSource):
             if match is None or int(match.group(1)) > start:
                 raise self._fail(start, end, "HTTP 416 without a valid 'Content-Range: bytes */N'")
             self._learn(response, int(match.group(1)), start, end)
-            return 0
+            return bytearray()
         if status != 206:
             self._drain(response)
             if status == 200:
@@ -653,22 +925,24 @@ class HTTPSource(_RangeSource):
             raise self._fail(
                 start, end, f"Content-Length {declared.strip()} for a {length}-byte range"
             )
+        buf = bytearray()
         got = 0
         try:
-            for view in _first_bytes(into, length):
-                filled = 0
-                while filled < len(view):  # bounded: each pass reads >= 1 byte or stops
-                    n = response.readinto(view[filled:])
-                    if not n:
-                        break
-                    filled += n
-                    got += n
-                if filled < len(view):
+            while got < length:  # bounded: each pass reads >= 1 byte or stops
+                if got == len(buf):  # grow just ahead of the bytes, never to the claim
+                    buf += memoryview(_ZEROS)[: min(length - got, _GROW_STEP)]
+                view = memoryview(buf)[got:]
+                try:
+                    n = response.readinto(view)
+                finally:
+                    view.release()
+                if not n:
                     break
+                got += n
             if got == length and declared is None and response.read(1):
                 raise self._fail(start, end, "the body is longer than the range")
         except (socket.timeout, TimeoutError):
-            raise TimeoutError(
+            raise _timeout_error(
                 f"{self._where(start, end)}: stalled: no data for {self.timeout:g} s "
                 f"before all {length} bytes arrived"
             ) from None
@@ -680,7 +954,7 @@ class HTTPSource(_RangeSource):
         self._count(got)
         if got != length:
             raise self._fail(start, end, f"short body: {got} of {length} bytes")
-        return length
+        return buf
 
     def _drain(self, response) -> None:
         """Reads a small error body so the connection can be reused; a large
@@ -704,36 +978,42 @@ class HTTPSource(_RangeSource):
             raise self._fail(
                 start, end,
                 f"the file changed size between requests ({self.size} bytes, now {total})",
+                "STC_ERR_FILE_CHANGED",
             )
         for header, known in (("ETag", self._etag), ("Last-Modified", self._last_modified)):
             now = response.getheader(header)
-            if known is not None and now is not None and now != known:
+            # The first answer named the version: every later one must name it
+            # too, or two versions of the file could be mixed.
+            if known is not None and now != known:
                 raise self._fail(
-                    start, end, f"the file changed between requests ({header} {known} -> {now})"
+                    start, end,
+                    f"the file changed between requests ({header} {known} -> "
+                    f"{now if now is not None else 'none'})",
+                    "STC_ERR_FILE_CHANGED",
                 )
 
     # -- reading --------------------------------------------------------
 
     def _probe(self) -> None:
-        buffer = bytearray(self.prefetch)
-        got = self._get(0, self.prefetch, [memoryview(buffer)], probe=True)
-        del buffer[got:]
-        self._prefix = memoryview(bytes(buffer))
+        self._prefix = memoryview(self._get(0, self.prefetch, probe=True)).toreadonly()
 
-    def _fetch_parts(self, parts) -> None:
+    def _fetch_parts(self, parts, deliver) -> None:
         if len(parts) <= 1 or self.max_concurrency == 1:
-            for start, end, view in parts:
-                self._get(start, end, view)
+            for i, (start, end) in enumerate(parts):
+                deliver(i, self._get(start, end))
             return
         workers = min(self.max_concurrency, len(parts))
         with ThreadPoolExecutor(workers, thread_name_prefix="safetensors_c-http") as pool:
-            futures = [pool.submit(self._get, s, e, v) for s, e, v in parts]
+            futures: List[Any] = [pool.submit(self._get, s, e) for s, e in parts]
             try:
-                for future in futures:
-                    future.result()
+                for i in range(len(futures)):
+                    data = futures[i].result()
+                    futures[i] = None  # the answer is held once: by its target
+                    deliver(i, data)
             except BaseException:
                 for future in futures:
-                    future.cancel()
+                    if future is not None:
+                        future.cancel()
                 raise
 
 
@@ -787,9 +1067,9 @@ class FsspecSource(_RangeSource):
         self.size = size
         first = min(self.prefetch, size)
         if first:
-            view = memoryview(bytearray(first))
-            self._fetch_parts([(0, first, [view])])
-            self._prefix = memoryview(bytes(view))
+            got: List[Any] = []
+            self._fetch_parts([(0, first)], lambda _, data: got.append(data))
+            self._prefix = memoryview(bytes(got[0]))
 
     def _cat(self, start: int, end: int):
         try:
@@ -797,18 +1077,18 @@ class FsspecSource(_RangeSource):
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.name}: no such file") from None
 
-    def _fetch_parts(self, parts) -> None:
+    def _fetch_parts(self, parts, deliver) -> None:
         if getattr(self.fs, "async_impl", False) and len(parts) > 1:
-            results = self.fs.cat_ranges(
+            results: Any = self.fs.cat_ranges(
                 [self.path] * len(parts),
-                [s for s, _, _ in parts],
-                [e for _, e, _ in parts],
+                [s for s, _ in parts],
+                [e for _, e in parts],
                 batch_size=self.max_concurrency,
                 on_error="return",
             )
         else:
-            results = [self._cat(s, e) for s, e, _ in parts]
-        for (start, end, views), data in zip(parts, results):
+            results = (self._cat(s, e) for s, e in parts)  # one at a time
+        for i, ((start, end), data) in enumerate(zip(parts, results)):
             if isinstance(data, BaseException):
                 if isinstance(data, FileNotFoundError):
                     raise FileNotFoundError(f"{self.name}: no such file")
@@ -819,10 +1099,7 @@ class FsspecSource(_RangeSource):
                     f"{self.name} (bytes {start}-{end - 1}): short read, {len(data)} of "
                     f"{end - start} bytes (the file changed or is shorter than it said)"
                 )
-            position = 0
-            for view in views:
-                view[:] = data[position : position + len(view)]
-                position += len(view)
+            deliver(i, data)
 
 
 def is_fsspec_file(obj: Any) -> bool:

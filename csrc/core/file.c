@@ -441,6 +441,8 @@ int stc_data_writable(const stc_file *f) { return f->base != NULL && f->writable
 
 int stc_is_mapped(const stc_file *f) { return f->mapped_len != 0; }
 
+int stc__file_fd(const stc_file *f) { return f->fd; }
+
 stc_status stc_check_unchanged(const stc_file *f, stc_error *error) {
     if (!f->mapped_len) return STC_OK;
     struct stat sb;

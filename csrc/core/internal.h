@@ -184,4 +184,10 @@ stc_status stc__validate_layout(const stc__header *header, uint64_t data_len,
  * LFS pointer, HTML, ...), a message that names it; otherwise NULL. */
 const char *stc__sniff_foreign_format(const uint8_t *head, size_t len);
 
+/* MARK: - The open descriptor (file.c) */
+
+/* The descriptor the file was opened and is read through, or -1 for
+ * memory images. Still owned by the file: for fstat, never for close. */
+int stc__file_fd(const stc_file *f);
+
 #endif /* STC_INTERNAL_H */

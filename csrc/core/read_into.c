@@ -69,6 +69,31 @@ static int pread_all(int fd, uint8_t *dst, size_t len, uint64_t offset, size_t *
     return 0;
 }
 
+/* A descriptor of some other file would read foreign bytes: the caller's
+ * descriptor must be the very file that was opened (same device and inode),
+ * not merely one of the same size, e.g. the file another process renamed
+ * over the path after it was opened. A memory image has no descriptor to
+ * compare with and never reads through direct_fd: the size check only. */
+static stc_status check_same_file(const stc_file *file, int direct_fd, stc_error *error) {
+    struct stat sb;
+    if (fstat(direct_fd, &sb) != 0)
+        return stc__fail_errno(error, "cannot stat the direct descriptor", errno);
+    if (!S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != stc_file_size(file))
+        return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
+                         "the direct descriptor is not a file of the opened file's size",
+                         STC_NO_OFFSET, NULL, 0);
+    int own_fd = stc__file_fd(file);
+    if (own_fd < 0) return STC_OK;
+    struct stat own;
+    if (fstat(own_fd, &own) != 0) return stc__fail_errno(error, "cannot stat the file", errno);
+    if (sb.st_dev != own.st_dev || sb.st_ino != own.st_ino)
+        return stc__fail(error, STC_ERR_FILE_CHANGED,
+                         "the direct descriptor is of another file than the one opened (was "
+                         "the file replaced on disk?); reopen both",
+                         STC_NO_OFFSET, NULL, 0);
+    return STC_OK;
+}
+
 stc_status stc_read_tensor_direct(const stc_file *file, const stc_tensor *tensor,
                                   uint64_t byte_offset, size_t len, void *dst, int direct_fd,
                                   size_t align, size_t *direct_bytes, stc_error *error) {
@@ -82,16 +107,7 @@ stc_status stc_read_tensor_direct(const stc_file *file, const stc_tensor *tensor
     if (align == 0 || (align & (align - 1)) != 0)
         return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
                          "the alignment must be a power of two", STC_NO_OFFSET, NULL, 0);
-    if (direct_fd >= 0) {
-        /* A descriptor of some other file would read foreign bytes. */
-        struct stat sb;
-        if (fstat(direct_fd, &sb) != 0)
-            return stc__fail_errno(error, "cannot stat the direct descriptor", errno);
-        if (!S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != stc_file_size(file))
-            return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
-                             "the direct descriptor is not a file of the opened file's size",
-                             STC_NO_OFFSET, NULL, 0);
-    }
+    if (direct_fd >= 0 && (st = check_same_file(file, direct_fd, error)) != STC_OK) return st;
     uint8_t *out = dst;
     uint64_t at = tensor->begin + byte_offset; /* relative to the data section */
     uint64_t file_at = stc_data_start(file) + at;

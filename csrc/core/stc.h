@@ -357,8 +357,9 @@ stc_status stc_read_tensor_into(const stc_file *file, const stc_tensor *tensor,
 
 /* The same for STC_BACKEND_PREAD, reading the aligned middle of the range
  * through direct_fd: a descriptor of the same file opened by the caller
- * with O_DIRECT (the caller vouches it is the same file; a descriptor of a
- * file of another size is refused with STC_ERR_INVALID_ARGUMENT). align is
+ * with O_DIRECT (a descriptor of a file of another size is refused with
+ * STC_ERR_INVALID_ARGUMENT, one of another file, by device and inode, with
+ * STC_ERR_FILE_CHANGED, before a byte is written). align is
  * the file system's direct I/O alignment (a power of two, e.g. 4096). Bytes
  * move from the device straight into dst, bypassing the page cache, for the
  * whole blocks where dst + k and the file offset are both multiples of

@@ -256,6 +256,58 @@ static void check_direct(stc_file *pread_file, stc_file *mapped_file, const char
     if (fd >= 0) close(fd);
 }
 
+/* A descriptor of a file of the same size and layout but another inode (a
+ * twin with other values, then the twin renamed over the path after the
+ * file was opened) is refused before a byte is written, for both backends;
+ * the opened file still reads its own bytes. */
+static void check_direct_identity(stc_file *pread_file, stc_file *mapped_file,
+                                  const char *path) {
+    printf("  direct: descriptors of another file of the same size\n");
+    static uint8_t twin_data[DATA_LEN];
+    fill_pattern(twin_data, DATA_LEN, 12);
+    image twin = image_make(k_json, sizeof k_json - 1, twin_data, DATA_LEN);
+    char twin_path[700];
+    snprintf(twin_path, sizeof twin_path, "%s.twin", path);
+    CHECK(write_whole_file(twin_path, twin.bytes, twin.len) == 0);
+    CHECK((uint64_t)twin.len == stc_file_size(pread_file));
+    const stc_tensor *big = find(pread_file, "big");
+    const stc_tensor *mbig = find(mapped_file, "big");
+    uint64_t file_at = stc_data_start(pread_file) + big->begin;
+    void *block = NULL;
+    uint8_t *dst = congruent_buffer(&block, file_at, BIG_LEN, 0);
+    CHECK(dst != NULL);
+    stc_error err;
+
+    int fds[2];
+    fds[0] = open(twin_path, O_RDONLY | O_CLOEXEC);
+    /* Renamed over the path: opening the path now gives the twin. */
+    CHECK(rename(twin_path, path) == 0);
+    fds[1] = open(path, O_RDONLY | O_CLOEXEC);
+    for (int i = 0; i < 2; i++) {
+        CHECK(fds[i] >= 0);
+        memset(dst, CANARY, BIG_LEN);
+        error_poison(&err);
+        CHECK_STATUS(stc_read_tensor_direct(pread_file, big, 0, BIG_LEN, dst, fds[i], ALIGN,
+                                            NULL, &err),
+                     STC_ERR_FILE_CHANGED, &err);
+        CHECK(strstr(err.message, "another file") != NULL);
+        CHECK(all_canary(dst, BIG_LEN));
+        CHECK_STATUS(stc_read_tensor_direct(mapped_file, mbig, 0, BIG_LEN, dst, fds[i], ALIGN,
+                                            NULL, &err),
+                     STC_ERR_FILE_CHANGED, &err);
+        CHECK(all_canary(dst, BIG_LEN));
+        close(fds[i]);
+    }
+    /* The opened inode is still what both files read. */
+    CHECK_OK(stc_read_tensor_direct(pread_file, big, 0, BIG_LEN, dst, -1, ALIGN, NULL, &err),
+             &err);
+    CHECK(memcmp(dst, g_data + PAD_LEN, BIG_LEN) == 0);
+    CHECK_OK(stc_read_tensor_into(mapped_file, mbig, 0, BIG_LEN, dst, &err), &err);
+    CHECK(memcmp(dst, g_data + PAD_LEN, BIG_LEN) == 0);
+    free(block);
+    image_free(&twin);
+}
+
 /* MARK: - Groups */
 
 static void run_read_into_tests(void) {
@@ -291,6 +343,7 @@ static void run_read_into_tests(void) {
     check_threads(mapped);
     check_threads(preadf);
     check_direct(preadf, mapped, path);
+    check_direct_identity(preadf, mapped, path);
 
     stc_close(mem);
     stc_close(mapped);

@@ -6,18 +6,19 @@ helpers are in :mod:`safetensors_c.integrity`.
 
 Two schemes, each under its own metadata key:
 
-- ``safetensors_c.digests.v2`` (:data:`DIGEST_KEY_V2`, written since v2):
+- ``safetensors_c.digests.v2`` (:data:`DIGEST_KEY_V2`, the one written):
   compact JSON ``{"metadata": HEX, "scheme": "sha256-record-v2", "tensors":
   {name: HEX}}``. Each tensor's digest is the SHA-256 of one canonical
   record that binds its name, dtype code, shape and the SHA-256 of its bytes
   (see :func:`tensor_record_digest`); ``"metadata"`` is the SHA-256 of every
   other metadata entry (see :func:`metadata_digest`). A rewritten dtype or
   shape, a renamed tensor or an edited metadata value fails verification.
-- ``safetensors_c.sha256`` (:data:`DIGEST_KEY`, v1): ``{name: HEX}`` of the
-  tensor's bytes only. Still written next to v2 (readers that know only v1
-  keep working) and still verified in files that have only it; such files
-  report the scheme ``"sha256-bytes-v1"``, which does not cover dtypes,
-  shapes or metadata.
+- ``safetensors_c.sha256`` (:data:`DIGEST_KEY`, v1, scheme
+  ``"sha256-bytes-v1"``): ``{name: HEX}`` of the tensor's bytes only. No
+  longer written: beside v2 it added nothing but a way to downgrade (delete
+  the v2 entry, and a dtype or shape edit would pass). A file with only v1
+  is refused by every verifier (``STC_ERR_WEAK_DIGESTS``) unless the caller
+  passes ``allow_bytes_only=True``; where both are recorded, both are checked.
 
 HEX is exactly 64 lowercase hex digits; a digest entry that repeats a key,
 has other fields or other hex is refused (``STC_ERR_INVALID_DIGESTS``).
@@ -26,6 +27,11 @@ from the mapped file in place, without a copy. These digests are unkeyed:
 they detect corruption and accidental edits, not a forger who can rewrite
 the file (and its digests); get the digest from a trusted channel, or sign
 the file, for that.
+
+:func:`verifying` puts a :class:`VerifyingReader` in front of a reader that
+reads the file again on every call (a URL, a file object, ``backend="pread"``):
+each tensor's bytes are checked as they are read, so what is handed out is
+what was verified, even when the source changes after it was opened.
 """
 
 from __future__ import annotations
@@ -45,13 +51,17 @@ __all__ = [
     "METADATA_NAME",
     "SCHEME_V1",
     "SCHEME_V2",
+    "Recorded",
+    "VerifyingReader",
     "add_digests",
     "check_digests",
     "digest_scheme",
     "metadata_digest",
     "mismatches",
+    "recorded",
     "tensor_digest",
     "tensor_record_digest",
+    "verifying",
 ]
 
 DIGEST_KEY = "safetensors_c.sha256"
@@ -136,17 +146,15 @@ def _parts(name: str, value) -> tuple:
 
 def add_digests(tensors: Mapping[str, object],
                 metadata: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """``metadata`` plus both digest entries (v2 and v1) for ``tensors`` (name ->
-    the writer's Tensor, or an ndarray holding the bytes to be stored), as a new
-    dict. Add no metadata after this: the v2 entry covers it."""
+    """``metadata`` plus the v2 digest entry for ``tensors`` (name -> the
+    writer's Tensor, or an ndarray holding the bytes to be stored), as a new
+    dict. Add no metadata after this: the v2 entry covers it. A v1 entry in
+    ``metadata`` is dropped (it is no longer written; see the module docstring)."""
     out = {k: v for k, v in (metadata or {}).items() if k not in (DIGEST_KEY, DIGEST_KEY_V2)}
-    byte_digests: Dict[str, str] = {}
     records: Dict[str, str] = {}
     for name, value in tensors.items():
         code, shape, data = _parts(name, value)
-        byte_digests[name] = tensor_digest(data)
-        records[name] = tensor_record_digest(name, code, shape, byte_digests[name])
-    out[DIGEST_KEY] = json.dumps(byte_digests, sort_keys=True, separators=(",", ":"))
+        records[name] = tensor_record_digest(name, code, shape, tensor_digest(data))
     out[DIGEST_KEY_V2] = json.dumps(
         {"metadata": metadata_digest(out), "scheme": SCHEME_V2, "tensors": records},
         sort_keys=True, separators=(",", ":"))
@@ -215,64 +223,237 @@ def digest_scheme(metadata: Optional[Dict[str, str]]) -> Optional[str]:
     return SCHEME_V1 if DIGEST_KEY in metadata else None
 
 
-def mismatches(
-    reader, progress: Optional[Callable[[int, int], None]] = None
-) -> Optional[List[str]]:
-    """Names of tensors of a reader whose digests do not match, sorted, with
-    :data:`METADATA_NAME` when the metadata does not match its v2 digest; None
-    if the file records no digests. A tensor without a digest, and a digest
-    for a tensor the file lacks, count as mismatches. Every scheme the file
-    records is checked. ``progress(done, total)`` gets the bytes hashed so far
-    after each tensor."""
-    metadata = reader.metadata()
-    v1, v2 = _read_digests(metadata, reader.filename)
-    if v1 is None and v2 is None:
-        return None
-    names = reader.keys()
-    infos = [reader.info(name) for name in names]
-    total = sum(info[4] - info[3] for info in infos)
-    done = 0
-    bad = set()
-    for name, info in zip(names, infos):
-        byte_digest = tensor_digest(reader.tensor(name))
-        if v1 is not None and v1.get(name) != byte_digest:
-            bad.add(name)
-        if v2 is not None and v2["tensors"].get(name) != tensor_record_digest(
-                name, info[0], info[1], byte_digest):
-            bad.add(name)
-        done += info[4] - info[3]
-        if progress is not None:
-            progress(done, total)
-    for recorded in (v1, v2["tensors"] if v2 is not None else None):
-        if recorded is not None:
-            bad.update(name for name in recorded if name not in reader)
-    if v2 is not None and metadata_digest(metadata) != v2["metadata"]:
-        bad.add(METADATA_NAME)
-    return sorted(bad)
-
-
 def _error(message: str, code: str) -> SafetensorError:
     error = SafetensorError(message)
     error.code = code
     return error
 
 
-def check_digests(reader) -> None:
-    """Raises SafetensorError (code ``"STC_ERR_DIGEST_MISMATCH"``) naming the
-    tensors whose bytes differ from their recorded digests, or
-    ``"STC_ERR_NO_DIGESTS"`` if the file records none."""
-    bad = mismatches(reader)
+# MARK: the digests a file records --------------------------------------------
+
+
+class Recorded:
+    """The digests one file records, parsed and checked strictly.
+
+    ``scheme`` is the strongest scheme present (what a caller is told was
+    checked); every scheme present is checked."""
+
+    __slots__ = ("filename", "scheme", "_v1", "_v2", "_metadata")
+
+    def __init__(self, filename, metadata: Dict[str, str], v1, v2) -> None:
+        self.filename = filename
+        self.scheme = SCHEME_V2 if v2 is not None else SCHEME_V1
+        self._v1 = v1
+        self._v2 = v2
+        self._metadata = metadata
+
+    def matches(self, name: str, code: str, shape, byte_digest: str) -> bool:
+        """True if the tensor ``name`` of this dtype code and shape, whose
+        stored bytes hash to ``byte_digest``, is the one recorded."""
+        if self._v1 is not None and self._v1.get(name) != byte_digest:
+            return False
+        if self._v2 is not None and self._v2["tensors"].get(name) != tensor_record_digest(
+                name, code, shape, byte_digest):
+            return False
+        return True
+
+    def header_mismatches(self, reader) -> set:
+        """What fails whatever bytes are read: the tensors of ``reader``
+        without a recorded digest, recorded digests of tensors it lacks, and
+        :data:`METADATA_NAME` when the metadata does not match its v2 digest."""
+        bad = set()
+        for recorded_names in (self._v1, None if self._v2 is None else self._v2["tensors"]):
+            if recorded_names is not None:
+                bad.update(name for name in recorded_names if name not in reader)
+                bad.update(name for name in reader.keys() if name not in recorded_names)
+        if self._v2 is not None and metadata_digest(self._metadata) != self._v2["metadata"]:
+            bad.add(METADATA_NAME)
+        return bad
+
+
+def recorded(metadata: Optional[Dict[str, str]], filename, *,
+             allow_bytes_only: bool = False) -> Optional[Recorded]:
+    """The digests ``metadata`` records, or None when it records none.
+
+    A file with only the v1 (bytes-only) entry raises SafetensorError
+    ``STC_ERR_WEAK_DIGESTS`` unless ``allow_bytes_only``: its digests do not
+    cover dtypes, shapes, names or metadata, and deleting the v2 entry of a
+    newer file leaves exactly that."""
+    metadata = metadata or {}
+    v1, v2 = _read_digests(metadata, filename)
+    if v1 is None and v2 is None:
+        return None
+    if v2 is None and not allow_bytes_only:
+        raise _error(
+            f"{filename}: the file records only bytes-only digests ({DIGEST_KEY!r}, scheme "
+            f"{SCHEME_V1}), which do not cover dtypes, shapes, names or the metadata; save it "
+            f"again with digests=True to record {SCHEME_V2}, or pass allow_bytes_only=True "
+            f"to accept the weaker scheme",
+            "STC_ERR_WEAK_DIGESTS",
+        )
+    return Recorded(filename, metadata, v1, v2)
+
+
+def _names(bad) -> str:
+    bad = sorted(bad)
+    return (", ".join(repr(name) for name in bad[:10])
+            + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
+
+
+def _no_digests(filename) -> SafetensorError:
+    return _error(
+        f"{filename}: verify_digests=True, but the file records no tensor digests "
+        f"(save it with save_file(..., digests=True))",
+        "STC_ERR_NO_DIGESTS",
+    )
+
+
+# MARK: checking a whole file -------------------------------------------------
+
+
+def mismatches(
+    reader, progress: Optional[Callable[[int, int], None]] = None, *,
+    allow_bytes_only: bool = False,
+) -> Optional[List[str]]:
+    """Names of tensors of a reader whose digests do not match, sorted, with
+    :data:`METADATA_NAME` when the metadata does not match its v2 digest; None
+    if the file records no digests. A tensor without a digest, and a digest
+    for a tensor the file lacks, count as mismatches. Every scheme the file
+    records is checked; a file with only v1 digests raises
+    ``STC_ERR_WEAK_DIGESTS`` unless ``allow_bytes_only``. ``progress(done,
+    total)`` gets the bytes hashed so far after each tensor."""
+    digests = recorded(reader.metadata(), reader.filename, allow_bytes_only=allow_bytes_only)
+    if digests is None:
+        return None
+    names = reader.keys()
+    infos = [reader.info(name) for name in names]
+    total = sum(info[4] - info[3] for info in infos)
+    done = 0
+    bad = digests.header_mismatches(reader)
+    for name, info in zip(names, infos):
+        if not digests.matches(name, info[0], info[1], tensor_digest(reader.tensor(name))):
+            bad.add(name)
+        done += info[4] - info[3]
+        if progress is not None:
+            progress(done, total)
+    return sorted(bad)
+
+
+def check_digests(reader, *, allow_bytes_only: bool = False) -> str:
+    """Hashes every tensor of ``reader`` now; returns the scheme checked.
+    Raises SafetensorError (code ``"STC_ERR_DIGEST_MISMATCH"``) naming the
+    tensors whose bytes differ from their recorded digests,
+    ``"STC_ERR_NO_DIGESTS"`` if the file records none, or
+    ``"STC_ERR_WEAK_DIGESTS"`` (see :func:`recorded`)."""
+    bad = mismatches(reader, allow_bytes_only=allow_bytes_only)
+    if bad is None:
+        raise _no_digests(reader.filename)
+    scheme = digest_scheme(reader.metadata())
     if bad:
         raise _error(
             f"{reader.filename}: tensor data does not match its recorded SHA-256 digest "
-            f"({digest_scheme(reader.metadata())}): "
-            + ", ".join(repr(name) for name in bad[:10])
-            + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""),
+            f"({scheme}): {_names(bad)}",
             "STC_ERR_DIGEST_MISMATCH",
         )
-    if bad is None:
+    return scheme
+
+
+# MARK: checking what is read -------------------------------------------------
+
+
+def verifying(reader, *, allow_bytes_only: bool = False):
+    """A reader whose every tensor handed out matches the file's recorded digests.
+
+    A mapped reader is hashed in full now and returned as it is: its tensors
+    are views of the mapping that was hashed. Any other reader reads the
+    source again on every call, so it is wrapped in a :class:`VerifyingReader`
+    that checks each tensor as it is read; here only what no read can mend is
+    checked (the metadata against its v2 digest, and that every tensor, and
+    only those, has a digest). Raises as :func:`check_digests` does."""
+    if getattr(reader, "mapped", False):
+        check_digests(reader, allow_bytes_only=allow_bytes_only)
+        return reader
+    digests = recorded(reader.metadata(), reader.filename, allow_bytes_only=allow_bytes_only)
+    if digests is None:
+        raise _no_digests(reader.filename)
+    bad = digests.header_mismatches(reader)
+    if bad:
         raise _error(
-            f"{reader.filename}: verify_digests=True, but the file records no tensor digests "
-            f"(save it with save_file(..., digests=True))",
-            "STC_ERR_NO_DIGESTS",
+            f"{reader.filename}: the header does not match its recorded digests "
+            f"({digests.scheme}): {_names(bad)}",
+            "STC_ERR_DIGEST_MISMATCH",
         )
+    return VerifyingReader(reader, digests)
+
+
+class VerifyingReader:
+    """A reader in front of one that reads its source again on every call:
+    each tensor's bytes are hashed when they are read and compared with the
+    digest recorded for that tensor (its name, dtype and shape as the header
+    said when the file was opened), and a tensor that does not match raises
+    SafetensorError ``STC_ERR_DIGEST_MISMATCH`` instead of being returned.
+
+    A strided view (``get_slice``) reads and checks the whole tensor, then
+    copies the view out of it: a digest covers a whole tensor, so reading
+    less could not be checked. Direct reads into caller buffers
+    (``read_into``) and prefetching are not offered."""
+
+    mapped = False
+
+    def __init__(self, reader, digests: Recorded) -> None:
+        self._reader = reader
+        self._digests = digests
+        self.filename = reader.filename
+        self.writable = reader.writable
+        self.data_start = reader.data_start
+        self.file_size = reader.file_size
+        self.digest_scheme = digests.scheme
+
+    # the header, as parsed when the file was opened
+    def keys(self) -> List[str]:
+        return self._reader.keys()
+
+    def offset_keys(self) -> List[str]:
+        return self._reader.offset_keys()
+
+    def metadata(self) -> Optional[Dict[str, str]]:
+        return self._reader.metadata()
+
+    def info(self, name: str) -> tuple:
+        return self._reader.info(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._reader
+
+    def __len__(self) -> int:
+        return len(self._reader)
+
+    # the data, checked as read
+    def _checked(self, name: str, array: np.ndarray) -> np.ndarray:
+        code, shape = self._reader.info(name)[:2]
+        if not self._digests.matches(name, code, shape, tensor_digest(array)):
+            raise _error(
+                f"{self.filename}: tensor {name!r}: the bytes read do not match its recorded "
+                f"SHA-256 digest ({self._digests.scheme}); the file changed after it was "
+                f"opened, or was altered",
+                "STC_ERR_DIGEST_MISMATCH",
+            )
+        return array
+
+    def tensor(self, name: str) -> np.ndarray:
+        return self._checked(name, self._reader.tensor(name))
+
+    def tensors(self) -> Dict[str, np.ndarray]:
+        arrays = self._reader.tensors()
+        for name, array in arrays.items():
+            self._checked(name, array)
+        return arrays
+
+    def read_view(self, name: str, offset: int, shape: tuple, strides: tuple) -> np.ndarray:
+        """A copy of a strided view (byte offset and strides relative to the
+        tensor) of the whole tensor, read and checked."""
+        whole = np.asarray(self.tensor(name))
+        raw = whole.reshape(-1).view(np.uint8)
+        view = np.ndarray(shape, dtype=_dtypes.numpy_dtype(self._reader.info(name)[0]),
+                          buffer=raw, offset=offset, strides=strides)
+        return view.copy()

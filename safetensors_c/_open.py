@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _display
 from ._checks import error
-from ._digests import check_digests
+from ._digests import verifying
 from ._frameworks import adapter_for, tensors_of
 from ._reader import TensorSlice, as_source, open_file_object, open_source
 
@@ -25,7 +25,8 @@ class safe_open:
     """Opens a .safetensors file for lazy, zero-copy reading.
 
     safe_open(filename, framework="np", device="cpu", *, backend="mmap",
-              max_header_size=None, verify_digests=False, storage_options=None)
+              max_header_size=None, verify_digests=False, allow_bytes_only=False,
+              storage_options=None)
 
     ``filename`` is a path, a URL (``https://``, ``s3://``, any protocol
     fsspec knows; ``storage_options`` go to fsspec) or an open binary file.
@@ -39,9 +40,18 @@ class safe_open:
     memory of their own instead, for untrusted or network file systems.
     Arrays stay valid after :meth:`close` and after the ``with`` block.
 
-    ``verify_digests=True`` checks every tensor against the SHA-256 digests
-    recorded by ``save_file(..., digests=True)`` before returning, and raises
-    SafetensorError naming the tensors that changed.
+    ``verify_digests=True`` checks the tensors against the SHA-256 digests
+    recorded by ``save_file(..., digests=True)`` (scheme
+    ``"sha256-record-v2"``: name, dtype, shape and bytes of each tensor, and
+    the metadata), raising SafetensorError naming what does not match (code
+    ``STC_ERR_DIGEST_MISMATCH``). A mapped file is hashed in full here. Any
+    other source (a URL, a file object, ``backend="pread"``) reads the file
+    again on every call: there the metadata is checked here and each tensor
+    when it is read, so a source that changes after opening cannot hand out
+    bytes that were not verified (a slice then reads its whole tensor). A
+    file with only the older bytes-only digests (``"sha256-bytes-v1"``) is
+    refused (``STC_ERR_WEAK_DIGESTS``) unless ``allow_bytes_only=True``; one
+    with no digests raises ``STC_ERR_NO_DIGESTS``.
     """
 
     def __init__(
@@ -53,6 +63,7 @@ class safe_open:
         backend: str = "mmap",
         max_header_size: Optional[int] = None,
         verify_digests: bool = False,
+        allow_bytes_only: bool = False,
         storage_options: Optional[Dict[str, Any]] = None,
     ) -> None:
         self._file = None
@@ -64,7 +75,7 @@ class safe_open:
             storage_options=storage_options,
         )
         if verify_digests:
-            check_digests(self._file)
+            self._file = verifying(self._file, allow_bytes_only=allow_bytes_only)
 
     @classmethod
     def _from_reader(cls, reader, framework: str = "np", device: Any = "cpu",

@@ -14,9 +14,11 @@ import safetensors_c
 from safetensors_c import load_file, safe_open, save_file
 from safetensors_c.integrity import (
     DIGEST_KEY,
+    DIGEST_KEY_V2,
     add_digests,
     has_digests,
     save_file_with_digests,
+    tensor_record_digest,
     verify_digests,
 )
 
@@ -34,11 +36,15 @@ def test_roundtrip_and_key_format(tmp_path):
     with safe_open(path) as f:
         meta = f.metadata()
     assert meta["k"] == "v"
-    digests = json.loads(meta[DIGEST_KEY])
+    assert DIGEST_KEY not in meta  # the bytes-only v1 entry is no longer written
+    digests = json.loads(meta[DIGEST_KEY_V2])["tensors"]
     assert sorted(digests) == sorted(TENSORS)
     stored = load_file(path)
-    for name, array in stored.items():
-        assert digests[name] == hashlib.sha256(array.tobytes()).hexdigest()
+    with safe_open(path) as f:
+        for name, array in stored.items():
+            code, shape = f._handle().info(name)[:2]
+            byte_digest = hashlib.sha256(array.tobytes()).hexdigest()
+            assert digests[name] == tensor_record_digest(name, code, shape, byte_digest)
     assert verify_digests(path) == []
     assert has_digests(path)
 

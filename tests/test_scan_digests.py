@@ -21,9 +21,12 @@ from safetensors_c.integrity import (
 )
 
 
+W = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
 def _saved(tmp_path, tensors=None, metadata=None):
     path = tmp_path / "m.safetensors"
-    tensors = tensors or {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    tensors = tensors or {"w": W}
     save_file_with_digests(tensors, path, metadata=metadata)
     return path
 
@@ -47,7 +50,7 @@ def test_a_dtype_or_shape_rewrite_fails_verification(tmp_path, old, new):
     assert verify_digests(path) == []
     _rewrite_header(path, old, new)
     with safe_open(path) as f:  # the file is still valid, and its bytes unchanged
-        assert tensor_digest(f.get_tensor("w")) == json.loads(f.metadata()[DIGEST_KEY])["w"]
+        assert tensor_digest(f.get_tensor("w")) == tensor_digest(W)
     assert verify_digests(path) == ["w"]
     with pytest.raises(SafetensorError) as info:
         safetensors_c.safe_open(path, "np", verify_digests=True)
@@ -66,18 +69,20 @@ def test_edited_metadata_fails_verification(tmp_path):
     assert verify_digests(path) == [METADATA_NAME]
 
 
-def test_schemes_are_named_and_v1_files_still_verify(tmp_path):
+def test_schemes_are_named_and_v1_files_verify_only_when_allowed(tmp_path):
     path = _saved(tmp_path)
     with safe_open(path) as f:
         meta = f.metadata()
     assert digest_scheme(path) == "sha256-record-v2"
     v2 = json.loads(meta[DIGEST_KEY_V2])
     assert sorted(v2) == ["metadata", "scheme", "tensors"] and v2["scheme"] == "sha256-record-v2"
-    old = tmp_path / "old.safetensors"  # as earlier releases wrote it: v1 only
-    with safe_open(path) as f:
-        save_file({"w": f.get_tensor("w")}, old, metadata={DIGEST_KEY: meta[DIGEST_KEY]})
+    old = tmp_path / "old.safetensors"  # as the first releases wrote it: v1 only
+    save_file({"w": W}, old, metadata={DIGEST_KEY: json.dumps({"w": tensor_digest(W)})})
     assert digest_scheme(old) == "sha256-bytes-v1"
-    assert verify_digests(old) == []
+    with pytest.raises(SafetensorError, match="bytes-only") as info:
+        verify_digests(old)
+    assert info.value.code == "STC_ERR_WEAK_DIGESTS"
+    assert verify_digests(old, allow_bytes_only=True) == []
 
 
 @pytest.mark.parametrize("key, value, why", [

@@ -199,7 +199,9 @@ def open_direct(path: Any, reader: Any) -> Optional[int]:
     """A descriptor of ``path`` opened with O_DIRECT for ``reader`` (a pread
     reader of that path), or None where the system or file system has no
     O_DIRECT. The caller closes it. The file must be the one the reader
-    opened: the C core refuses a descriptor of a file of another size."""
+    opened: the C core compares device and inode on every read and refuses
+    a descriptor of any other file (STC_ERR_FILE_CHANGED, before a byte is
+    written), e.g. when the path was replaced after the reader opened it."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag or getattr(reader, "mapped", True):
         return None

@@ -387,10 +387,20 @@ def load_model(
     Tied weights that the file stores once (see :func:`save_model`) are
     restored. With ``strict``, names missing from the file or unknown to the
     model raise RuntimeError ("Missing key(s) in state_dict" / "Unexpected
-    key(s) in state_dict") before any tensor is written; a shape mismatch
-    raises RuntimeError ("size mismatch for ...") whatever ``strict`` is.
-    Other devices, and models with their own loading hooks, are loaded
-    through ``model.load_state_dict``.
+    key(s) in state_dict") before any tensor is written or assigned, on
+    every path (``assign=True``, sharded checkpoints and models with loading
+    hooks included: the hooks do not run then); a shape mismatch raises
+    RuntimeError ("size mismatch for ...") whatever ``strict`` is, also
+    before any write (except for models with their own hooks, which may
+    reshape what they are given). Other devices, and models with their own
+    loading hooks, are loaded through ``model.load_state_dict``.
+
+    Every write into a parameter or buffer moves its autograd version
+    counter, as ``copy_`` does: a graph that saved a tensor before the load
+    fails on backward ("modified by an inplace operation"). Tensors on the
+    ``meta`` device hold no data, so copying into them does nothing: they
+    are skipped with a UserWarning (as ``load_state_dict`` warns) that says
+    to pass ``assign=True``.
 
     ``backend`` defaults to ``"pread"`` when tensors are copied into the
     model (reading from the page cache straight into the parameters beats

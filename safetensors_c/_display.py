@@ -1,7 +1,9 @@
 """Notebook display: HTML tables and short text for handles, slices and dicts.
 
-Every piece of text that comes from a file (tensor names, dtypes, metadata)
-is HTML-escaped: a tensor may be named ``<script>``. Long tables stop after
+Every piece of text that comes from a file (tensor names, dtypes, metadata,
+file names) is shown with its control characters as visible escapes (see
+``_terminal``: a name may hold ESC sequences or a bidi override) and, in HTML,
+then HTML-escaped: a tensor may be named ``<script>``. Long tables stop after
 ``max_rows`` rows with a "… N more" row.
 """
 
@@ -13,6 +15,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from . import _dtypes
+from ._terminal import escape_name, escape_prose
 
 __all__ = [
     "MAX_ROWS",
@@ -42,7 +45,13 @@ def format_bytes(n: int) -> str:
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """A name, dtype or path as HTML text."""
+    return html.escape(escape_name(str(value)), quote=True)
+
+
+def _e_prose(value: Any) -> str:
+    """A metadata value as HTML text."""
+    return html.escape(escape_prose(str(value)), quote=True)
 
 
 def _shape(shape: Iterable[int]) -> str:
@@ -76,7 +85,7 @@ def _metadata_html(metadata: Mapping[str, str] | None, max_rows: int) -> str:
         text = str(value)
         if len(text) > _MAX_CELL:
             text = text[:_MAX_CELL] + "…"
-        rows.append([f"<code>{_e(key)}</code>", _e(text)])
+        rows.append([f"<code>{_e(key)}</code>", _e_prose(text)])
     return _table(["key", "value"], rows, len(items), "metadata")
 
 
@@ -115,10 +124,10 @@ def safe_open_text(handle, max_rows: int = 10) -> str:
     if getattr(handle, "_file", None) is None:
         return "safe_open (closed)"
     rows, file = _handle_rows(handle)
-    lines = [f"{file.filename}: {len(rows)} tensors, "
+    lines = [f"{escape_name(file.filename)}: {len(rows)} tensors, "
              f"{format_bytes(sum(r[3] for r in rows))}"]
     for n, c, s, b in rows[:max_rows]:
-        lines.append(f"  {n}: {c} {_shape(s)} ({format_bytes(b)})")
+        lines.append(f"  {escape_name(n)}: {escape_name(c)} {_shape(s)} ({format_bytes(b)})")
     if len(rows) > max_rows:
         lines.append(f"  … {len(rows) - max_rows} more")
     metadata = file.metadata()
@@ -210,7 +219,8 @@ def tensors_text(tensors: Mapping[str, Any], max_rows: int = 10) -> str:
     lines = [f"{len(items)} tensors, {format_bytes(sum(_array_row(a)[2] for _, a in items))}"]
     for name, array in items[:max_rows]:
         code, shape, nbytes = _array_row(array)
-        lines.append(f"  {name}: {code} {_shape(shape)} ({format_bytes(nbytes)})")
+        lines.append(f"  {escape_name(name)}: {escape_name(code)} {_shape(shape)} "
+                     f"({format_bytes(nbytes)})")
     if len(items) > max_rows:
         lines.append(f"  … {len(items) - max_rows} more")
     return "\n".join(lines)

@@ -49,6 +49,7 @@ from ._archive import (
     walk_pickle,
 )
 from ._pickle_vm import ConversionError, Finding, Machine, Opaque, StorageType
+from ._terminal import escape_message, escape_name
 
 __all__ = ["ScanReport", "scan", "scan_buffer", "TORCH_LEGACY_MAGIC", "ELEMENT_SIZE"]
 
@@ -139,14 +140,17 @@ class ScanReport:
         }
 
     def __str__(self) -> str:
-        lines = [f"{self.path}: {self.kind}: {self.verdict}"]
+        # Names, member paths and the file's path come from the file (or its
+        # name): escaped, so none can add a line or drive the terminal.
+        lines = [f"{escape_name(self.path)}: {self.kind}: {self.verdict}"]
         seen = set()
         for f in self.findings:
             key = (f.kind, f.name, f.where, f.safe)
             if f.safe and key in seen:
                 continue
             seen.add(key)
-            where = f"{f.where} " if f.where else ""
+            where = f"{escape_name(f.where)} " if f.where else ""
+            name = escape_name(f.name)
             if f.safe:
                 mark = "ok"
             elif f.kind in _UNKNOWN_KINDS:
@@ -154,10 +158,10 @@ class ScanReport:
             else:
                 mark = "UNSAFE"
             if f.kind == "unknown":
-                lines.append(f"  {mark} {f.name}  [{where}byte {f.offset}]")
+                lines.append(f"  {mark} {name}  [{where}byte {f.offset}]")
                 continue
-            note = f" ({f.note})" if f.note else ""
-            lines.append(f"  {mark} {f.kind} {f.name}  [{where}byte {f.offset}]{note}")
+            note = f" ({escape_message(f.note)})" if f.note else ""
+            lines.append(f"  {mark} {f.kind} {name}  [{where}byte {f.offset}]{note}")
         return "\n".join(lines)
 
 

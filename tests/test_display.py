@@ -107,3 +107,23 @@ def test_sharded_handle_displays_a_table_and_completes_keys(tmp_path):
     for name in ("layer0", shards[0], "F32", "[4, 4]"):
         assert name in html
     assert "closed" in f._repr_html_()
+
+
+def test_control_characters_are_shown_as_escapes_in_html_and_text(tmp_path):
+    """A name or value from the file may hold ESC sequences or a bidi override:
+    in the notebook table and the text forms they are visible escapes, and the
+    HTML escaping still applies on top."""
+    name = "w\u202e<b>\x1b]0;t\x07"
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # ZWNJ is part of the spelling
+    path = tmp_path / "c.safetensors"
+    save_file({name: np.zeros(2, np.float32)}, path,
+              metadata={"k\x9b2J": "v\r\x7f " + persian})
+    with safe_open(path) as f:
+        html = f._repr_html_()
+        text = safe_open_text(f)
+    for shown in (html, text, tensors_text({name: np.zeros(1)})):
+        assert not any(ord(c) < 0x20 and c != "\n" or 0x7f <= ord(c) <= 0x9f
+                       or c == "\u202e" for c in shown), shown
+    assert r"<code>w\u202e&lt;b&gt;\x1b]0;t\x07</code>" in html
+    assert r"<code>k\x9b2J</code>" in html and r"v\r\x7f " + persian in html
+    assert r"w\u202e<b>\x1b]0;t\x07: F32 [2]" in text

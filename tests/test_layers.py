@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "safetensors_c"
 # Floor of each module: a module may import only modules of lower floors.
 FLOORS = {
     "_core": 0,
-    "_dtypes": 1, "_checks": 1, "_pickle_vm": 1,
+    "_dtypes": 1, "_checks": 1, "_pickle_vm": 1, "_terminal": 1,
     "_display": 2, "_remote": 2, "_digests": 2,
     "_reader": 3, "_writer": 3, "_archive": 3, "_into": 3,
     "_frameworks": 4,

@@ -5,6 +5,11 @@
  * FileNotFoundError and a protected one a PermissionError. Everything about
  * the file's contents is a SafetensorError whose message says what is
  * wrong, for which tensor, and where.
+ *
+ * Messages get printed to terminals as they are, so none may carry a control
+ * character from the file: tensor names (chosen by whoever wrote the file)
+ * are always quoted with %R, and a path is quoted the same way when it holds
+ * a character repr() would escape (ESC, CR, C1 and bidi controls, ...).
  */
 #include "binding.h"
 
@@ -32,6 +37,21 @@ PyObject *raise_coded(module_state *st, const char *code, const char *format, ..
     return NULL;
 }
 
+/* "path: ": the path as it is when every character is printable, else its
+ * repr(). */
+static PyObject *path_prefix(PyObject *filename) {
+    if (!filename) return PyUnicode_FromString("");
+    if (!PyUnicode_Check(filename)) return PyUnicode_FromFormat("%R: ", filename);
+    int kind = PyUnicode_KIND(filename);
+    const void *data = PyUnicode_DATA(filename);
+    Py_ssize_t length = PyUnicode_GET_LENGTH(filename);
+    for (Py_ssize_t i = 0; i < length; i++) {
+        if (!Py_UNICODE_ISPRINTABLE(PyUnicode_READ(kind, data, i)))
+            return PyUnicode_FromFormat("%R: ", filename);
+    }
+    return PyUnicode_FromFormat("%U: ", filename);
+}
+
 PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *filename) {
     switch (error->status) {
     case STC_ERR_NO_MEMORY:
@@ -53,8 +73,7 @@ PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *f
     default:
         break;
     }
-    PyObject *where = filename ? PyUnicode_FromFormat("%U: ", filename)
-                               : PyUnicode_FromString("");
+    PyObject *where = path_prefix(filename);
     if (!where) return NULL;
     PyObject *tensor = NULL;
     if (error->tensor_len) {

@@ -1,8 +1,10 @@
 """Files that change on disk while they are open.
 
 A mapping reflects the file: when another process truncates it, touching a
-mapped page past the new end kills the process with SIGBUS. safetensors_c
-therefore re-checks the file's size on every read through a handle
+mapped page past the new end kills the process with SIGBUS, and a process
+that writes the file in place changes what untouched mapped pages show.
+safetensors_c therefore re-checks the file's size and modification time
+(st_mtim, in nanoseconds) on every read through a mapped handle
 (``get_tensor``, ``get_tensors``, ``get_slice(...)[...]``) and raises
 ``SafetensorError`` with ``code == "STC_ERR_FILE_CHANGED"`` instead
 (README.md, "Files that change on disk"). What it cannot protect is an array
@@ -21,6 +23,11 @@ What the tests establish:
   ("the file is shorter than when it was opened"); tensors wholly before the
   new end still read correctly. Concurrent truncation from another thread
   never crashes it.
+- mmap backend: a file rewritten in place (same size, other bytes), grown,
+  or merely given a new mtime after it was opened makes every read through
+  the handle raise FILE_CHANGED ("modified on disk after it was opened").
+  A writer that restores the mtime afterwards is not seen (the documented
+  limit of a check that costs one fstat).
 - A file replaced atomically (renamed over, as ``save_file`` does) leaves the
   open handle and earlier arrays on the old contents, with no error.
 - The documented limit is true: an mmap array obtained before the truncation,
@@ -338,3 +345,120 @@ def test_handle_of_shrunken_file_still_reports_header_in_process(tmp_path):
         with pytest.raises(SafetensorError) as info:
             f.get_tensor("small")
         assert info.value.code == "STC_ERR_FILE_CHANGED"
+
+
+# MARK: rewritten in place ----------------------------------------------------
+
+OLD_MTIME_NS = 10**18  # 2001: any later write moves the mtime past it
+
+
+def saved_with_old_mtime(path):
+    safetensors_c.save_file(run_tensors(), path, metadata={"v": "old"})
+    os.utime(path, ns=(OLD_MTIME_NS, OLD_MTIME_NS))
+
+
+def rewrite_in_place(path):
+    """The same layout with other values, written through the same inode."""
+    new = {name: (-value if value.dtype.kind != "u" else value + 1)
+           for name, value in run_tensors().items()}
+    data = safetensors_c.save(new, metadata={"v": "old"})
+    assert len(data) == os.path.getsize(path)
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    return new
+
+
+def assert_every_read_changed(f):
+    reads = []
+    for name in run_tensors():
+        reads += [lambda n=name: f.get_tensor(n), lambda n=name: f.get_slice(n)[:1]]
+    reads.append(f.get_tensors)
+    for read in reads:
+        with pytest.raises(SafetensorError, match="modified on disk after it was opened; "
+                                                  "reopen it") as info:
+            read()
+        assert info.value.code == "STC_ERR_FILE_CHANGED"
+
+
+@pytest.mark.parametrize("accessed_before", [False, True])
+def test_file_rewritten_in_place_raises_file_changed(tmp_path, accessed_before):
+    """Same size, new values, mtime moved: with the mmap backend every read
+    after the rewrite raises rather than hand out the new bytes (or a mix of
+    old and new pages); the header stays readable; a new open reads the new
+    file."""
+    path = tmp_path / "w.safetensors"
+    saved_with_old_mtime(path)
+    with safe_open(path, "np") as f:
+        if accessed_before:
+            early = f.get_tensor("big")
+            assert np.array_equal(early, run_tensors()["big"])
+        new = rewrite_in_place(path)
+        assert os.path.getsize(path) == f._file.file_size
+        assert_every_read_changed(f)
+        assert f.keys() == sorted(run_tensors()) and f.metadata() == {"v": "old"}
+    with safe_open(path, "np") as g:
+        assert np.array_equal(g.get_tensor("big"), new["big"])
+
+
+def test_file_rewritten_in_place_from_another_process(tmp_path):
+    path = tmp_path / "o.safetensors"
+    saved_with_old_mtime(path)
+    with safe_open(path, "np") as f:
+        f.get_tensor("ids")
+        subprocess.run(
+            [sys.executable, "-c",
+             "import sys; fh = open(sys.argv[1], 'r+b'); fh.seek(-8, 2); fh.write(b'x' * 8)",
+             str(path)],
+            check=True, timeout=60,
+        )
+        assert_every_read_changed(f)
+
+
+@pytest.mark.parametrize("change", ["appended", "mtime only"])
+def test_grown_or_touched_file_raises_file_changed(tmp_path, change):
+    """Cheap means conservative: a file that grew, or whose mtime moved with
+    no byte changed, is reported too."""
+    path = tmp_path / "g.safetensors"
+    saved_with_old_mtime(path)
+    with safe_open(path, "np") as f:
+        assert np.array_equal(f.get_tensor("small"), run_tensors()["small"])
+        if change == "appended":
+            with open(path, "ab") as fh:
+                fh.write(b"\0" * 16)
+        else:
+            os.utime(path, ns=(OLD_MTIME_NS + 1, OLD_MTIME_NS + 1))
+        assert_every_read_changed(f)
+
+
+def test_metadata_change_without_a_write_is_harmless(tmp_path):
+    """chmod moves ctime, not mtime: nothing was written, nothing is
+    reported (ctime would also move on every rename over the path)."""
+    path = tmp_path / "c.safetensors"
+    saved_with_old_mtime(path)
+    with safe_open(path, "np") as f:
+        os.chmod(path, 0o600)
+        assert np.array_equal(f.get_tensor("big"), run_tensors()["big"])
+        assert set(f.get_tensors()) == set(run_tensors())
+
+
+def test_pread_backend_does_not_check_the_mtime(tmp_path):
+    """The check guards mappings; the pread backend reads what the file
+    holds at each read (a shorter file still raises, as above)."""
+    path = tmp_path / "p.safetensors"
+    saved_with_old_mtime(path)
+    with safe_open(path, "np", backend="pread") as f:
+        new = rewrite_in_place(path)
+        assert np.array_equal(f.get_tensor("big"), new["big"])
+
+
+def test_writer_restoring_the_mtime_is_not_detected(tmp_path):
+    """The documented limit: a writer that puts the old mtime back after
+    writing the same number of bytes is not seen, and untouched mapped pages
+    show its bytes. Files others may write belong with backend="pread" or
+    verify_digests."""
+    path = tmp_path / "l.safetensors"
+    saved_with_old_mtime(path)
+    with safe_open(path, "np") as f:
+        new = rewrite_in_place(path)
+        os.utime(path, ns=(OLD_MTIME_NS, OLD_MTIME_NS))
+        assert np.array_equal(f.get_tensor("big"), new["big"])

@@ -35,22 +35,26 @@ def two_tensor_file(tmp_path):
     return path, tensors
 
 
-def test_mmap_arrays_are_views_of_one_mapping(two_tensor_file):
+def test_mmap_first_accesses_are_views_of_one_mapping(two_tensor_file):
     path, tensors = two_tensor_file
     with safe_open(path, "np", backend="mmap") as f:
         x = f.get_tensor("a")
-        y = f.get_tensor("a")
         other = f.get_tensor("b")
+        y = f.get_tensor("a")
         assert x is not y
-        assert np.shares_memory(x, y)
         assert not x.flags.owndata
         assert not np.shares_memory(x, other)
-        # The base chain ends at the owner of the mapping, the same for all.
+        # The base chain of each first access ends at the owner of the
+        # mapping, the same for all.
         owner_x = base_chain(x)[-1]
         owner_other = base_chain(other)[-1]
         assert owner_x is owner_other
         assert isinstance(owner_x, safetensors_c._core._File)
         assert owner_x.mapped
+        # A second access of the same tensor is a fresh read, not a view of
+        # the memory the first one may have written (tests/test_independent_arrays.py).
+        assert not np.shares_memory(x, y)
+        assert base_chain(y)[-1] is not owner_x
 
 
 def test_mmap_arrays_are_writable_and_private(two_tensor_file):
@@ -59,12 +63,13 @@ def test_mmap_arrays_are_writable_and_private(two_tensor_file):
     with safe_open(path, "np", backend="mmap") as f:
         x = f.get_tensor("a")
         y = f.get_tensor("a")
-        assert x.flags.writeable
+        assert x.flags.writeable and y.flags.writeable
         x[0, 0] = 1234.5
         x[7] = -1
-        # Same mapping: the other view sees the write ...
-        assert y[0, 0] == 1234.5
-        # ... but the file on disk does not.
+        # Neither the other array of the handle sees the write ...
+        assert_same_array(y, tensors["a"])
+        assert_same_array(f.get_tensor("a"), tensors["a"])
+        # ... nor the file on disk.
     assert path.read_bytes() == before
     # Nor does a fresh open, with either backend.
     for backend in ("mmap", "pread"):
@@ -111,10 +116,15 @@ def test_pread_arrays_own_their_memory(two_tensor_file):
 def test_mmap_slices_are_views(two_tensor_file):
     path, tensors = two_tensor_file
     with safe_open(path, "np", backend="mmap") as f:
-        full = f.get_tensor("a")
         part = f.get_slice("a")[2:4, ::3]
-        assert np.shares_memory(full, part)
+        assert not part.flags.owndata
+        assert isinstance(base_chain(part)[-1], safetensors_c._core._File)
         assert_same_array(part, tensors["a"][2:4, ::3])
+        # The slice was the tensor's first access: the full tensor asked for
+        # afterwards is a read of its own.
+        full = f.get_tensor("a")
+        assert not np.shares_memory(full, part)
+        assert_same_array(full[2:4, ::3], part)
 
 
 def test_load_bytearray_is_zero_copy():

@@ -23,6 +23,7 @@ struct stc_file {
     size_t mapped_len;   /* non-zero when base is our mapping */
     bool writable;
     uint64_t file_size;
+    struct timespec mtime; /* st_mtim at opening, for stc_check_unchanged */
     uint64_t data_start; /* 8 + N */
     char *header_text;   /* owned copy of the header; strings decoded in place */
     stc__header header;
@@ -246,6 +247,7 @@ static stc_status open_descriptor(stc_file *f, const stc_open_options *options,
         return stc__fail(error, STC_ERR_NOT_REGULAR_FILE, kind_of(sb.st_mode), STC_NO_OFFSET,
                          NULL, 0);
     f->file_size = (uint64_t)sb.st_size;
+    f->mtime = sb.st_mtim;
 
     uint8_t head[64];
     size_t head_len = 0;
@@ -443,6 +445,12 @@ int stc_is_mapped(const stc_file *f) { return f->mapped_len != 0; }
 
 int stc__file_fd(const stc_file *f) { return f->fd; }
 
+size_t stc_tensor_index(const stc_file *f, const stc_tensor *t) {
+    return (size_t)(t - f->header.tensors);
+}
+
+/* Size and mtime only: ctime also moves when the path is renamed over
+ * (which unlinks our inode and is harmless), and so would the link count. */
 stc_status stc_check_unchanged(const stc_file *f, stc_error *error) {
     if (!f->mapped_len) return STC_OK;
     struct stat sb;
@@ -450,6 +458,11 @@ stc_status stc_check_unchanged(const stc_file *f, stc_error *error) {
     if ((uint64_t)sb.st_size < f->file_size)
         return stc__fail(error, STC_ERR_FILE_CHANGED,
                          "the file was truncated on disk after it was opened; reopen it",
+                         STC_NO_OFFSET, NULL, 0);
+    if ((uint64_t)sb.st_size != f->file_size || sb.st_mtim.tv_sec != f->mtime.tv_sec ||
+        sb.st_mtim.tv_nsec != f->mtime.tv_nsec)
+        return stc__fail(error, STC_ERR_FILE_CHANGED,
+                         "the file was modified on disk after it was opened; reopen it",
                          STC_NO_OFFSET, NULL, 0);
     return STC_OK;
 }
@@ -464,17 +477,18 @@ static stc_status no_data(stc_error *error) {
                      STC_NO_OFFSET, NULL, 0);
 }
 
-stc_status stc_read(const stc_file *f, uint64_t offset, size_t len, void *dst,
-                    stc_error *error) {
-    if (!f->base && f->fd < 0) return no_data(error);
-    if (offset > data_len(f) || len > data_len(f) - offset)
-        return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
-                         "read range is outside the data section", STC_NO_OFFSET, NULL, 0);
-    if (len == 0) return STC_OK;
-    if (f->base) {
-        memcpy(dst, f->base + f->data_start + offset, len);
-        return STC_OK;
-    }
+static bool in_data(const stc_file *f, uint64_t offset, uint64_t len) {
+    return offset <= data_len(f) && len <= data_len(f) - offset;
+}
+
+static stc_status outside_data(stc_error *error) {
+    return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "read range is outside the data section",
+                     STC_NO_OFFSET, NULL, 0);
+}
+
+/* pread of a range already checked to lie inside the data section. */
+static stc_status pread_data(const stc_file *f, uint64_t offset, size_t len, void *dst,
+                             stc_error *error) {
     size_t got = 0;
     int err = pread_full(f->fd, dst, len, f->data_start + offset, &got);
     if (err) return stc__fail_errno(error, "cannot read tensor data", err);
@@ -482,6 +496,67 @@ stc_status stc_read(const stc_file *f, uint64_t offset, size_t len, void *dst,
         return stc__fail(error, STC_ERR_FILE_CHANGED,
                          "the file is shorter than when it was opened", STC_NO_OFFSET, NULL, 0);
     return STC_OK;
+}
+
+stc_status stc_read(const stc_file *f, uint64_t offset, size_t len, void *dst,
+                    stc_error *error) {
+    if (!f->base && f->fd < 0) return no_data(error);
+    if (!in_data(f, offset, len)) return outside_data(error);
+    if (len == 0) return STC_OK;
+    if (f->base) {
+        memcpy(dst, f->base + f->data_start + offset, len);
+        return STC_OK;
+    }
+    return pread_data(f, offset, len, dst, error);
+}
+
+static stc_status not_a_file(stc_error *error) {
+    return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
+                     "only a file opened from a path or descriptor can be read again",
+                     STC_NO_OFFSET, NULL, 0);
+}
+
+stc_status stc_read_file(const stc_file *f, uint64_t offset, size_t len, void *dst,
+                         stc_error *error) {
+    if (f->fd < 0) return not_a_file(error);
+    if (!in_data(f, offset, len)) return outside_data(error);
+    if (len == 0) return STC_OK;
+    return pread_data(f, offset, len, dst, error);
+}
+
+/* MARK: - Fresh mappings of a range */
+
+stc_status stc_map_range(const stc_file *f, uint64_t offset, uint64_t len, stc_region *out,
+                         stc_error *error) {
+    if (f->fd < 0) return not_a_file(error);
+    if (len == 0 || !in_data(f, offset, len))
+        return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
+                         "map range is empty or outside the data section", STC_NO_OFFSET, NULL,
+                         0);
+    long page_size = sysconf(_SC_PAGESIZE);
+    uint64_t page = page_size > 0 ? (uint64_t)page_size : 4096;
+    /* start + len <= file_size: validated at opening, so nothing overflows. */
+    uint64_t start = f->data_start + offset;
+    uint64_t aligned = start - start % page;
+    uint64_t span = start + len - aligned;
+    if (span > SIZE_MAX || aligned > (uint64_t)INT64_MAX)
+        return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "map range is too large",
+                         STC_NO_OFFSET, NULL, 0);
+    void *p = mmap(NULL, (size_t)span, PROT_READ | PROT_WRITE, MAP_PRIVATE, f->fd,
+                   (off_t)aligned);
+    if (p == MAP_FAILED) return stc__fail_errno(error, "cannot map the tensor's pages", errno);
+    out->addr = p;
+    out->len = (size_t)span;
+    out->data = (uint8_t *)p + (start - aligned);
+    return STC_OK;
+}
+
+void stc_unmap_range(stc_region *region) {
+    if (!region || !region->addr) return;
+    munmap(region->addr, region->len);
+    region->addr = NULL;
+    region->len = 0;
+    region->data = NULL;
 }
 
 /* Checks that a strided view stays inside [0, limit) and finds how many

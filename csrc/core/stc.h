@@ -79,7 +79,7 @@ typedef enum stc_status {
     STC_ERR_SIZE_MISMATCH,    /* end - begin differs from the size the shape implies */
     STC_ERR_TRUNCATED_DATA,   /* the data section is shorter than the tensors need */
     STC_ERR_TRAILING_DATA,    /* bytes follow the last tensor */
-    STC_ERR_FILE_CHANGED,     /* the file shrank since it was opened */
+    STC_ERR_FILE_CHANGED,     /* the file shrank or was modified since it was opened */
     STC_ERR_INVALID_ARGUMENT, /* the caller passed something invalid */
     STC_ERR_NOT_REGULAR_FILE, /* a FIFO, device, socket: never read, never waited on */
     STC_STATUS_COUNT
@@ -303,11 +303,24 @@ int stc_data_writable(const stc_file *file);
  * shrink (STC_BACKEND_MMAP on a real file), else 0. */
 int stc_is_mapped(const stc_file *file);
 
-/* Checks that the file on disk still holds every byte the mapping was made
- * over. Returns STC_ERR_FILE_CHANGED if it shrank (touching the lost pages
- * would raise SIGBUS), STC_ERR_IO if fstat fails, STC_OK otherwise
- * (including for memory images and the pread backend). */
+/* Checks, with one fstat of the open descriptor, that the mapped file is
+ * still the one that was opened: the size and the modification time
+ * (st_mtim, to the nanosecond) recorded at opening are unchanged. Returns
+ * STC_ERR_FILE_CHANGED if the file shrank (touching the lost pages would
+ * raise SIGBUS; message "... truncated ...") or if its size or mtime moved
+ * otherwise (it was written in place: message "... modified ..."),
+ * STC_ERR_IO if fstat fails, STC_OK otherwise (including for memory images
+ * and the pread backend). A path renamed over the file (an atomic save)
+ * changes nothing: the descriptor keeps the old inode, which is what the
+ * mapping shows. What this cannot see: a writer that restores the mtime
+ * (utimensat) after writing the same number of bytes, and writes between
+ * this check and the moment the caller touches the pages. */
 stc_status stc_check_unchanged(const stc_file *file, stc_error *error);
+
+/* The position of `tensor` (one of file's own, as returned by its lookups)
+ * in header order: 0 .. stc_tensor_count - 1. Lets callers keep per-tensor
+ * state in a plain array. */
+size_t stc_tensor_index(const stc_file *file, const stc_tensor *tensor);
 
 /* Copies len bytes starting at offset (relative to the data section) into
  * dst. Uses pread (retrying on EINTR and short reads) or memcpy. Fails with
@@ -315,6 +328,41 @@ stc_status stc_check_unchanged(const stc_file *file, stc_error *error);
  * STC_ERR_FILE_CHANGED if the file ends early. Safe to call concurrently. */
 stc_status stc_read(const stc_file *file, uint64_t offset, size_t len, void *dst,
                     stc_error *error);
+
+/* Like stc_read, but always from the file with pread, never from the
+ * mapping: the bytes the file holds now, not those of a mapped view that may
+ * have been written (the mapping is private and writable). For files opened
+ * from a path or descriptor, with either backend; STC_ERR_INVALID_ARGUMENT
+ * for memory images and header-only files. Safe to call concurrently. */
+stc_status stc_read_file(const stc_file *file, uint64_t offset, size_t len, void *dst,
+                         stc_error *error);
+
+/* A private mapping of part of a file made by stc_map_range. */
+typedef struct stc_region {
+    void *addr;    /* the mapping (page-aligned), for stc_unmap_range */
+    size_t len;    /* its length */
+    uint8_t *data; /* the first byte of the range asked for */
+} stc_region;
+
+/* Maps bytes [offset, offset + len) of the data section afresh: a new
+ * private, writable (copy-on-write) mapping of the file pages that cover
+ * them, taken from the file, independent of the file's main mapping and of
+ * every other region. Writes into it reach neither the file nor any other
+ * view. Costs one mapping of the process (vm.max_map_count) and no copy.
+ * The region does not depend on the stc_file afterwards: it may outlive
+ * stc_close; release it with stc_unmap_range. Errors:
+ * STC_ERR_INVALID_ARGUMENT for memory images, header-only files and an
+ * empty range or one outside the data section; STC_ERR_IO when mmap fails
+ * (sys_errno ENOMEM when the process has no mapping left, or the system
+ * refuses to commit the memory). As for the main mapping, touching the
+ * region after the file shrank raises SIGBUS: check stc_check_unchanged
+ * first. Safe to call concurrently. */
+stc_status stc_map_range(const stc_file *file, uint64_t offset, uint64_t len,
+                         stc_region *out, stc_error *error);
+
+/* Unmaps a region from stc_map_range (NULL or an already released region
+ * is allowed) and clears it. */
+void stc_unmap_range(stc_region *region);
 
 /* Gathers a strided view of the data section into dst, in C order, densely.
  * The view starts at byte `offset` of the data section and has ndim

@@ -3,6 +3,7 @@
  */
 #include "binding.h"
 
+#include <errno.h>
 #include <string.h>
 
 /* MARK: - Dtypes */
@@ -120,7 +121,128 @@ static PyObject *wrap_if_packed(module_state *st, PyObject *array, const stc_ten
 
 /* MARK: - The factory */
 
-PyObject *tensor_to_array(module_state *st, file_object *owner, const stc_tensor *t) {
+/* Tensors of at least this many bytes that are asked for again get a
+ * private mapping of their own pages (no copy, one mapping each, released
+ * with the array); smaller ones are read with pread into memory of their
+ * own, so that repeated accesses of many small tensors never use up the
+ * process's mappings (vm.max_map_count). */
+#define FRESH_MAPPING_MIN_BYTES ((uint64_t)1 << 20)
+
+#define REGION_CAPSULE "safetensors_c._core.region"
+
+/* An array over `data`, which `base` keeps alive. Steals the reference to
+ * base, even on failure. */
+static PyObject *view_over(PyArray_Descr *descr, int nd, npy_intp *dims, uint8_t *data,
+                           int writable, PyObject *base) {
+    int flags = NPY_ARRAY_C_CONTIGUOUS | (writable ? NPY_ARRAY_WRITEABLE : 0);
+    Py_INCREF(descr);
+    PyObject *array = PyArray_NewFromDescr(&PyArray_Type, descr, nd, dims, NULL, data, flags,
+                                           NULL);
+    if (!array) {
+        Py_DECREF(base);
+        return NULL;
+    }
+    /* SetBaseObject steals the reference to base even when it fails. */
+    if (PyArray_SetBaseObject((PyArrayObject *)array, base) < 0) {
+        Py_DECREF(array);
+        return NULL;
+    }
+    return array;
+}
+
+typedef stc_status (*read_fn)(const stc_file *, uint64_t, size_t, void *, stc_error *);
+
+/* A new array of its own, filled by `read` (stc_read, or stc_read_file to
+ * bypass the mapping). */
+static PyObject *read_array(module_state *st, file_object *owner, const stc_tensor *t,
+                            PyArray_Descr *descr, int nd, npy_intp *dims, read_fn read) {
+    Py_INCREF(descr);
+    PyObject *array = PyArray_NewFromDescr(&PyArray_Type, descr, nd, dims, NULL, NULL, 0, NULL);
+    if (!array) return NULL;
+    stc_error error;
+    stc_status status;
+    void *dst = PyArray_DATA((PyArrayObject *)array);
+    /* Without the GIL: pread into memory no other thread can see yet,
+     * from a file the caller's reference to owner keeps open. */
+    Py_BEGIN_ALLOW_THREADS
+    status = read(owner->file, t->begin, (size_t)t->nbytes, dst, &error);
+    Py_END_ALLOW_THREADS
+    if (status != STC_OK) {
+        Py_DECREF(array);
+        return raise_core_error(st, &error, owner->filename);
+    }
+    return array;
+}
+
+static void release_region(PyObject *capsule) {
+    stc_region *region = PyCapsule_GetPointer(capsule, REGION_CAPSULE);
+    stc_unmap_range(region);
+    PyMem_Free(region);
+}
+
+static uint8_t *region_data(PyObject *capsule) {
+    return ((stc_region *)PyCapsule_GetPointer(capsule, REGION_CAPSULE))->data;
+}
+
+/* A capsule that owns a fresh private mapping of [offset, offset + len) of
+ * the data section and unmaps it when the last array over it goes; Py_None
+ * when the system has no mapping to spare (ENOMEM), for the caller to read
+ * the bytes instead; NULL with an exception on any other failure. */
+static PyObject *map_region(module_state *st, file_object *owner, uint64_t offset,
+                            uint64_t len) {
+    stc_region *region = PyMem_Calloc(1, sizeof *region);
+    if (!region) return PyErr_NoMemory();
+    stc_error error;
+    stc_status status;
+    /* Without the GIL: mmap into a struct no other thread can see yet, of a
+     * file the caller's reference to owner keeps open. */
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_map_range(owner->file, offset, len, region, &error);
+    Py_END_ALLOW_THREADS
+    if (status != STC_OK) {
+        PyMem_Free(region);
+        if (status == STC_ERR_IO && error.sys_errno == ENOMEM) Py_RETURN_NONE;
+        return raise_core_error(st, &error, owner->filename);
+    }
+    PyObject *capsule = PyCapsule_New(region, REGION_CAPSULE, release_region);
+    if (!capsule) {
+        stc_unmap_range(region);
+        PyMem_Free(region);
+    }
+    return capsule;
+}
+
+/* One fresh mapping shared by the repeated tensors of one tensors_to_dict
+ * call: it covers [lo, hi) of the data section; capsule is NULL when it
+ * could not be made (then those tensors are read with pread). */
+typedef struct shared_region {
+    PyObject *capsule;
+    uint64_t lo, hi;
+    uint8_t *data;
+} shared_region;
+
+/* Tensor t asked for again: never from the shared mapping, whose pages may
+ * hold the caller's writes into the first array, but fresh from the file. */
+static PyObject *fresh_array(module_state *st, file_object *owner, const stc_tensor *t,
+                             PyArray_Descr *descr, int nd, npy_intp *dims,
+                             const shared_region *shared) {
+    if (shared && shared->capsule && t->nbytes > 0 && t->begin >= shared->lo &&
+        t->end <= shared->hi)
+        return view_over(descr, nd, dims, shared->data + (t->begin - shared->lo), 1,
+                         Py_NewRef(shared->capsule));
+    if (!shared && t->nbytes >= FRESH_MAPPING_MIN_BYTES) {
+        PyObject *capsule = map_region(st, owner, t->begin, t->nbytes);
+        if (!capsule) return NULL;
+        if (capsule != Py_None) return view_over(descr, nd, dims, region_data(capsule), 1, capsule);
+        Py_DECREF(capsule);
+    }
+    return read_array(st, owner, t, descr, nd, dims, stc_read_file);
+}
+
+typedef enum array_use { USE_HAND_OUT, USE_PEEK } array_use;
+
+static PyObject *array_for(module_state *st, file_object *owner, const stc_tensor *t,
+                           array_use use, const shared_region *shared) {
     npy_intp dims[NPY_MAXDIMS];
     int nd = numpy_shape(st, t, dims);
     if (nd < 0) return NULL;
@@ -128,38 +250,67 @@ PyObject *tensor_to_array(module_state *st, file_object *owner, const stc_tensor
     if (!descr) return NULL;
     uint8_t *data = stc_data(owner->file);
     PyObject *array;
-    if (data) {
+    if (!data) {
+        array = read_array(st, owner, t, descr, nd, dims, stc_read);
+    } else if (use == USE_PEEK ? !was_handed_out(owner, t) : hand_out(owner, t)) {
         /* Zero-copy: a view into the mapping (or image), kept alive by its
-         * base, the owner. */
-        int flags = NPY_ARRAY_C_CONTIGUOUS | (stc_data_writable(owner->file) ? NPY_ARRAY_WRITEABLE : 0);
-        Py_INCREF(descr);
-        array = PyArray_NewFromDescr(&PyArray_Type, descr, nd, dims, NULL, data + t->begin,
-                                     flags, NULL);
-        if (!array) return NULL;
-        Py_INCREF(owner);
-        /* SetBaseObject steals the reference to owner even when it fails. */
-        if (PyArray_SetBaseObject((PyArrayObject *)array, (PyObject *)owner) < 0) {
-            Py_DECREF(array);
-            return NULL;
-        }
+         * base, the owner. A peek is read-only: it is never handed out. */
+        int writable = use == USE_HAND_OUT && stc_data_writable(owner->file);
+        array = view_over(descr, nd, dims, data + t->begin, writable,
+                          Py_NewRef((PyObject *)owner));
     } else {
-        Py_INCREF(descr);
-        array = PyArray_NewFromDescr(&PyArray_Type, descr, nd, dims, NULL, NULL, 0, NULL);
-        if (!array) return NULL;
-        stc_error error;
-        stc_status status;
-        void *dst = PyArray_DATA((PyArrayObject *)array);
-        /* Without the GIL: pread into memory no other thread can see yet,
-         * from a file the caller's reference to owner keeps open. */
-        Py_BEGIN_ALLOW_THREADS
-        status = stc_read(owner->file, t->begin, (size_t)t->nbytes, dst, &error);
-        Py_END_ALLOW_THREADS
-        if (status != STC_OK) {
-            Py_DECREF(array);
-            return raise_core_error(st, &error, owner->filename);
-        }
+        array = fresh_array(st, owner, t, descr, nd, dims, shared);
     }
     return wrap_if_packed(st, array, t);
+}
+
+PyObject *tensor_to_array(module_state *st, file_object *owner, const stc_tensor *t) {
+    return array_for(st, owner, t, USE_HAND_OUT, NULL);
+}
+
+PyObject *tensor_to_peek_array(module_state *st, file_object *owner, const stc_tensor *t) {
+    return array_for(st, owner, t, USE_PEEK, NULL);
+}
+
+PyObject *tensors_to_dict(module_state *st, file_object *owner) {
+    size_t n = stc_tensor_count(owner->file);
+    shared_region shared = {NULL, UINT64_MAX, 0, NULL};
+    for (size_t i = 0; i < n; i++) {
+        const stc_tensor *t = stc_tensor_by_offset_order(owner->file, i);
+        if (t->nbytes == 0 || !was_handed_out(owner, t)) continue;
+        if (t->begin < shared.lo) shared.lo = t->begin;
+        if (t->end > shared.hi) shared.hi = t->end;
+    }
+    if (shared.lo < shared.hi) {
+        PyObject *capsule = map_region(st, owner, shared.lo, shared.hi - shared.lo);
+        if (!capsule) return NULL;
+        if (capsule == Py_None) {
+            Py_DECREF(capsule);
+        } else {
+            shared.capsule = capsule;
+            shared.data = region_data(capsule);
+        }
+    }
+    PyObject *dict = PyDict_New();
+    if (!dict) goto fail;
+    for (size_t i = 0; i < n; i++) {
+        const stc_tensor *t = stc_tensor_by_offset_order(owner->file, i);
+        PyObject *name = PyUnicode_DecodeUTF8(t->name, (Py_ssize_t)t->name_len, NULL);
+        PyObject *array = name ? array_for(st, owner, t, USE_HAND_OUT, &shared) : NULL;
+        if (!array || PyDict_SetItem(dict, name, array) < 0) {
+            Py_XDECREF(name);
+            Py_XDECREF(array);
+            goto fail;
+        }
+        Py_DECREF(name);
+        Py_DECREF(array);
+    }
+    Py_XDECREF(shared.capsule);
+    return dict;
+fail:
+    Py_XDECREF(dict);
+    Py_XDECREF(shared.capsule);
+    return NULL;
 }
 
 /* MARK: - Strided reads */

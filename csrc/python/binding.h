@@ -41,13 +41,22 @@ module_state *state_of_type(PyTypeObject *type);
 /* MARK: - The _File owner type (file_object.c) */
 
 /* One opened file. Arrays handed out use it as their base, so the mapping
- * lives exactly as long as the last array or handle that needs it. */
+ * lives exactly as long as the last array or handle that needs it.
+ *
+ * Arrays of one handle never alias each other: the first access of a tensor
+ * is a view into the shared, writable (private copy-on-write) mapping;
+ * every later one comes fresh from the file (see array.c). handed_out has
+ * one bit per tensor, in header order (stc_tensor_index), set when the
+ * view was given out. It is NULL when views cannot alias a caller's writes
+ * and every access may be a view: memory images (the caller's own buffer,
+ * zero-copy by contract), read-only mappings, the pread backend. */
 typedef struct file_object {
     PyObject_HEAD
     stc_file *file;
     Py_buffer image;     /* for files opened from memory */
     int has_image;
     PyObject *filename;  /* str or NULL, for messages */
+    unsigned char *handed_out;
 } file_object;
 
 extern PyType_Spec file_type_spec;
@@ -61,6 +70,17 @@ PyObject *open_buffer(PyObject *module, PyObject *args, PyObject *kwargs);
  * from a descriptor, which the core duplicates. */
 PyObject *open_fd(PyObject *module, PyObject *args, PyObject *kwargs);
 
+/* Whether tensor t's view into the shared mapping was given out already
+ * (0 when the handle does not track: see file_object). */
+int was_handed_out(const file_object *f, const stc_tensor *t);
+
+/* Marks t as handed out; returns 1 when this call is its first access (the
+ * caller may give out a view into the shared mapping), 0 when an earlier
+ * call was (the caller must read t afresh). Always 1 for handles that do
+ * not track. Call with the GIL held: the test and the set are one step
+ * under it, so two threads never both get the first access. */
+int hand_out(file_object *f, const stc_tensor *t);
+
 /* header_length(head, file_size, max_header_size=0, name=None) -> N, and
  * open_header(head, file_size, ...) -> a _File that knows every tensor but
  * holds no data: for sources the Python layer reads itself. */
@@ -69,10 +89,23 @@ PyObject *open_header(PyObject *module, PyObject *args, PyObject *kwargs);
 
 /* MARK: - Arrays (array.c) */
 
-/* The one array factory: a NumPy array for tensor t of file `owner`. A view
- * into the mapping for mapped files and images; a fresh array filled by
- * pread otherwise. New reference, or NULL with an exception set. */
+/* The one array factory: a NumPy array for tensor t of file `owner`.
+ * A view into the mapping for the first access of a tensor of a mapped file
+ * (it marks t handed out) and for images; on a later access, fresh from the
+ * file: a private mapping of its own pages for large tensors, a pread into
+ * memory of its own for small ones. A fresh array filled by pread for the
+ * pread backend. New reference, or NULL with an exception set. */
 PyObject *tensor_to_array(module_state *st, file_object *owner, const stc_tensor *t);
+
+/* The same without handing t out, for checks that only read (digests): a
+ * read-only view while t was never handed out (its pages are still the
+ * file's), else what tensor_to_array gives. */
+PyObject *tensor_to_peek_array(module_state *st, file_object *owner, const stc_tensor *t);
+
+/* Every tensor as a dict, in data order, by the rules of tensor_to_array;
+ * the tensors already handed out share one fresh mapping of the span they
+ * cover (one mapping per call, whatever the number of tensors). */
+PyObject *tensors_to_dict(module_state *st, file_object *owner);
 
 /* Fills dims with the NumPy shape of t (packed sub-byte dtypes become
  * uint8 bytes; see array.c) and returns ndim, or -1 with an exception. */

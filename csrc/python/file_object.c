@@ -19,6 +19,7 @@ static PyObject *new_file_object(module_state *st) {
     f->file = NULL;
     f->has_image = 0;
     f->filename = NULL;
+    f->handed_out = NULL;
     return (PyObject *)f;
 }
 
@@ -49,7 +50,32 @@ static PyObject *finish_open(module_state *st, file_object *f, stc_status status
         return NULL;
     }
     f->file = file;
+    /* Only a writable mapping of a file can hand a caller's writes back. */
+    if (stc_is_mapped(file) && stc_data_writable(file)) {
+        f->handed_out = PyMem_Calloc(stc_tensor_count(file) / 8 + 1, 1);
+        if (!f->handed_out) {
+            Py_DECREF(f);
+            return PyErr_NoMemory();
+        }
+    }
     return (PyObject *)f;
+}
+
+/* MARK: - Tensors handed out */
+
+int was_handed_out(const file_object *f, const stc_tensor *t) {
+    if (!f->handed_out) return 0;
+    size_t i = stc_tensor_index(f->file, t);
+    return (f->handed_out[i / 8] >> (i % 8)) & 1;
+}
+
+int hand_out(file_object *f, const stc_tensor *t) {
+    if (!f->handed_out) return 1;
+    size_t i = stc_tensor_index(f->file, t);
+    unsigned char bit = (unsigned char)(1u << (i % 8));
+    if (f->handed_out[i / 8] & bit) return 0;
+    f->handed_out[i / 8] |= bit;
+    return 1;
 }
 
 PyObject *open_path(PyObject *module, PyObject *args, PyObject *kwargs) {
@@ -301,27 +327,20 @@ static PyObject *file_tensor(PyObject *self, PyObject *name) {
     return tensor_to_array(st, f, t);
 }
 
+static PyObject *file_peek(PyObject *self, PyObject *name) {
+    module_state *st = state_of_self(self);
+    file_object *f = (file_object *)self;
+    const stc_tensor *t = lookup(st, f, name);
+    if (!t || check_unchanged(st, f) < 0) return NULL;
+    return tensor_to_peek_array(st, f, t);
+}
+
 static PyObject *file_tensors(PyObject *self, PyObject *unused) {
     (void)unused;
     module_state *st = state_of_self(self);
     file_object *f = (file_object *)self;
     if (check_unchanged(st, f) < 0) return NULL;
-    PyObject *dict = PyDict_New();
-    if (!dict) return NULL;
-    for (size_t i = 0; i < stc_tensor_count(f->file); i++) {
-        const stc_tensor *t = stc_tensor_by_offset_order(f->file, i);
-        PyObject *name = name_of(t);
-        PyObject *array = name ? tensor_to_array(st, f, t) : NULL;
-        if (!array || PyDict_SetItem(dict, name, array) < 0) {
-            Py_XDECREF(name);
-            Py_XDECREF(array);
-            Py_DECREF(dict);
-            return NULL;
-        }
-        Py_DECREF(name);
-        Py_DECREF(array);
-    }
-    return dict;
+    return tensors_to_dict(st, f);
 }
 
 static PyObject *file_info(PyObject *self, PyObject *name) {
@@ -436,13 +455,18 @@ static PyObject *file_read_into(PyObject *self, PyObject *args, PyObject *kwargs
     stc_status status;
     size_t direct_bytes = 0;
     void *dst = view.buf;
+    /* A tensor handed out may have been written through its view: read the
+     * file, not the mapping (the range was checked to lie inside t). */
+    int from_file = was_handed_out(f, t);
     /* Without the GIL: the copy or read touches only the file's C state
      * (immutable after opening, and kept alive by the reference the call
      * holds on self) and the caller's memory, pinned by the buffer export
      * until PyBuffer_Release below. Other threads may read other ranges,
      * of this tensor or others, at the same time. */
     Py_BEGIN_ALLOW_THREADS
-    if (direct_fd >= 0)
+    if (from_file)
+        status = stc_read_file(f->file, t->begin + byte_offset, len, dst, &error);
+    else if (direct_fd >= 0)
         status = stc_read_tensor_direct(f->file, t, byte_offset, len, dst, direct_fd,
                                         (size_t)align, &direct_bytes, &error);
     else
@@ -496,6 +520,7 @@ static void file_dealloc(PyObject *self) {
     file_object *f = (file_object *)self;
     PyTypeObject *type = Py_TYPE(self);
     stc_close(f->file);
+    PyMem_Free(f->handed_out);
     if (f->has_image) PyBuffer_Release(&f->image);
     Py_XDECREF(f->filename);
     PyObject_Free(self);
@@ -510,9 +535,15 @@ static PyMethodDef file_methods[] = {
     {"metadata", file_metadata, METH_NOARGS,
      "metadata($self, /)\n--\n\nThe __metadata__ dict, or None."},
     {"tensor", file_tensor, METH_O,
-     "tensor($self, name, /)\n--\n\nThe tensor as a NumPy array (a view when mapped)."},
+     "tensor($self, name, /)\n--\n\nThe tensor as a NumPy array: a view into the mapping on "
+     "its first access, fresh from the file (never aliasing an earlier array) afterwards."},
+    {"peek", file_peek, METH_O,
+     "peek($self, name, /)\n--\n\nThe tensor's bytes for a check that only reads: a read-only "
+     "view while the tensor was never handed out (its pages are still the file's), else a fresh "
+     "read. Does not count as handing the tensor out."},
     {"tensors", file_tensors, METH_NOARGS,
-     "tensors($self, /)\n--\n\nA dict of every tensor, in data order."},
+     "tensors($self, /)\n--\n\nA dict of every tensor, in data order. The first access of a "
+     "tensor is a view (when mapped); a tensor handed out before comes fresh from the file."},
     {"info", file_info, METH_O,
      "info($self, name, /)\n--\n\n(dtype code, shape, NumPy shape, begin, end) of a tensor."},
     {"read_view", file_read_view, METH_VARARGS,

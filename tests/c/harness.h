@@ -136,5 +136,6 @@ void run_strided_tests(void);
 void run_writer_tests(void);
 void run_alloc_tests(void);
 void run_source_tests(void);
+void run_fresh_tests(void);
 
 #endif /* STC_TEST_HARNESS_H */

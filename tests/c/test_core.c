@@ -178,6 +178,7 @@ int main(void) {
         {"writer", run_writer_tests},
         {"allocation failures", run_alloc_tests},
         {"sources", run_source_tests},
+        {"fresh reads, changes", run_fresh_tests},
     };
     for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
         unsigned long failures_before = g_failures;

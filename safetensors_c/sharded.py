@@ -20,6 +20,17 @@ shard names must be plain file names inside the checkpoint's directory (no
 allow-list (every shard holds exactly the tensors the index assigns to it,
 so no tensor is missing, unlisted, or in two shards); ``total_size`` must
 equal the bytes of all tensors. Every shard is itself fully validated.
+
+One save, not a mix of two: :func:`save_sharded` draws a random save id,
+writes it into every shard's metadata and, last, into the index's
+``"metadata"`` (both under :data:`SAVE_ID_KEY`). When an index carries a save
+id, every shard must carry the same one, or opening, loading and verifying
+fail with SafetensorError ``STC_ERR_SHARD_MISMATCH`` naming the shard: so a
+save killed while overwriting a checkpoint of the same layout (new shards
+beside old ones, under the old index), or a shard copied in from another
+save, is refused instead of loading as a silent mix. Indexes without a save
+id (written by transformers, huggingface_hub or older releases) load as
+before.
 """
 
 from __future__ import annotations
@@ -27,17 +38,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import urllib.parse
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 
 from . import _display, _remote, _writer, distributed
+from ._digests import add_digests
 from ._archive import NotRegularFileError, open_regular
 from ._checks import check_metadata, error, fs_path, parse_size
 from ._core import SafetensorError
 from ._frameworks import adapter_for, to_neutral
 from ._into import run_parallel
 from ._open import safe_open
+from ._reader import open_source
 
 __all__ = [
     "save_sharded",
@@ -45,9 +59,15 @@ __all__ = [
     "safe_open_sharded",
     "parse_size",
     "INDEX_SUFFIX",
+    "SAVE_ID_KEY",
 ]
 
 INDEX_SUFFIX = ".safetensors.index.json"
+#: the metadata key (of each shard, and of the index's "metadata") holding the save id
+SAVE_ID_KEY = "safetensors_c.save_id"
+_SAVE_ID = re.compile(r"[0-9a-f]{32}")
+# adapter name -> the "format" transformers writes into (and expects in) shard metadata
+_FORMATS = {"torch": "pt", "tensorflow": "tf", "flax": "flax", "mlx": "mlx"}
 MAX_INDEX_SIZE = 100_000_000  # bytes; the same cap as a file's header
 _SHARD_PATTERN = "{prefix}-{index:05d}-of-{count:05d}.safetensors"
 
@@ -127,6 +147,7 @@ def save_sharded(
     *,
     framework: str = "np",
     progress: bool = True,
+    digests: bool = False,
 ) -> Dict[str, Any]:
     """Saves ``tensors`` into ``directory`` as a (possibly) sharded checkpoint.
 
@@ -141,10 +162,22 @@ def save_sharded(
     prefix are removed. Every input is checked before anything is written;
     each file is written atomically. Returns the index as a dict.
 
+    With several shards, a random save id goes into every shard's metadata
+    and into the index (:data:`SAVE_ID_KEY`), so that a save interrupted
+    while overwriting a checkpoint of the same layout is refused when loaded
+    rather than read as a mix of two saves (see the module docstring). Since
+    the shards then carry metadata, a ``"format"`` is added when
+    ``metadata`` has none and the framework is one transformers knows
+    (``"pt"``, ``"tf"``, ``"flax"``, ``"mlx"``), as transformers and
+    huggingface_hub write it and require it of metadata they read.
+    ``digests=True`` records each shard's v2 digests, as ``save_file(...,
+    digests=True)`` does, for ``verify_digests=True`` and ``safetensors-c verify``.
+
     ``framework`` names the arrays' framework ("np", "pt", "flax", "tf",
     "paddle", "mlx"), with the same checks as that framework's ``save_file``.
     """
-    neutral = to_neutral(adapter_for(framework), tensors)
+    adapter = adapter_for(framework)
+    neutral = to_neutral(adapter, tensors)
     metadata = check_metadata(metadata)
     names = list(neutral)
     limit = parse_size(max_shard_size)
@@ -159,17 +192,42 @@ def save_sharded(
         files = [_SHARD_PATTERN.format(prefix=prefix, index=i + 1, count=count) for i in range(count)]
     weight_map = {names[i]: files[k] for k, shard in enumerate(shards) for i in shard}
     index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
+    if count > 1:  # one file needs no index, so nothing binds it
+        save_id = secrets.token_hex(16)
+        metadata = dict(metadata or {}, **{SAVE_ID_KEY: save_id})
+        # transformers and huggingface_hub refuse a shard whose metadata lacks
+        # the "format" they know (they write it themselves): name the framework.
+        if "format" not in metadata and adapter.NAME in _FORMATS:
+            metadata["format"] = _FORMATS[adapter.NAME]
+        index["metadata"][SAVE_ID_KEY] = save_id
 
     os.makedirs(directory, exist_ok=True)
-    for file, shard in _progress(zip(files, shards), count, "Saving shards", progress):
-        _writer.write(
-            {names[i]: neutral[names[i]] for i in shard}, metadata, os.path.join(directory, file)
-        )
     index_path = os.path.join(directory, prefix + INDEX_SUFFIX)
+    if count > 1:
+        _remove_unbound_index(index_path)
+    for file, shard in _progress(zip(files, shards), count, "Saving shards", progress):
+        part = {names[i]: neutral[names[i]] for i in shard}
+        shard_metadata = add_digests(part, metadata) if digests else metadata
+        _writer.write(part, shard_metadata, os.path.join(directory, file))
     if count > 1:
         _writer.write_text_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
     _remove_stale(directory, prefix, set(files), remove_index=count == 1)
     return index
+
+
+def _remove_unbound_index(index_path: str) -> None:
+    """Removes an index that carries no save id (written by another tool or an
+    older release) before any shard is overwritten: if this save is cut
+    short, no index is left to present old and new shards as one checkpoint
+    (an index with a save id stays: it refuses the new shards by itself)."""
+    if not os.path.lexists(index_path):
+        return
+    try:
+        _, index_metadata = _read_index(index_path)
+    except (OSError, SafetensorError):
+        index_metadata = None
+    if (index_metadata or {}).get(SAVE_ID_KEY) is None:
+        os.unlink(index_path)
 
 
 def _remove_stale(directory: str, prefix: str, keep: set, remove_index: bool) -> None:
@@ -279,7 +337,30 @@ def _read_index(
         total = metadata["total_size"]
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             raise _index_error(path, f'"total_size" must be a non-negative integer, not {total!r}')
+    if metadata is not None and SAVE_ID_KEY in metadata:
+        save_id = metadata[SAVE_ID_KEY]
+        if not isinstance(save_id, str) or not _SAVE_ID.fullmatch(save_id):
+            raise _index_error(path, f'"{SAVE_ID_KEY}" must be 32 lowercase hex digits, '
+                                     f"not {str(save_id)[:80]!r}")
     return weight_map, metadata
+
+
+def _check_save_id(index_path: str, index_metadata: Optional[Dict[str, Any]], file: str,
+                   shard_metadata: Optional[Dict[str, str]]) -> None:
+    """Raises unless the shard ``file`` is from the save the index records
+    (when the index records one)."""
+    expected = (index_metadata or {}).get(SAVE_ID_KEY)
+    if expected is None:
+        return
+    found = (shard_metadata or {}).get(SAVE_ID_KEY)
+    if found != expected:
+        what = "no save id" if found is None else f"save id {found[:80]!r}"
+        raise error(
+            f"{index_path}: shard {file!r} is not from the save this index describes (it "
+            f"carries {what}, the index {expected!r}): a save into this directory was "
+            f"interrupted, or shards of different saves were mixed; save the checkpoint again",
+            "STC_ERR_SHARD_MISMATCH",
+        )
 
 
 def _shard_path(directory: str, real_directory: str, name: str, index_path: str) -> str:
@@ -376,7 +457,8 @@ class safe_open_sharded:
     """Opens a sharded checkpoint lazily, with the methods of ``safe_open``.
 
     safe_open_sharded(path, framework="np", device="cpu", *, prefix="model",
-                      backend="mmap", storage_options=None)
+                      backend="mmap", storage_options=None, verify_digests=False,
+                      allow_bytes_only=False)
 
     ``path`` is the checkpoint's directory, its index file, or a single
     .safetensors file, as a path or a URL (``https://``, ``s3://``, ...;
@@ -386,6 +468,11 @@ class safe_open_sharded:
     validated) once, here, and checked against the index; no tensor data is
     read until asked for. ``get_tensor``, ``get_slice`` and ``get_tensors``
     then serve every tensor from its shard, zero-copy.
+
+    When the index carries a save id (:data:`SAVE_ID_KEY`), every shard must
+    carry the same one (SafetensorError ``STC_ERR_SHARD_MISMATCH`` otherwise).
+    ``verify_digests`` and ``allow_bytes_only`` apply to every shard as in
+    :class:`~safetensors_c.safe_open`.
     """
 
     def __init__(
@@ -397,6 +484,8 @@ class safe_open_sharded:
         prefix: str = "model",
         backend: str = "mmap",
         storage_options: Optional[Dict[str, Any]] = None,
+        verify_digests: bool = False,
+        allow_bytes_only: bool = False,
     ) -> None:
         self._shards: Optional[Dict[str, safe_open]] = None
         directory, index_path, single = _locate(path, prefix, storage_options)
@@ -407,22 +496,19 @@ class safe_open_sharded:
         else:
             weight_map, index_metadata = None, None
         shards: Dict[str, safe_open] = {}
+        options = dict(backend=backend, storage_options=storage_options,
+                       verify_digests=verify_digests, allow_bytes_only=allow_bytes_only)
         try:
             if weight_map is None:
-                shards[single] = safe_open(
-                    _join(directory, single), framework, device, backend=backend,
-                    storage_options=storage_options,
-                )
+                shards[single] = safe_open(_join(directory, single), framework, device, **options)
                 weight_map = {name: single for name in shards[single].keys()}
             else:
                 real_directory = os.path.realpath(directory)
                 files = sorted(set(weight_map.values()))
                 paths = [_shard_path(directory, real_directory, f, index_path) for f in files]
                 for file, shard_path in zip(files, paths):
-                    shards[file] = safe_open(
-                        shard_path, framework, device, backend=backend,
-                        storage_options=storage_options,
-                    )
+                    shards[file] = safe_open(shard_path, framework, device, **options)
+                    _check_save_id(index_path, index_metadata, file, shards[file].metadata())
                 self._check_against_index(index_path, weight_map, index_metadata, shards)
         except BaseException:
             for shard in shards.values():
@@ -618,6 +704,8 @@ def load_sharded(
     max_workers: Optional[int] = None,
     process_group: Any = None,
     plan: Any = None,
+    verify_digests: bool = False,
+    allow_bytes_only: bool = False,
 ) -> Dict[str, Any]:
     """Every tensor of a sharded checkpoint (a directory, its index file, or
     a single .safetensors file; a path or a URL, with ``storage_options``
@@ -631,14 +719,23 @@ def load_sharded(
     exchange the rest; with ``plan`` (tensor name -> dimension) each keeps
     only its tensor-parallel part of the planned tensors. See
     :mod:`safetensors_c.distributed`.
+
+    Shards of another save than the index's are refused (see
+    :class:`safe_open_sharded`); ``verify_digests`` and ``allow_bytes_only``
+    check every shard's digests as :class:`~safetensors_c.safe_open` does
+    (not with ``process_group``).
     """
     if process_group is not None:
+        if verify_digests:
+            raise ValueError("verify_digests=True is not supported with process_group=; "
+                             "verify the checkpoint first (safetensors-c verify)")
         return _load_distributed(path, prefix, storage_options, framework, device, plan,
                                  max_workers, process_group)
     if plan is not None:
         raise ValueError("plan= splits tensors between ranks: it needs process_group=")
     with safe_open_sharded(
-        path, framework, device, prefix=prefix, backend=backend, storage_options=storage_options
+        path, framework, device, prefix=prefix, backend=backend, storage_options=storage_options,
+        verify_digests=verify_digests, allow_bytes_only=allow_bytes_only,
     ) as f:
         return f.get_tensors(progress=progress, max_workers=max_workers)
 
@@ -655,10 +752,14 @@ def _load_distributed(path, prefix, storage_options, framework, device, plan, ma
         files = [_join(directory, single)]
         weight_map = None
     else:
-        weight_map, _ = _read_index(index_path, None)
+        weight_map, index_metadata = _read_index(index_path, None)
         real_directory = os.path.realpath(directory)
         names = sorted(set(weight_map.values()))
         files = [_shard_path(directory, real_directory, f, index_path) for f in names]
+        if (index_metadata or {}).get(SAVE_ID_KEY) is not None:
+            for name, file in zip(names, files):  # the header only, read with pread
+                metadata = open_source(file, backend="pread").metadata()
+                _check_save_id(index_path, index_metadata, name, metadata)
     result = distributed.load_files(files, process_group, framework=framework, device=device,
                                     plan=plan, max_workers=max_workers)
     if weight_map is not None and set(result) != set(weight_map):

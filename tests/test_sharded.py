@@ -12,7 +12,13 @@ import pytest
 import safetensors_c
 import safetensors_c.numpy as snp
 from safetensors_c import SafetensorError
-from safetensors_c.sharded import load_sharded, parse_size, safe_open_sharded, save_sharded
+from safetensors_c.sharded import (
+    SAVE_ID_KEY,
+    load_sharded,
+    parse_size,
+    safe_open_sharded,
+    save_sharded,
+)
 
 INDEX = "model.safetensors.index.json"
 
@@ -69,12 +75,17 @@ def test_greedy_filling_and_index_as_transformers_writes_it(tmp_path):
         "t2": files[1], "t3": files[1],          # 80; +10+10 = 100 (not over) fits
         "t4": files[1], "t5": files[1],
     }
-    assert index == {"metadata": {"total_size": 180}, "weight_map": expected_map}
+    # transformers' layout, plus the save id that binds the shards to this index
+    save_id = index["metadata"][SAVE_ID_KEY]
+    assert len(save_id) == 32 and int(save_id, 16) >= 0
+    expected_metadata = {SAVE_ID_KEY: save_id, "total_size": 180}
+    assert index == {"metadata": expected_metadata, "weight_map": expected_map}
     text = (tmp_path / INDEX).read_text()
     assert text == json.dumps(
-        {"metadata": {"total_size": 180}, "weight_map": expected_map}, indent=2, sort_keys=True
+        {"metadata": expected_metadata, "weight_map": expected_map}, indent=2, sort_keys=True
     ) + "\n"
-    assert text.startswith('{\n  "metadata": {\n    "total_size": 180\n  },\n  "weight_map": {\n')
+    assert text.startswith('{\n  "metadata": {\n    "safetensors_c.save_id": "%s",\n'
+                           '    "total_size": 180\n  },\n  "weight_map": {\n' % save_id)
 
 
 def test_hub_order_for_tensors_over_the_limit(tmp_path):
@@ -121,7 +132,8 @@ def test_shards_are_byte_identical_to_save_file_and_carry_metadata(tmp_path):
     assert by_file == {shard_name(1, 2): {"b": tensors["b"]},
                        shard_name(2, 2): {"a": tensors["a"], "c": tensors["c"]}}
     for file, part in by_file.items():
-        assert (tmp_path / file).read_bytes() == safetensors_c.save(part, {"format": "np"})
+        metadata = {"format": "np", SAVE_ID_KEY: index["metadata"][SAVE_ID_KEY]}
+        assert (tmp_path / file).read_bytes() == safetensors_c.save(part, metadata)
     assert index["metadata"]["total_size"] == sum(t.nbytes for t in tensors.values())
 
 
@@ -193,8 +205,10 @@ def test_safe_open_sharded_methods(checkpoint):
     with safe_open_sharded(directory) as f:
         assert f.keys() == sorted(tensors) and len(f) == 4 and "head" in f and "x" not in f
         assert sorted(f.offset_keys()) == sorted(tensors)
-        assert f.index_metadata() == {"total_size": sum(a.nbytes for a in tensors.values())}
-        assert f.metadata() is None
+        save_id = f.index_metadata()[SAVE_ID_KEY]
+        assert f.index_metadata() == {"total_size": sum(a.nbytes for a in tensors.values()),
+                                      SAVE_ID_KEY: save_id}
+        assert f.metadata() == {SAVE_ID_KEY: save_id}  # numpy arrays: no "format" is implied
         assert f.shard_files == [shard_name(i, 3) for i in (1, 2, 3)]
         assert np.array_equal(f.get_tensor("embed"), tensors["embed"])
         assert np.array_equal(f.get_slice("embed")[2:4, 1], tensors["embed"][2:4, 1])
@@ -433,7 +447,7 @@ def test_torch_sharded_round_trip(tmp_path):
     for name, tensor in tensors.items():
         assert torch.equal(loaded[name], tensor) and loaded[name].dtype == tensor.dtype
     with safe_open_sharded(tmp_path, framework="pt") as f:
-        assert f.metadata() == {"format": "pt"}
+        assert f.metadata() == {"format": "pt", SAVE_ID_KEY: index["metadata"][SAVE_ID_KEY]}
         assert torch.equal(f.get_slice("a")[1:3], tensors["a"][1:3])
     with pytest.raises(RuntimeError, match="share memory"):
         ct.save_sharded({"x": tensors["b"], "y": tensors["b"][:4]}, tmp_path / "shared",

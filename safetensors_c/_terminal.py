@@ -97,9 +97,13 @@ def _json_escape(ch: str) -> str:
 
 def dumps(value: Any, **options: Any) -> str:
     """``json.dumps`` whose every non-printable character (inside strings: the
-    only place one can be) is a ``\\u`` escape; other text stays readable."""
+    only place one can be, with ``indent`` a number) is a ``\\u`` escape; other
+    text stays readable."""
     text = json.dumps(value, ensure_ascii=False, **options)
-    lines = text.split("\n")  # the newlines of indent=; a string's own are escaped
+    # Every newline is one of indent=: json.dumps escapes those inside strings.
+    if text.replace("\n", "").isprintable():
+        return text  # the common case, checked at C speed
+    lines = text.split("\n")
     for i, line in enumerate(lines):
         if not line.isprintable():
             lines[i] = "".join(ch if ch.isprintable() else _json_escape(ch) for ch in line)

@@ -330,8 +330,11 @@ def mismatches(
     total = sum(info[4] - info[3] for info in infos)
     done = 0
     bad = digests.header_mismatches(reader)
+    # A mapped reader's peek does not hand the tensor out: its first
+    # get_tensor stays a zero-copy view of the pages hashed here.
+    read = getattr(reader, "peek", reader.tensor)
     for name, info in zip(names, infos):
-        if not digests.matches(name, info[0], info[1], tensor_digest(reader.tensor(name))):
+        if not digests.matches(name, info[0], info[1], tensor_digest(read(name))):
             bad.add(name)
         done += info[4] - info[3]
         if progress is not None:

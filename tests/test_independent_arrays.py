@@ -384,3 +384,31 @@ def test_process_out_of_mappings_still_gets_independent_arrays(model, tmp_path):
     exhausted, ok = proc.stdout.split()
     assert int(exhausted) < 200000  # the limit was really reached
     assert ok == "True"
+
+
+# MARK: reads that only check --------------------------------------------------
+
+
+def test_peek_does_not_hand_out(model):
+    """The internal read of a check (digests) is read-only and leaves the
+    tensor's first access zero-copy; after a write it sees the file's bytes."""
+    with safe_open(model, "np") as f:
+        owner = f._file
+        peeked = owner.peek("large")
+        assert not peeked.flags.writeable and np.array_equal(peeked, LARGE)
+        with pytest.raises(ValueError):
+            peeked[0, 0] = 1
+        first = f.get_tensor("large")
+        assert is_first_access_view(first, model) and first.flags.writeable
+        first[...] = 0
+        assert np.array_equal(owner.peek("large"), LARGE)
+
+
+def test_verify_digests_keeps_the_first_access_zero_copy(tmp_path):
+    path = tmp_path / "d.safetensors"
+    safetensors_c.save_file({"small": SMALL, "large": LARGE}, path, digests=True)
+    with safe_open(path, "np", verify_digests=True) as f:
+        first = f.get_tensor("large")
+        assert is_first_access_view(first, path)
+        first[...] = 0
+        assert np.array_equal(f.get_tensor("large"), LARGE)

@@ -28,9 +28,8 @@ they detect corruption and accidental edits, not a forger who can rewrite
 the file (and its digests); get the digest from a trusted channel, or sign
 the file, for that.
 
-:func:`verifying` puts a :class:`VerifyingReader` in front of a reader that
-reads the file again on every call (a URL, a file object, ``backend="pread"``):
-each tensor's bytes are checked as they are read, so what is handed out is
+:func:`verifying` puts a :class:`VerifyingReader` in front of a reader: each
+tensor's bytes are checked as they are handed out, so what is handed out is
 what was verified, even when the source changes after it was opened.
 """
 
@@ -311,6 +310,22 @@ def _no_digests(filename) -> SafetensorError:
 # MARK: checking a whole file -------------------------------------------------
 
 
+def _mismatches(reader, digests: Recorded,
+                progress: Optional[Callable[[int, int], None]] = None) -> List[str]:
+    names = reader.keys()
+    infos = [reader.info(name) for name in names]
+    total = sum(info[4] - info[3] for info in infos)
+    done = 0
+    bad = digests.header_mismatches(reader)
+    for name, info in zip(names, infos):
+        if not digests.matches(name, info[0], info[1], tensor_digest(reader.tensor(name))):
+            bad.add(name)
+        done += info[4] - info[3]
+        if progress is not None:
+            progress(done, total)
+    return sorted(bad)
+
+
 def mismatches(
     reader, progress: Optional[Callable[[int, int], None]] = None, *,
     allow_bytes_only: bool = False,
@@ -323,23 +338,12 @@ def mismatches(
     ``STC_ERR_WEAK_DIGESTS`` unless ``allow_bytes_only``. ``progress(done,
     total)`` gets the bytes hashed so far after each tensor."""
     digests = recorded(reader.metadata(), reader.filename, allow_bytes_only=allow_bytes_only)
-    if digests is None:
-        return None
-    names = reader.keys()
-    infos = [reader.info(name) for name in names]
-    total = sum(info[4] - info[3] for info in infos)
-    done = 0
-    bad = digests.header_mismatches(reader)
-    # A mapped reader's peek does not hand the tensor out: its first
-    # get_tensor stays a zero-copy view of the pages hashed here.
-    read = getattr(reader, "peek", reader.tensor)
-    for name, info in zip(names, infos):
-        if not digests.matches(name, info[0], info[1], tensor_digest(read(name))):
-            bad.add(name)
-        done += info[4] - info[3]
-        if progress is not None:
-            progress(done, total)
-    return sorted(bad)
+    return None if digests is None else _mismatches(reader, digests, progress)
+
+
+def _mismatch_error(filename, scheme: str, bad, what: str) -> SafetensorError:
+    return _error(f"{filename}: {what} does not match its recorded SHA-256 digest "
+                  f"({scheme}): {_names(bad)}", "STC_ERR_DIGEST_MISMATCH")
 
 
 def check_digests(reader, *, allow_bytes_only: bool = False) -> str:
@@ -348,64 +352,61 @@ def check_digests(reader, *, allow_bytes_only: bool = False) -> str:
     tensors whose bytes differ from their recorded digests,
     ``"STC_ERR_NO_DIGESTS"`` if the file records none, or
     ``"STC_ERR_WEAK_DIGESTS"`` (see :func:`recorded`)."""
-    bad = mismatches(reader, allow_bytes_only=allow_bytes_only)
-    if bad is None:
+    digests = recorded(reader.metadata(), reader.filename, allow_bytes_only=allow_bytes_only)
+    if digests is None:
         raise _no_digests(reader.filename)
-    scheme = digest_scheme(reader.metadata())
+    bad = _mismatches(reader, digests)
     if bad:
-        raise _error(
-            f"{reader.filename}: tensor data does not match its recorded SHA-256 digest "
-            f"({scheme}): {_names(bad)}",
-            "STC_ERR_DIGEST_MISMATCH",
-        )
-    return scheme
+        raise _mismatch_error(reader.filename, digests.scheme, bad, "tensor data")
+    return digests.scheme
 
 
 # MARK: checking what is read -------------------------------------------------
 
 
-def verifying(reader, *, allow_bytes_only: bool = False):
-    """A reader whose every tensor handed out matches the file's recorded digests.
+def verifying(reader, *, allow_bytes_only: bool = False) -> "VerifyingReader":
+    """``reader`` behind a :class:`VerifyingReader`: every tensor it hands out
+    is hashed as it is handed out and matches the file's recorded digests.
 
-    A mapped reader is hashed in full now and returned as it is: its tensors
-    are views of the mapping that was hashed. Any other reader reads the
-    source again on every call, so it is wrapped in a :class:`VerifyingReader`
-    that checks each tensor as it is read; here only what no read can mend is
-    checked (the metadata against its v2 digest, and that every tensor, and
-    only those, has a digest). Raises as :func:`check_digests` does."""
-    if getattr(reader, "mapped", False):
-        check_digests(reader, allow_bytes_only=allow_bytes_only)
-        return reader
+    Checked here as well: a mapped file in full (one pass over the mapping,
+    so that a file that does not match fails at open); any other reader
+    (which reads its source again on every call: a URL, a file object,
+    ``backend="pread"``) only in what no read can mend, the metadata against
+    its v2 digest and that every tensor, and only those, has a digest: its
+    tensors are checked when read. Raises as :func:`check_digests` does."""
     digests = recorded(reader.metadata(), reader.filename, allow_bytes_only=allow_bytes_only)
     if digests is None:
         raise _no_digests(reader.filename)
-    bad = digests.header_mismatches(reader)
+    if getattr(reader, "mapped", False):
+        bad = _mismatches(reader, digests)
+        what = "tensor data"
+    else:
+        bad = digests.header_mismatches(reader)
+        what = "the header"
     if bad:
-        raise _error(
-            f"{reader.filename}: the header does not match its recorded digests "
-            f"({digests.scheme}): {_names(bad)}",
-            "STC_ERR_DIGEST_MISMATCH",
-        )
+        raise _mismatch_error(reader.filename, digests.scheme, bad, what)
     return VerifyingReader(reader, digests)
 
 
 class VerifyingReader:
-    """A reader in front of one that reads its source again on every call:
-    each tensor's bytes are hashed when they are read and compared with the
-    digest recorded for that tensor (its name, dtype and shape as the header
-    said when the file was opened), and a tensor that does not match raises
-    SafetensorError ``STC_ERR_DIGEST_MISMATCH`` instead of being returned.
+    """A reader in front of another: each tensor's bytes are hashed when they
+    are handed out and compared with the digest recorded for that tensor (its
+    name, dtype and shape as the header said when the file was opened); a
+    tensor that does not match raises SafetensorError
+    ``STC_ERR_DIGEST_MISMATCH`` instead of being returned.
 
-    A strided view (``get_slice``) reads and checks the whole tensor, then
-    copies the view out of it: a digest covers a whole tensor, so reading
-    less could not be checked. Direct reads into caller buffers
-    (``read_into``) and prefetching are not offered."""
-
-    mapped = False
+    Every access is checked, mapped or not: a reader that reads its source
+    again (and a mapped handle's later accesses, which the core reads afresh
+    from the file) could otherwise return bytes that were never hashed. A
+    slice reads and checks the whole tensor, then takes the slice of it: a
+    digest covers a whole tensor, so reading less could not be checked.
+    Direct reads into caller buffers (``read_into``) and prefetching are not
+    offered."""
 
     def __init__(self, reader, digests: Recorded) -> None:
         self._reader = reader
         self._digests = digests
+        self.mapped = getattr(reader, "mapped", False)
         self.filename = reader.filename
         self.writable = reader.writable
         self.data_start = reader.data_start

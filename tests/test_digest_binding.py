@@ -53,12 +53,13 @@ def _digested(tmp_path, name="m.safetensors"):
     return path
 
 
-def _altered(path, name) -> bytes:
-    """The file's bytes with one byte of tensor ``name`` changed: same size,
-    same header, same digests."""
+def _altered(path, *names) -> bytes:
+    """The file's bytes with one byte of each tensor named changed: same
+    size, same header, same digests."""
     raw = bytearray(path.read_bytes())
-    begin, end = _offsets(path, name)
-    raw[(begin + end) // 2] ^= 0x40
+    for name in names:
+        begin, end = _offsets(path, name)
+        raw[(begin + end) // 2] ^= 0x40
     return bytes(raw)
 
 
@@ -156,6 +157,26 @@ def test_pread_handle_refuses_a_file_rewritten_in_place(tmp_path):
             f.get_tensors()
         _assert_refused(info, "small")
         np.testing.assert_array_equal(f.get_tensor("big"), BIG)
+
+
+def test_mapped_handle_refuses_a_file_rewritten_in_place_with_its_mtime_put_back(tmp_path):
+    # Same size, same mtime: nothing the core's cheap change detection sees.
+    # The first access is a view of the mapping (which shows the new bytes),
+    # later ones are read afresh: each is hashed when handed out.
+    path = _digested(tmp_path)
+    with safe_open(path, verify_digests=True) as f:
+        np.testing.assert_array_equal(f.get_tensor("big"), BIG)
+        _rewrite_in_place(path, _altered(path, "small", "big"))
+        for name in ("small", "big"):
+            with pytest.raises(SafetensorError) as info:
+                f.get_tensor(name)
+            _assert_refused(info, name)
+        with pytest.raises(SafetensorError) as info:
+            f.get_slice("small")[1:]
+        _assert_refused(info, "small")
+        with pytest.raises(SafetensorError) as info:
+            f.get_tensors()
+        _assert_refused(info, "big")
 
 
 def test_pread_sharded_load_refuses_a_shard_rewritten_after_open(tmp_path):

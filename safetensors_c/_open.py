@@ -44,14 +44,16 @@ class safe_open:
     recorded by ``save_file(..., digests=True)`` (scheme
     ``"sha256-record-v2"``: name, dtype, shape and bytes of each tensor, and
     the metadata), raising SafetensorError naming what does not match (code
-    ``STC_ERR_DIGEST_MISMATCH``). A mapped file is hashed in full here. Any
-    other source (a URL, a file object, ``backend="pread"``) reads the file
-    again on every call: there the metadata is checked here and each tensor
-    when it is read, so a source that changes after opening cannot hand out
-    bytes that were not verified (a slice then reads its whole tensor). A
-    file with only the older bytes-only digests (``"sha256-bytes-v1"``) is
-    refused (``STC_ERR_WEAK_DIGESTS``) unless ``allow_bytes_only=True``; one
-    with no digests raises ``STC_ERR_NO_DIGESTS``.
+    ``STC_ERR_DIGEST_MISMATCH``). Every tensor is hashed when it is handed
+    out (``get_tensor``, ``get_tensors``, ``get_slice``, which then reads its
+    whole tensor), so a source that changes after opening cannot hand out
+    bytes that were not verified. A mapped file is also hashed in full here,
+    and fails here if it does not match; for any other source (a URL, a file
+    object, ``backend="pread"``), which would be read twice, only the
+    metadata and the list of digests are checked here. A file with only the
+    older bytes-only digests (``"sha256-bytes-v1"``) is refused
+    (``STC_ERR_WEAK_DIGESTS``) unless ``allow_bytes_only=True``; one with no
+    digests raises ``STC_ERR_NO_DIGESTS``.
     """
 
     def __init__(

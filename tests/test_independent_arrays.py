@@ -403,12 +403,3 @@ def test_peek_does_not_hand_out(model):
         first[...] = 0
         assert np.array_equal(owner.peek("large"), LARGE)
 
-
-def test_verify_digests_keeps_the_first_access_zero_copy(tmp_path):
-    path = tmp_path / "d.safetensors"
-    safetensors_c.save_file({"small": SMALL, "large": LARGE}, path, digests=True)
-    with safe_open(path, "np", verify_digests=True) as f:
-        first = f.get_tensor("large")
-        assert is_first_access_view(first, path)
-        first[...] = 0
-        assert np.array_equal(f.get_tensor("large"), LARGE)

@@ -20,19 +20,40 @@ way ``mode`` says:
     drop-idle     correct 206 answers, then the connection is closed without
                   a "Connection: close" (a keep-alive connection gone stale)
     redirect-loop every request redirected to itself
+    redirect      every request redirected to ``server.location`` (a URL)
+    redirect-chain:N  ``?hop=k`` redirected to ``?hop=k+1`` until N, then ok
+    headers-only  206 with the right headers, then a close before any byte
+    trickle       a status line and headers one byte per ``delay`` seconds,
+                  never ending
+    trickle-body  the right headers, then the body one byte per ``delay``
+    continue-flood  ``100 Continue`` interim answers, one after the other,
+                  never a final answer
+    trailer-flood a correct chunked body, then trailer lines without end
+    no-etag       the ETag is left out after the first request
+    lm-change     no ETag; the Last-Modified changes after the first request
+    lm-drop       no ETag; the Last-Modified is left out after the first
 
 ``requests`` records (method, path, Range header) of every request; the
 ``after`` option makes the misbehaviour start only after that many correct
-answers (so opening can succeed and a later tensor read fail).
+answers (so opening can succeed and a later tensor read fail). ``tls`` (a
+certificate and key file) serves https. The endless modes give up after
+``give_up`` seconds (a client that never stops them still ends), and
+``wait_finished`` tells when every request's handler has ended (the
+client closed its connection).
 """
 
 from __future__ import annotations
 
 import re
+import ssl
 import sys
 import threading
+import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional, Tuple
+
+_LAST_MODIFIED = ("Mon, 01 Jan 2024 00:00:00 GMT", "Tue, 02 Jan 2024 00:00:00 GMT")
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
@@ -53,15 +74,31 @@ class VirtualFile:
 
 
 class HostileServer:
-    def __init__(self, file: VirtualFile, mode: str = "ok", *, after: int = 0) -> None:
+    def __init__(
+        self,
+        file: VirtualFile,
+        mode: str = "ok",
+        *,
+        after: int = 0,
+        tls: Optional[Tuple[str, str]] = None,
+        delay: float = 0.2,
+        give_up: float = 10.0,
+    ) -> None:
         self.file = file
         self.mode = mode
         self.after = after
+        self.delay = delay
+        self.give_up = give_up
+        self.location = ""  # where mode "redirect" sends every request
         self.requests: List[Tuple[str, str, Optional[str]]] = []
         self.headers: List[dict] = []  # every request's headers
+        self.peers: List[Tuple[str, int]] = []  # every request's client address
         self.bytes_sent = 0
+        self.finished = 0  # handlers that have ended
         self.release = threading.Event()  # ends stalls
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)
+        self.scheme = "https" if tls else "http"
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,10 +108,10 @@ class HostileServer:
                 pass
 
             def do_GET(self) -> None:
-                server._handle(self)
+                server._handle_and_count(self)
 
             def do_HEAD(self) -> None:
-                server._handle(self)
+                server._handle_and_count(self)
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request, client_address) -> None:
@@ -85,11 +122,22 @@ class HostileServer:
         self.errors: List[BaseException] = []
         self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/model.safetensors"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}/model.safetensors"
+
+    def wait_finished(self, timeout: float) -> bool:
+        """Whether every request received so far has had its handler end
+        (its connection closed by the client, or answered) within
+        ``timeout`` seconds."""
+        with self._ended:
+            return self._ended.wait_for(lambda: self.finished >= len(self.requests), timeout)
 
     def __enter__(self) -> "HostileServer":
         self.thread.start()
@@ -113,16 +161,79 @@ class HostileServer:
             with self._lock:
                 self.bytes_sent += len(body)
 
+    def _handle_and_count(self, h) -> None:
+        try:
+            self._handle(h)
+        except OSError:  # the client closed the connection
+            h.close_connection = True
+        finally:
+            with self._ended:
+                self.finished += 1
+                self._ended.notify_all()
+
+    def _drip(self, h, data: bytes, forever: bytes = b"") -> None:
+        """``data``, then ``forever`` again and again, one byte per
+        ``delay`` seconds, until the client leaves or ``give_up`` passes."""
+        h.close_connection = True
+        stop = time.monotonic() + self.give_up
+        stream = iter(data)
+        while time.monotonic() < stop and not self.release.is_set():
+            byte = next(stream, None)
+            if byte is None:
+                if not forever:
+                    return
+                stream = iter(forever)
+                continue
+            h.wfile.write(bytes((byte,)))
+            h.wfile.flush()
+            self.release.wait(self.delay)
+
+    def _flood(self, h, head: bytes, line: bytes) -> None:
+        """``head``, then ``line`` again and again (quickly), until the
+        client leaves or ``give_up`` passes."""
+        h.close_connection = True
+        h.wfile.write(head)
+        stop = time.monotonic() + self.give_up
+        while time.monotonic() < stop and not self.release.is_set():
+            h.wfile.write(line * 16)
+            h.wfile.flush()
+            time.sleep(0.002)
+
     def _handle(self, h) -> None:
         with self._lock:
             self.requests.append((h.command, h.path, h.headers.get("Range")))
             self.headers.append(dict(h.headers.items()))
+            self.peers.append(h.client_address)
             count = len(self.requests)
         mode = self.mode if count > self.after else "ok"
         size = self.file.size
         if mode == "grow" and count > 1:
             size += 8
-        etag = '"v1"' if mode != "etag" or count <= 1 else '"v2"'
+        etag: Optional[str] = '"v1"' if mode != "etag" or count <= 1 else '"v2"'
+        last_modified: Optional[str] = None
+        if mode == "no-etag" and count > 1:
+            etag = None
+        elif mode in ("lm-change", "lm-drop"):
+            etag = None
+            last_modified = _LAST_MODIFIED[0]
+            if count > 1:
+                last_modified = _LAST_MODIFIED[1] if mode == "lm-change" else None
+        if mode == "continue-flood":
+            self._flood(h, b"", b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        if mode == "trickle":
+            self._drip(h, b"HTTP/1.1 206 Partial Content\r\n", b"X-Pad: ")
+            return
+        if mode == "redirect":
+            self._send(h, 302, {"Location": self.location, "Content-Length": 0})
+            return
+        if mode.startswith("redirect-chain:"):
+            hops = int(mode.split(":", 1)[1])
+            path, _, query = h.path.partition("?")
+            hop = int(urllib.parse.parse_qs(query).get("hop", ["0"])[0])
+            if hop < hops:
+                self._send(h, 302, {"Location": f"{path}?hop={hop + 1}", "Content-Length": 0})
+                return
         if mode.startswith("status:"):
             status = int(mode.split(":", 1)[1])
             self._send(h, status, {"Content-Length": 2}, b"no")
@@ -136,7 +247,8 @@ class HostileServer:
             # makes the write fail; never more than a small buffer in memory).
             h.send_response(200)
             h.send_header("Content-Length", str(size))
-            h.send_header("ETag", etag)
+            if etag is not None:
+                h.send_header("ETag", etag)
             h.end_headers()
             try:
                 for start in range(0, size, 1 << 16):
@@ -152,13 +264,30 @@ class HostileServer:
         if start >= size:
             self._send(h, 416, {"Content-Range": f"bytes */{size}", "Content-Length": 0})
             return
-        body = self.file.read(start, end)
         headers = {
             "Content-Range": f"bytes {start}-{end - 1}/{size}",
-            "Content-Length": len(body),
-            "ETag": etag,
+            "Content-Length": end - start,
             "Accept-Ranges": "bytes",
         }
+        if etag is not None:
+            headers["ETag"] = etag
+        if last_modified is not None:
+            headers["Last-Modified"] = last_modified
+        if mode in ("headers-only", "stall", "trickle-body"):  # no body made: it may be huge
+            h.send_response(206)
+            for key, value in headers.items():
+                h.send_header(key, str(value))
+            h.end_headers()
+            h.wfile.flush()
+            if mode == "headers-only":
+                h.close_connection = True
+            elif mode == "trickle-body":
+                self._drip(h, self.file.read(start, min(end, start + (1 << 16))))
+            else:
+                self.release.wait(30)
+                h.close_connection = True
+            return
+        body = self.file.read(start, end)
         if mode == "wrong-range":
             headers["Content-Range"] = f"bytes {start + 1}-{end}/{size}"
         elif mode == "no-range":
@@ -166,7 +295,7 @@ class HostileServer:
         elif mode == "long":
             headers["Content-Length"] = len(body) + 100
             body += bytes(100)
-        elif mode in ("chunked", "chunked-long"):
+        elif mode in ("chunked", "chunked-long", "trailer-flood"):
             if mode == "chunked-long":
                 body += bytes(10)
             del headers["Content-Length"]
@@ -178,6 +307,9 @@ class HostileServer:
             for i in range(0, len(body), 1000):
                 piece = body[i : i + 1000]
                 h.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            if mode == "trailer-flood":
+                self._flood(h, b"0\r\n", b"X-Trailer: more\r\n")
+                return
             h.wfile.write(b"0\r\n\r\n")
             with self._lock:
                 self.bytes_sent += len(body)
@@ -197,13 +329,12 @@ class HostileServer:
             h.wfile.flush()
             h.close_connection = True
             return
-        elif mode in ("stall", "stall-body"):
+        elif mode == "stall-body":
             h.send_response(206)
             for key, value in headers.items():
                 h.send_header(key, str(value))
             h.end_headers()
-            if mode == "stall-body":
-                h.wfile.write(body[: len(body) // 2])
+            h.wfile.write(body[: len(body) // 2])
             h.wfile.flush()
             self.release.wait(30)
             h.close_connection = True

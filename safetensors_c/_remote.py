@@ -77,8 +77,7 @@ MAX_TIMEOUT = 86400.0  # a day: larger values are mistakes (and overflow the soc
 MIN_RATE = 64 << 10  # bytes per second every request must average (its deadline)
 MAX_CONCURRENCY = 64
 _MAX_BUFFER_OPTION = 1 << 30  # block_size, prefetch, coalesce_gap: at most 1 GiB
-_GROW_STEP = 1 << 20  # a body's buffer grows by at most this much ahead of its bytes
-_ZEROS = bytes(_GROW_STEP)
+_GROW_FIRST = 256 << 10  # a body's buffer starts this large, then doubles as bytes arrive
 _DIRECT_MIN = 1 << 20  # clusters this large (on average) are read into buffers of their own
 _MAX_REDIRECTS = 5
 _MAX_ATTEMPTS = 3  # per request: a stale keep-alive connection or a 502/503/504
@@ -360,13 +359,18 @@ class _RangeSource:
         """The bytes of each target ``(start, end)`` (sorted, disjoint; the
         part before the prefetched start comes from it): the spans are cut
         into requests of at most ``block_size`` bytes, and each answer, in
-        order, is appended to the targets it covers. A target that one
-        answer fills alone is that answer's buffer (no copy)."""
+        order, goes to the targets it covers. A target one answer fills
+        alone is that answer's buffer (no copy); any other is allocated once
+        half its bytes have arrived (memory stays within twice the bytes
+        received), and its pieces are copied in."""
         known = len(self._prefix)
         out: List[Any] = [None] * len(targets)
+        held: List[List[Tuple[int, Any]]] = [[] for _ in targets]  # (offset, bytes) to place
+        arrived = [0] * len(targets)
         for t, (start, _) in enumerate(targets):
             if start < known:
-                out[t] = bytearray(self._prefix[start:known])
+                held[t].append((0, self._prefix[start:known]))
+                arrived[t] = known - start
         parts: List[Tuple[int, int]] = []
         pieces: List[List[Tuple[int, int, int]]] = []  # per part: (target, lo, hi) in the part
         t = 0
@@ -385,18 +389,29 @@ class _RangeSource:
                 pieces.append(mine)
 
         def deliver(i: int, data: Any) -> None:
-            if len(data) != parts[i][1] - parts[i][0]:  # the fetchers check it; never trust
+            start = parts[i][0]
+            if len(data) != parts[i][1] - start:  # the fetchers check it; never trust
                 raise RemoteError(f"{self.name}: a {len(data)}-byte answer for part {parts[i]}")
             for target, lo, hi in pieces[i]:
-                if out[target] is None:
-                    whole = lo == 0 and hi == len(data) and isinstance(data, bytearray)
-                    out[target] = data if whole else bytearray(memoryview(data)[lo:hi])
+                t_start, t_end = targets[target]
+                offset = start + lo - t_start
+                piece = memoryview(data)[lo:hi]
+                arrived[target] += len(piece)
+                if out[target] is not None:
+                    out[target][offset : offset + len(piece)] = piece
+                elif len(piece) == len(data) == t_end - t_start and isinstance(data, bytearray):
+                    out[target] = data  # the answer is the target: no copy
                 else:
-                    out[target] += memoryview(data)[lo:hi]
+                    held[target].append((offset, piece))
+                    if 2 * arrived[target] >= t_end - t_start:
+                        buf = bytearray(t_end - t_start)
+                        for at, chunk in held[target]:
+                            buf[at : at + len(chunk)] = chunk
+                        out[target], held[target] = buf, []
 
         self._fetch_parts(parts, deliver)
-        for (start, end), buf in zip(targets, out):
-            if buf is None or len(buf) != end - start:
+        for (start, end), buf, n in zip(targets, out, arrived):
+            if buf is None or len(buf) != end - start or n != end - start:
                 raise RemoteError(f"{self.name}: bytes {start}-{end - 1} were not all read")
         return out
 
@@ -929,8 +944,8 @@ class HTTPSource(_RangeSource):
         got = 0
         try:
             while got < length:  # bounded: each pass reads >= 1 byte or stops
-                if got == len(buf):  # grow just ahead of the bytes, never to the claim
-                    buf += memoryview(_ZEROS)[: min(length - got, _GROW_STEP)]
+                if got == len(buf):  # grow with the bytes (at most twice them), never to the claim
+                    buf += bytes(min(length - got, max(_GROW_FIRST, len(buf))))
                 view = memoryview(buf)[got:]
                 try:
                     n = response.readinto(view)

@@ -29,8 +29,9 @@ opened, so the header normally costs one request and never more than two;
 reads are planned by :func:`plan_reads`: nearby runs coalesced, long runs
 split into ``block_size`` parts fetched ``max_concurrency`` at a time.
 Every loop here is bounded: retries, redirects, parts, bytes read, and the
-time of each request. Memory follows the bytes received, never a size a
-server announced: each part grows as its bytes arrive.
+time of each request. Memory follows the bytes received (at most twice
+them), never a size a server announced: each answer's buffer grows as its
+bytes arrive.
 """
 
 from __future__ import annotations
@@ -687,6 +688,8 @@ class HTTPSource(_RangeSource):
             coalesce_gap=coalesce_gap,
         )
         self.url = url
+        if not _is_http(url) or not urllib.parse.urlsplit(url).hostname:
+            raise ValueError(f"{self.name}: not an http(s) URL with a host")
         options = _HTTPOptions(storage_options, url)
         self._headers = options.headers
         self.timeout = options.timeout
@@ -1155,8 +1158,9 @@ def open_url(
     """A byte source for ``url``: :class:`HTTPSource` for http(s), else an
     :class:`FsspecSource` (fsspec required). ``storage_options`` go to
     fsspec (for http(s): ``headers``, ``client_kwargs={"headers", "auth"}``,
-    ``auth``, ``timeout``, ``ssl``). The first ``prefetch`` bytes are read
-    now."""
+    ``auth``, ``timeout``, ``ssl``, ``allow_insecure_redirects``,
+    ``forward_headers``; see :class:`HTTPSource`). Every option is checked
+    before any request; the first ``prefetch`` bytes are read now."""
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
     if storage_options is not None and not isinstance(storage_options, dict):

@@ -408,3 +408,22 @@ def test_peek_does_not_hand_out(model):
         first[...] = 0
         assert np.array_equal(owner.peek("large"), LARGE)
 
+
+
+def test_fresh_mappings_go_with_their_arrays(model):
+    """Each repeated large access maps the tensor's pages; dropping the array
+    unmaps them, so a loop of accesses holds no more mappings at the end."""
+    with safe_open(model, "np") as f:
+        f.get_tensor("large")[...] = 0
+        f.get_tensors()
+        before = len(mappings())
+        for _ in range(500):
+            again = f.get_tensor("large")
+            assert again[1, 2] == LARGE[1, 2]
+            again[1, 2] = -1
+            everything = f.get_tensors()
+            assert everything["large"][1, 2] == LARGE[1, 2]
+            everything["large"][1, 2] = -1
+            del again, everything
+        after = len(mappings())
+    assert after - before < 5, (before, after)

@@ -26,10 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ._digests import digest_scheme, mismatches as digest_mismatches
+from ._digests import SCHEME_V1, SCHEME_V2, digest_scheme, mismatches as digest_mismatches
 from ._display import format_bytes
 from ._open import safe_open
 from ._reader import open_source
+from ._terminal import dumps as json_dumps, escape_message, escape_name, escape_prose
 from .convert import ConversionError, convert, convert_sharded
 from .numpy import load_file, save_file
 from .scan import scan
@@ -44,14 +45,16 @@ class _Failure(Exception):
 
 
 def _one_line(exc: BaseException) -> str:
+    """The error as one line that is safe to print: a message may quote a
+    tensor name or path from the file, control characters and all."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.strerror:
         text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-    return " ".join(text.split())
+    return escape_message(text)
 
 
 def _err(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {escape_message(message)}", file=sys.stderr)
 
 
 # MARK: inspect -----------------------------------------------------------------
@@ -99,15 +102,18 @@ def _format_size(n: int) -> str:
 
 
 def _print_table(data: dict) -> None:
+    """The table of inspect. Every text from the file (names, shard files,
+    metadata) is escaped: one entry per line, no control character printed."""
     rows = data["tensors"]
     sharded = any("file" in r for r in rows)
     header = ["name", "dtype", "shape", "size", "offset", "align"] + (["file"] if sharded else [])
     table = [header]
     for r in rows:
-        line = [r["name"], r["dtype"], "[" + ", ".join(map(str, r["shape"])) + "]",
+        line = [escape_name(r["name"]), escape_name(r["dtype"]),
+                "[" + ", ".join(map(str, r["shape"])) + "]",
                 _format_size(r["size"]), str(r["offset"]), str(r["alignment"])]
         if sharded:
-            line.append(r["file"])
+            line.append(escape_name(r["file"]))
         table.append(line)
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     right = {3, 4, 5}
@@ -124,7 +130,7 @@ def _print_table(data: dict) -> None:
             text = value if isinstance(value, str) else json.dumps(value)
             if len(text) > 200:
                 text = text[:200] + "…"
-            print(f"  {key}: {text}")
+            print(f"  {escape_name(key)}: {escape_prose(text)}")
     else:
         print("metadata: none")
 
@@ -136,7 +142,7 @@ def cmd_inspect(args) -> int:
         _err(_one_line(exc))
         return 1
     if args.json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(json_dumps(data, indent=2))  # exact, with every control as a \u escape
     else:
         _print_table(data)
     return 0
@@ -145,49 +151,82 @@ def cmd_inspect(args) -> int:
 # MARK: verify ------------------------------------------------------------------
 
 
-def _check_digests(reader, label: str, quiet: bool) -> bool:
-    """Checks the digests an open, validated file records; False if it records none."""
-    if digest_scheme(reader.metadata()) is None:  # either key: v2 records or v1 bytes
-        return False
-    update, bar = _progress_bar(reader.file_size, f"Verifying {label}", quiet)
+_BYTES_ONLY = "tensor bytes only; dtypes, shapes, names and metadata unchecked"
+
+
+def _check_digests(reader, label: str, args) -> str | None:
+    """Checks the digests an open, validated file records; returns the scheme
+    checked, or None when it records none (a failure with --require-digests).
+    Bytes-only (v1) digests are a failure unless --allow-bytes-only."""
+    scheme = digest_scheme(reader.metadata())
+    if scheme is None:
+        if args.require_digests:
+            raise _Failure("no digests recorded (--require-digests)")
+        return None
+    if scheme == SCHEME_V1 and not args.allow_bytes_only:
+        raise _Failure(
+            f"only bytes-only digests recorded ({SCHEME_V1}: a rewritten dtype, shape or "
+            f"name, or edited metadata, would pass); save the file again with digests=True "
+            f"({SCHEME_V2}), or pass --allow-bytes-only to accept them")
+    update, bar = _progress_bar(reader.file_size, f"Verifying {label}", args.quiet)
     try:
-        bad = digest_mismatches(reader, progress=update)
+        bad = digest_mismatches(reader, progress=update, allow_bytes_only=True)
     finally:
         if bar is not None:
             bar.close()
     if bad:
         shown = ", ".join(repr(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        raise _Failure(f"SHA-256 mismatch for {_plural(len(bad), 'tensor')}: {shown}")
-    return True
+        raise _Failure(f"SHA-256 mismatch for {_plural(len(bad), 'tensor')}: {shown} "
+                       f"(scheme {scheme})")
+    return scheme
 
 
-def _verify_one(path: str, quiet: bool = False) -> str:
+def _schemes_text(schemes) -> str:
+    """The schemes checked, as the summary names them."""
+    names = sorted(set(schemes))
+    return ", ".join(f"{name}: {_BYTES_ONLY}" if name == SCHEME_V1 else name for name in names)
+
+
+def _verify_one(path: str, args) -> str:
     if _is_sharded(path):
         with safe_open_sharded(path) as f:  # the index against every shard's header
             shards = f._open_shards()
-            checked = sum(_check_digests(h._handle(), name, quiet) for name, h in shards.items())
+            schemes = []
+            for name, handle in shards.items():
+                try:
+                    schemes.append(_check_digests(handle._handle(), name, args))
+                except _Failure as exc:
+                    raise _Failure(f"shard {name!r}: {exc}") from None
             count = len(f)
-        digests = f", digests verified in {checked} of {len(shards)} shards" if checked else ""
-        return f"{_plural(count, 'tensor')} in {_plural(len(shards), 'shard')}{digests}"
+        found = [scheme for scheme in schemes if scheme is not None]
+        head = f"{_plural(count, 'tensor')} in {_plural(len(shards), 'shard')}"
+        if not found:
+            return head + ", structure validated; no digests recorded"
+        missing = len(shards) - len(found)
+        return (f"{head}, digests verified in {len(found)} of {len(shards)} shards "
+                f"({_schemes_text(found)})"
+                + (f"; {_plural(missing, 'shard')} with no digests recorded" if missing else ""))
     with safe_open(path, framework="np") as f:
-        checked = _check_digests(f._handle(), path, quiet)
+        scheme = _check_digests(f._handle(), path, args)
         count = len(f)
-    return _plural(count, "tensor") + (", digests verified" if checked else "")
+    if scheme is None:
+        return _plural(count, "tensor") + ", structure validated; no digests recorded"
+    return _plural(count, "tensor") + f", digests verified ({_schemes_text([scheme])})"
 
 
 def cmd_verify(args) -> int:
     status = 0
     for path in args.files:
         try:
-            summary = _verify_one(path, args.quiet)
+            summary = _verify_one(path, args)
         except (OSError, ValueError, _Failure) as exc:
             message = _one_line(exc)
             if not message.startswith(path):
-                message = f"{path}: {message}"
+                message = f"{escape_name(path)}: {message}"
             print(f"BAD {message}", file=sys.stderr)
             status = 1
             continue
-        print(f"OK  {path}: {summary}")
+        print(f"OK  {escape_name(path)}: {summary}")
     return status
 
 
@@ -215,7 +254,8 @@ def _progress_bar(size: int, desc: str, quiet: bool):
         from tqdm import tqdm
     except ImportError:
         return None, None
-    bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+    bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=escape_message(desc),  # may name a file or shard
                file=sys.stderr, leave=False)
 
     def update(done: int, total: int) -> None:
@@ -280,7 +320,7 @@ def cmd_convert(args) -> int:
         if directory_source:
             shards = [f for f in report.files if f.endswith(".safetensors")]
             extra = f" in {_plural(len(shards), 'file')}" + extra
-        print(f"{args.src} ({report.source_kind}) -> {args.dst}: "
+        print(f"{escape_name(args.src)} ({report.source_kind}) -> {escape_name(args.dst)}: "
               f"{_plural(len(report.tensors), 'tensor')}{extra}")
     return 0
 
@@ -306,9 +346,9 @@ def cmd_scan(args) -> int:
         if args.json:
             reports.append(report.to_dict())
         else:
-            print(report)
+            print(report)  # its text escapes the names and paths it shows
     if args.json:
-        print(json.dumps(reports, indent=2))
+        print(json_dumps(reports, indent=2))  # exact, with every control as a \u escape
     return status
 
 
@@ -379,9 +419,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_inspect)
 
-    s = sub.add_parser("verify", help="validate files strictly (and their digests)")
+    s = sub.add_parser(
+        "verify", help="validate files strictly (and their digests)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Validate each file (or sharded checkpoint) strictly, and check the\n"
+                    "digests it records (scheme sha256-record-v2: each tensor's name, dtype,\n"
+                    "shape and bytes, and the metadata). A file without digests is reported\n"
+                    "as such: its structure was validated, nothing more.",
+        epilog="exit status:\n"
+               "  0  every file is valid, and its digests, where recorded, match\n"
+               "  1  a file is invalid or unreadable, a digest does not match, a file records\n"
+               "     only bytes-only digests (sha256-bytes-v1) without --allow-bytes-only,\n"
+               "     or records no digests with --require-digests\n"
+               "  2  usage error")
     s.add_argument("files", nargs="+", metavar="FILE")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--require-digests", action="store_true",
+                   help="a file (or shard) that records no digests is an error")
+    s.add_argument("--allow-bytes-only", action="store_true",
+                   help="accept files whose only digests are the older bytes-only scheme "
+                        "(sha256-bytes-v1), which does not cover dtypes, shapes, names or "
+                        "metadata")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("convert", help="convert a checkpoint without executing it")

@@ -274,7 +274,7 @@ def test_undecodable_file_names_reach_no_terminal_raw(tmp_path):
         assert result.returncode == 0, result.stderr
         assert_safe_bytes(result.stdout + result.stderr)
         assert b"\x9b" not in result.stdout + result.stderr
-    assert rb"m\udc9b2J\udcff.safetensors" in _run("inspect", path).stdout
+    assert rb"m\udc9b2J\udcff.safetensors" in _run("verify", path).stdout  # verify names the path
 
 
 @pytest.mark.parametrize("payload", PAYLOADS.values(), ids=PAYLOADS.keys())

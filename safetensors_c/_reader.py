@@ -16,7 +16,6 @@ knows a framework.
 
 from __future__ import annotations
 
-import bisect
 import io
 import os
 import threading
@@ -250,58 +249,189 @@ class SourceReader:
 
     def read_view(self, name: str, offset: int, shape: tuple, strides: tuple) -> np.ndarray:
         """A strided view of one tensor (byte offset and strides relative to
-        it), gathered with one read per contiguous run."""
+        it), read range by range: nearby runs share a read, and the bytes in
+        memory at once stay a small multiple of the result (see _gather)."""
         code, _, _, begin, end = self._file.info(name)
         dtype = _dtypes.numpy_dtype(code)
-        runs, run_bytes = _runs(offset, shape, strides, dtype.itemsize, end - begin)
-        if len(runs) == 1:  # one contiguous run: its bytes are the result
-            chunk = self._ranges([(begin + runs[0], run_bytes)])[0]
+        view = _strided_view(offset, shape, strides, dtype.itemsize, end - begin)
+        if view is None:  # nothing selected
+            return np.empty(shape, dtype=dtype)
+        if not view.dims:  # one contiguous run: its bytes are the result
+            chunk = self._ranges([(begin + view.src_offset, view.run)])[0]
             data = chunk if isinstance(chunk, bytearray) else bytearray(chunk)
             return np.frombuffer(data, dtype=dtype).reshape(shape)
-        out = bytearray(len(runs) * run_bytes)
-        if runs:
-            merged = _merge_runs(runs, run_bytes)
-            chunks = self._ranges([(begin + lo, hi - lo) for lo, hi in merged])
-            pieces = {lo: memoryview(chunk) for (lo, _), chunk in zip(merged, chunks)}
-            starts = [lo for lo, _ in merged]
-            position = 0
-            for run in runs:
-                k = bisect.bisect_right(starts, run) - 1
-                lo = starts[k]
-                out[position:position + run_bytes] = pieces[lo][run - lo:run - lo + run_bytes]
-                position += run_bytes
-        return np.frombuffer(out, dtype=dtype).reshape(shape)
+        out = np.empty(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, dtype=np.uint8)
+        budget = max(_BATCH_MIN, out.nbytes // 4)
+        _gather(view, out, budget, lambda ranges: self._ranges([(begin + o, n) for o, n in ranges]))
+        return out.view(dtype).reshape(shape)
 
 
-def _runs(offset: int, shape: tuple, strides: tuple, itemsize: int, limit: int):
-    """Start offsets (in C order) of the contiguous runs of a strided view,
-    and the run length; raises if the view leaves [0, limit)."""
-    dims = [(int(n), int(s)) for n, s in zip(shape, strides) if n != 1]
-    if any(n == 0 for n, _ in dims):
-        return [], 0
+# MARK: strided reads --------------------------------------------------------
+#
+# A strided view is gathered without a list of its runs: the view is cut into
+# *units*, equal sub-views each read as one byte range, whose starts are
+# computed a window at a time as int64 arrays. Units close together share a
+# read; the reads of one step cover at most about `budget` bytes of the
+# tensor, so the source bytes held at once stay bounded whatever the number
+# of runs; units are copied into the result with one strided NumPy copy a step.
+
+_GAP = 4096  # runs at most this far apart are read as one range
+_BATCH_MIN = 8 << 20  # the least span of tensor bytes fetched in one step
+_WINDOW = 1 << 16  # unit starts computed at once
+
+
+class _View:
+    """A strided view in bytes: ``dims`` are (count, source stride, result
+    stride) with positive source strides, outermost first, and the
+    innermost ``run`` bytes are contiguous in both."""
+
+    __slots__ = ("src_offset", "dst_offset", "dims", "run")
+
+    def __init__(self, src_offset: int, dst_offset: int, dims: list, run: int) -> None:
+        self.src_offset = src_offset
+        self.dst_offset = dst_offset
+        self.dims = dims
+        self.run = run
+
+    def extent(self, level: int) -> int:
+        """Bytes from the first to the last byte of a sub-view over dims[level:]."""
+        return sum(s * (n - 1) for n, s, _ in self.dims[level:]) + self.run
+
+
+def _strided_view(offset: int, shape: tuple, strides: tuple, itemsize: int, limit: int):
+    """The byte layout of a view of a C-contiguous result (None when the
+    view selects nothing); raises if the view leaves [0, limit)."""
+    if any(int(n) == 0 for n in shape):
+        return None
+    result_strides = []
+    step = itemsize
+    for n in reversed(shape):
+        result_strides.append(step)
+        step *= int(n)
+    result_strides.reverse()
+    dims = [
+        [int(n), int(s), d] for n, s, d in zip(shape, strides, result_strides) if int(n) != 1
+    ]
     run = itemsize
     while dims and dims[-1][1] == run:
         run *= dims[-1][0]
         dims.pop()
-    low = offset + sum(s * (n - 1) for n, s in dims if s < 0)
-    high = offset + sum(s * (n - 1) for n, s in dims if s > 0) + run
-    if low < 0 or high > limit:
+    src, dst = int(offset), 0
+    for dim in dims:  # read every dimension forwards; write it backwards
+        n, s, d = dim
+        if s < 0:
+            src += s * (n - 1)
+            dst += d * (n - 1)
+            dim[1], dim[2] = -s, -d
+    view = _View(src, dst, [tuple(dim) for dim in dims], run)
+    if src < 0 or src + view.extent(0) > limit:
         raise error("strided view is outside the tensor")
-    starts = np.array([offset], dtype=np.int64)
-    for n, s in dims:
-        starts = (starts[:, None] + np.arange(n, dtype=np.int64) * s).reshape(-1)
-    return starts.tolist(), run
+    return view
 
 
-def _merge_runs(runs: List[int], run_bytes: int, gap: int = 4096) -> List[Tuple[int, int]]:
-    """Sorted, coalesced [lo, hi) byte ranges covering every run."""
-    merged: List[List[int]] = []
-    for start in sorted(set(runs)):
-        if merged and start <= merged[-1][1] + gap:
-            merged[-1][1] = max(merged[-1][1], start + run_bytes)
-        else:
-            merged.append([start, start + run_bytes])
-    return [(lo, hi) for lo, hi in merged]
+def _gather(view: _View, out: np.ndarray, budget: int, fetch) -> None:
+    """Fills ``out`` (uint8, the result's bytes) with the view's bytes, read
+    through ``fetch([(offset, length), ...]) -> [bytes-like, ...]``."""
+    dims = view.dims
+    nested = all(s >= view.extent(i + 1) for i, (_, s, _) in enumerate(dims))
+    if not nested:
+        # Overlapping or interleaved dimensions (no view of a slice is):
+        # read the whole span once.
+        _gather_units(view, 0, out, budget, fetch)
+        return
+    # The unit: the largest sub-view dims[level:] whose runs are all close.
+    level = 0
+    for i, (_, s, _) in enumerate(dims):
+        if s - view.extent(i + 1) > _GAP:
+            level = i + 1
+    if view.extent(level) > budget:
+        # Too long to read at once: cut one dimension into blocks that fit.
+        level += 1
+        while level <= len(dims) and view.extent(level) > budget:
+            level += 1
+        if level > len(dims):  # every run alone is longer than the budget
+            _gather_units(view, len(dims), out, budget, fetch)
+            return
+        n, s, d = dims[level - 1]
+        block = (budget - view.extent(level)) // s + 1
+        head, tail = dims[: level - 1], dims[level:]
+        whole = n // block
+        _gather_units(
+            _View(view.src_offset, view.dst_offset,
+                  head + [(whole, s * block, d * block), (block, s, d)] + tail, view.run),
+            level, out, budget, fetch,
+        )
+        if n % block:
+            _gather_units(
+                _View(view.src_offset + whole * block * s, view.dst_offset + whole * block * d,
+                      head + [(n % block, s, d)] + tail, view.run),
+                level - 1, out, budget, fetch,
+            )
+        return
+    _gather_units(view, level, out, budget, fetch)
+
+
+def _gather_units(view: _View, level: int, out: np.ndarray, budget: int, fetch) -> None:
+    """Gathers ``view`` unit by unit, a unit being the sub-view over
+    ``dims[level:]`` (read as one range); units are taken in C order, whose
+    starts must increase (or there is a single unit)."""
+    outer = [(1, 0, 0)] + view.dims[:level]  # a leading axis: there is always one unit
+    inner = view.dims[level:]
+    unit = view.extent(level)
+    # Copy in the widest words every offset and stride allows.
+    sizes = [view.src_offset, view.dst_offset, view.run]
+    sizes += [x for _, s, d in view.dims for x in (s, d)]
+    width = next(w for w in (8, 4, 2, 1) if all(x % w == 0 for x in sizes))
+    word = np.dtype(f"u{width}")
+    count = int(np.prod([n for n, _, _ in outer], dtype=np.int64))
+    outer_shape = tuple(n for n, _, _ in outer)
+    inner_shape = tuple(n for n, _, _ in inner) + (view.run // width,)
+    inner_strides = tuple(s for _, s, _ in inner) + (width,)
+    destination = np.lib.stride_tricks.as_strided(
+        out[view.dst_offset:].view(word),
+        shape=outer_shape + inner_shape,
+        strides=tuple(d for _, _, d in outer) + tuple(d for _, _, d in inner) + (width,),
+    )
+    for first in range(0, count, _WINDOW):
+        index = np.arange(first, min(count, first + _WINDOW), dtype=np.int64)
+        starts = np.full(len(index), view.src_offset, dtype=np.int64)
+        rest = index.copy()
+        for n, s, _ in reversed(outer):
+            starts += (rest % n) * s
+            rest //= n
+        # Steps: the units starting within one budget of the step's first.
+        step_of = (starts - starts[0]) // budget
+        cuts = np.flatnonzero(np.diff(step_of)) + 1
+        bounds = np.concatenate(([0], cuts, [len(starts)])).tolist()
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            places = np.unravel_index(index[a:b], outer_shape)
+            _gather_step(starts[a:b], unit, word, inner_shape, inner_strides, destination, places,
+                         fetch)
+
+
+def _gather_step(starts, unit, word, inner_shape, inner_strides, destination, places, fetch):
+    """Reads the units starting at ``starts`` (increasing) with one fetch of
+    coalesced ranges and copies them to ``destination[places]``."""
+    new_range = np.concatenate(([True], starts[1:] - (starts[:-1] + unit) > _GAP))
+    heads = np.flatnonzero(new_range)
+    lows = starts[heads]
+    highs = np.concatenate((starts[heads[1:] - 1], starts[-1:])) + unit
+    ranges = [(lo, hi - lo) for lo, hi in zip(lows.tolist(), highs.tolist())]
+    chunks = [np.frombuffer(chunk, dtype=word) for chunk in fetch(ranges)]
+    if len(starts) == 1:
+        packed = chunks[0][np.newaxis]
+    else:
+        width = word.itemsize
+        packed = np.empty((len(starts), unit // width), dtype=word)
+        owner = np.cumsum(new_range) - 1
+        for j, (start, k) in enumerate(zip(starts.tolist(), owner.tolist())):
+            at = (start - ranges[k][0]) // width
+            packed[j] = chunks[k][at:at + unit // width]
+    source = np.lib.stride_tricks.as_strided(
+        packed, shape=(len(starts),) + inner_shape,
+        strides=(packed.strides[0],) + inner_strides, writeable=False,
+    )
+    destination[places] = source
 
 
 # MARK: slices ---------------------------------------------------------------

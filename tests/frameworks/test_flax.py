@@ -654,8 +654,8 @@ def test_safe_open_handle_over_a_file_object(tmp_path):
 def test_sharded_round_trip(tmp_path):
     tensors = {f"layer{i}.w": random_array("F32", (64, 16), seed=i) for i in range(6)}
     tensors["emb"] = random_array("BF16", (32, 32))
-    stc_flax.save_sharded(as_jax(tensors), tmp_path / "ckpt", max_shard_size=10_000,
-                          progress=False)
+    first = stc_flax.save_sharded(as_jax(tensors), tmp_path / "ckpt", max_shard_size=10_000,
+                                  progress=False)
     assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
     for loaded in (
         stc_flax.load_sharded(tmp_path / "ckpt", progress=False),
@@ -666,10 +666,11 @@ def test_sharded_round_trip(tmp_path):
         for name, expected in tensors.items():
             assert_same(loaded[name], expected)
     # the generic entry with framework="flax" writes the same files
-    safetensors_c.save_sharded(as_jax(tensors), tmp_path / "again", max_shard_size=10_000,
-                               framework="flax", progress=False)
-    for shard in (tmp_path / "ckpt").iterdir():
-        assert (tmp_path / "again" / shard.name).read_bytes() == shard.read_bytes()
+    again = safetensors_c.save_sharded(as_jax(tensors), tmp_path / "again", max_shard_size=10_000,
+                                       framework="flax", progress=False)
+    ids = [index["metadata"]["safetensors_c.save_id"].encode() for index in (first, again)]
+    for shard in (tmp_path / "ckpt").iterdir():  # the same bytes but for each save's own id
+        assert (tmp_path / "again" / shard.name).read_bytes() == shard.read_bytes().replace(*ids)
 
 
 def test_flax_serialization_state_dicts_round_trip(tmp_path):

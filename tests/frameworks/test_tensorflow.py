@@ -632,8 +632,8 @@ def test_sharded_round_trip(tmp_path):
     tensors = {f"layer{i}.w": random_array("F32", (64, 16), seed=i) for i in range(6)}
     tensors["emb"] = random_array("BF16", (32, 32))
     tensors["scale"] = random_array("F8_E4M3", (16,))
-    stc_tf.save_sharded(as_tf(tensors), tmp_path / "ckpt", max_shard_size=10_000,
-                        progress=False)
+    first = stc_tf.save_sharded(as_tf(tensors), tmp_path / "ckpt", max_shard_size=10_000,
+                                progress=False)
     assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
     for loaded in (
         stc_tf.load_sharded(tmp_path / "ckpt", progress=False),
@@ -643,10 +643,11 @@ def test_sharded_round_trip(tmp_path):
         assert set(loaded) == set(tensors)
         for name, expected in tensors.items():
             assert_same(loaded[name], expected)
-    safetensors_c.save_sharded(as_tf(tensors), tmp_path / "again", max_shard_size=10_000,
-                               framework="tf", progress=False)
-    for shard in (tmp_path / "ckpt").iterdir():
-        assert (tmp_path / "again" / shard.name).read_bytes() == shard.read_bytes()
+    again = safetensors_c.save_sharded(as_tf(tensors), tmp_path / "again", max_shard_size=10_000,
+                                       framework="tf", progress=False)
+    ids = [index["metadata"]["safetensors_c.save_id"].encode() for index in (first, again)]
+    for shard in (tmp_path / "ckpt").iterdir():  # the same bytes but for each save's own id
+        assert (tmp_path / "again" / shard.name).read_bytes() == shard.read_bytes().replace(*ids)
 
 
 def test_sharded_save_checks_every_input_first(tmp_path):

@@ -36,8 +36,9 @@ name in sorted order is written and each dropped name is recorded in
 ``__metadata__`` as ``{dropped: kept}``, as the reference's ``save_model``
 does. Tensors that view disjoint parts of one storage (a fused projection
 split into q, k, v) are each written as a copy of what they view. Views
-that overlap or repeat elements would write more bytes than the checkpoint
-stores, and are refused unless ``allow_expansion=True`` (see
+that overlap or repeat elements write more bytes than the checkpoint
+stores: a modest expansion is allowed (at most twice each storage, plus
+64 MiB in all), more is refused unless ``allow_expansion=True`` (see
 :func:`convert`).
 
 A model directory of ``.bin`` weights, sharded or not (transformers,
@@ -542,14 +543,23 @@ def _source_of(name: str, value: Any) -> tuple[int, int, int, Any]:
     return id(root), _buffer_size(root), array.nbytes, root
 
 
+# A conversion may write each storage up to this many times over (a fused
+# qkv and its q, k, v views write it twice) ...
+EXPANSION_FACTOR = 2
+# ... and, in all, this many bytes beyond that (small views of small storages).
+EXPANSION_ALLOWANCE = 64 << 20
+
+
 def _check_expansion(path: str, found: dict[str, Any], allow_expansion: bool) -> int:
-    """Refuses views that would write more bytes than their source stores.
+    """Refuses views that would write far more bytes than their sources store.
 
     Returns the number of bytes the tensors will write. Each distinct
     source (a torch storage, the bytes a pickle holds for an array, the
-    mapped file) may be written at most once over: overlapping views, views
-    that repeat elements (stride 0) and one buffer rebuilt into several
-    arrays are what make a small file expand into a large output.
+    mapped file) may be written up to ``EXPANSION_FACTOR`` times over; the
+    bytes beyond that, summed over all sources, may not exceed
+    ``EXPANSION_ALLOWANCE``. Overlapping views, views that repeat elements
+    (stride 0) and one buffer rebuilt into many arrays are what make a small
+    file expand into a large output. Nothing has been materialised yet.
     """
     per_source: dict[int, list] = {}
     total = 0
@@ -561,18 +571,23 @@ def _check_expansion(path: str, found: dict[str, Any], allow_expansion: bool) ->
         entry[2].append(name)
     if allow_expansion:
         return total
-    for stored, written, names, _source in per_source.values():
-        if written > stored:
-            shown = ", ".join(repr(n) for n in sorted(names)[:4])
-            more = f" and {len(names) - 4} more" if len(names) > 4 else ""
-            raise ConversionError(
-                f"{path}: the tensors {shown}{more} share {stored} stored bytes but together "
-                f"would write {written} bytes (their views overlap or repeat elements, e.g. "
-                f"stride 0); by default a conversion writes no more than the checkpoint "
-                f"stores. To write each view as a copy anyway, pass allow_expansion=True "
-                f"(CLI: --allow-expansion): the output is then {total} bytes of tensor data; "
-                f"nothing was written"
-            )
+    excess = {key: written - EXPANSION_FACTOR * stored
+              for key, (stored, written, _, _) in per_source.items()}
+    beyond = sum(e for e in excess.values() if e > 0)
+    if beyond > EXPANSION_ALLOWANCE:
+        stored, written, names, _source = per_source[max(excess, key=excess.__getitem__)]
+        shown = ", ".join(repr(n) for n in sorted(names)[:4])
+        more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+        raise ConversionError(
+            f"{path}: the tensors {shown}{more} share {stored} stored bytes but together "
+            f"would write {written} bytes (their views overlap or repeat elements, e.g. "
+            f"stride 0); by default a conversion writes at most {EXPANSION_FACTOR}x the "
+            f"bytes each storage holds plus {EXPANSION_ALLOWANCE >> 20} MiB in all, and this "
+            f"checkpoint goes {beyond} bytes beyond {EXPANSION_FACTOR}x (the limit is "
+            f"{EXPANSION_ALLOWANCE} bytes). To write each view as a copy anyway, pass "
+            f"allow_expansion=True (CLI: --allow-expansion): the output is then {total} "
+            f"bytes of tensor data; nothing was written"
+        )
     return total
 
 
@@ -620,8 +635,8 @@ def read_checkpoint(
     Returns ``(kind, tensors, aliases, scalars, skipped)``: ``tensors`` maps
     flattened names to NumPy arrays (views of the source where possible),
     ``aliases`` maps each dropped alias to the name kept. The arrays view a
-    read-only mapping of ``src``. Views that would write more bytes than
-    their storage holds are refused unless ``allow_expansion`` (see
+    read-only mapping of ``src``. Views that would write more than the
+    expansion limit allows are refused unless ``allow_expansion`` (see
     :func:`convert`). ``select`` reads only one part of the checkpoint (see
     :func:`convert`).
     """
@@ -766,13 +781,18 @@ def convert(
     ...}`` into the file ``load_state_dict`` wants (``"fc.weight"``, not
     ``"model.fc.weight"``); the parts left out are listed in ``skipped``.
 
-    The bytes written never exceed the bytes the checkpoint stores: the
-    tensors that view one storage may write at most that storage's size.
-    Overlapping or stride-0 views (a transpose kept next to its original, a
-    broadcast) are refused with a message saying how much they would write;
-    ``allow_expansion=True`` writes each as a copy, and the output is then
-    the sum of numel x element size over the tensors (the message states
-    it), which a crafted file can make far larger than itself.
+    Views are written as copies of what they view, so tensors that share a
+    storage can write more bytes than the checkpoint stores. By default the
+    tensors that view one storage may write up to twice its size
+    (``EXPANSION_FACTOR``: a fused qkv saved next to its q, k, v views),
+    and the bytes beyond that, summed over the whole checkpoint, may not
+    exceed 64 MiB (``EXPANSION_ALLOWANCE``). Anything more (stride-0 or
+    broadcast views turning kilobytes into gigabytes, many overlapping
+    windows) is refused before any tensor is copied, with a message saying
+    how much would be written and the limit; ``allow_expansion=True`` lifts
+    the limit, and the output is then the sum of numel x element size over
+    the tensors (the message states it), which a crafted file can make far
+    larger than itself.
 
     ``progress(done, total)`` is called with bytes of tensor data written
     (from a helper thread while the writer runs).

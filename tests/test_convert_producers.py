@@ -307,7 +307,8 @@ def test_stride_zero_view_in_a_tiny_zip_is_refused(tmp_path):
     assert not dst.exists()
 
 
-def test_overlapping_views_need_allow_expansion(tmp_path):
+def test_overlapping_views_need_allow_expansion(tmp_path, monkeypatch):
+    monkeypatch.setattr("safetensors_c.convert.EXPANSION_ALLOWANCE", 0)  # the 2x rule alone
     base = torch.arange(64, dtype=torch.int16)
     sd = {f"w{i}": base[i:i + 32] for i in range(32)}  # 32 overlapping windows
     sd["bcast"] = base[:4].expand(100, 4)
@@ -332,7 +333,8 @@ class _SharedBuffer:
                                               "C")
 
 
-def test_one_pickled_buffer_rebuilt_many_times_is_refused(tmp_path):
+def test_one_pickled_buffer_rebuilt_many_times_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("safetensors_c.convert.EXPANSION_ALLOWANCE", 0)  # the 2x rule alone
     raw = np.arange(1024, dtype="<f4").tobytes()
     src, dst = tmp_path / "memo.pkl", tmp_path / "memo.safetensors"
     src.write_bytes(pickle.dumps({f"a{i}": _SharedBuffer(raw) for i in range(50)}, protocol=4))
@@ -622,7 +624,8 @@ def test_cli_counts_in_words(tmp_path):
 
 def test_cli_allow_expansion(tmp_path):
     base = torch.arange(8, dtype=torch.float32)
-    torch.save({"a": base, "b": base[2:6].expand(3, 4)}, tmp_path / "x.pt")
+    # 68 MiB from 32 stored bytes: beyond the default allowance of 64 MiB.
+    torch.save({"a": base, "b": base[2:6].expand(17 << 18, 4)}, tmp_path / "x.pt")
     proc = _cli("convert", str(tmp_path / "x.pt"), str(tmp_path / "x.safetensors"))
     assert proc.returncode == 1
     assert "--allow-expansion" in proc.stderr and "Traceback" not in proc.stderr

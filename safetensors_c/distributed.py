@@ -524,7 +524,7 @@ class _Opened(NamedTuple):
 
 
 def load_files(
-    filenames: Sequence[Any],
+    filenames: Union[Sequence[Any], Callable[[], Sequence[Any]]],
     process_group: Any = None,
     *,
     framework: str = "pt",
@@ -537,14 +537,17 @@ def load_files(
     the bytes; with ``plan``, each rank's part of the planned tensors (see
     the module docstring). Collective: every rank must call it with the same
     files and plan; if they differ, or any rank fails before the exchange,
-    every rank raises (see the module docstring)."""
+    every rank raises (see the module docstring). ``filenames`` may be a
+    function returning the files: it is called inside the ranks' agreement,
+    so that a failure to find them (an index missing on one rank) reaches
+    every rank too."""
     comm = _group(process_group)
     sources: List[_Source] = []
 
     def open_all() -> Tuple[_Opened, _Mark]:
         adapter = adapter_for(framework)
         placement = adapter.placement(device)
-        for name in filenames:
+        for name in filenames() if callable(filenames) else filenames:
             sources.append(_open(name))
         tensors = _tensors(sources, plan, adapter)
         layout = _layout(tensors, comm.world)

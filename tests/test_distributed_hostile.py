@@ -155,13 +155,24 @@ def cut_short(rank, args):
     return distributed.load_file(path, plan=plan)
 
 
+def finding_fails(rank, args):
+    # Finding the files (e.g. reading a sharded checkpoint's index) fails on
+    # rank 0 only; the function runs inside the agreement.
+    def find():
+        if rank == 0:
+            raise FileNotFoundError("no index in this rank's checkpoint directory")
+        return [args["good"]]
+
+    return distributed.load_files(find)
+
+
 def agree(rank, args):
     return distributed.load_files([args["shared"], args["versions"][0]], plan=args["plan"])
 
 
 SCENARIOS = {f.__name__: f for f in (
     versions, file_count, metadata_only, other_tensor, other_dimension, unequal_plans,
-    plan_raises, long_message, missing_file, cut_short, agree,
+    plan_raises, long_message, missing_file, finding_fails, cut_short, agree,
 )}
 
 
@@ -334,6 +345,13 @@ def test_a_file_missing_on_one_rank_reaches_every_rank(files, tmp_path):
     assert "no-such-file.safetensors" in zero["error"]["message"], zero
     failed_elsewhere(one["error"], 0, "FileNotFoundError")
     assert "no-such-file.safetensors" in one["error"]["message"], one
+
+
+def test_finding_the_files_failing_on_one_rank_reaches_every_rank(files, tmp_path):
+    zero, one = run("finding_fails", files, tmp_path)
+    assert zero["error"] == {"type": "FileNotFoundError", "code": None,
+                             "message": "no index in this rank's checkpoint directory"}, zero
+    failed_elsewhere(one["error"], 0, "FileNotFoundError: no index in this rank's checkpoint")
 
 
 def test_a_read_failing_on_one_rank_reaches_every_rank(files, tmp_path):

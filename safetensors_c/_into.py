@@ -117,13 +117,23 @@ def _fmt_shape(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def _where(filename: Any) -> str:
+    """"path: " for messages: the path as it is when printable, else its
+    repr (the C core's rule: a file name may hold control characters)."""
+    if not filename:
+        return ""
+    text = os.fsdecode(filename) if isinstance(filename, (str, bytes, os.PathLike)) else filename
+    if isinstance(text, str) and text.isprintable():
+        return f"{text}: "
+    return f"{text!r}: "
+
+
 def check_destinations(reader: Any, destinations: Mapping[str, Any]) -> List[_Target]:
     """Checks every destination against the file and returns the work, in
     file order. Raises (SafetensorError for a name the file lacks or a dtype
     or shape that differs; ValueError/TypeError for an unusable buffer)
     before anything is written."""
-    where = getattr(reader, "filename", None)
-    prefix = f"{where}: " if where else ""
+    prefix = _where(getattr(reader, "filename", None))
     targets: List[_Target] = []
     for name, value in destinations.items():
         if not isinstance(name, str):

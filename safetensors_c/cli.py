@@ -408,8 +408,17 @@ def cmd_bench(args) -> int:
 # MARK: main --------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors quote the command line escaped: a stray
+    argument may be a hostile file name a shell glob expanded."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {escape_message(message)}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Inspect, verify and convert "
+    p = _Parser(prog=PROG, description="Inspect, verify and convert "
                                 ".safetensors files; convert pickles without running them.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -51,6 +51,7 @@ from ._adapters.torch import to_array as _to_array
 from ._core import SafetensorError
 from ._open import safe_open
 from ._reader import open_source
+from ._terminal import escape_name
 from ._writer import TensorSpec, deserialize, serialize, serialize_file
 
 __all__ = [
@@ -289,11 +290,47 @@ def _has_load_hooks(model: "torch.nn.Module") -> bool:
     return False
 
 
+def _state_is_live(model: "torch.nn.Module", model_state: Mapping[str, Any]) -> bool:
+    """Whether every value of ``model.state_dict()`` is the model's own
+    parameter or buffer (same memory, shape, strides and dtype), so that
+    writing into it loads the model. A state-dict hook or an overridden
+    ``state_dict`` may hand out copies (or extra state that is no tensor):
+    writing into those would change nothing, so such a model is loaded
+    through ``load_state_dict``."""
+    live = dict(model.named_parameters(remove_duplicate=False))
+    live.update(model.named_buffers(remove_duplicate=False))
+    for name, value in model_state.items():
+        own = live.get(name)
+        if (own is None or not isinstance(value, torch.Tensor) or value.is_meta != own.is_meta
+                or value.dtype != own.dtype or value.layout != own.layout
+                or value.shape != own.shape):
+            return False
+        if value.layout == torch.strided and not value.is_meta and (
+                value.data_ptr() != own.data_ptr() or value.stride() != own.stride()):
+            return False
+    return True
+
+
+def _quoted(names) -> str:
+    """Names as torch's messages quote them, each escaped (a name from a
+    file may hold control characters)."""
+    return ", ".join(f'"{escape_name(k)}"' for k in sorted(names))
+
+
 def _size_mismatch(model, problems: List[str]) -> RuntimeError:
     return RuntimeError(
         f"Error(s) in loading state_dict for {model.__class__.__name__}:\n\t"
         + "\n\t".join(problems)
     )
+
+
+def _shown_path(filename: Any) -> str:
+    """A path as messages show it: as it is when printable, else its repr
+    (the C core's rule)."""
+    text = os.fsdecode(filename) if isinstance(filename, (str, bytes, os.PathLike)) else None
+    if text is None:
+        return repr(filename)
+    return text if text.isprintable() else repr(text)
 
 
 def _raise_if_strict(model, filename, strict: bool, missing: Set[str],
@@ -303,13 +340,12 @@ def _raise_if_strict(model, filename, strict: bool, missing: Set[str],
     # torch's own wording, which users and tools search for.
     problems = []
     if missing:
-        problems.append("Missing key(s) in state_dict: "
-                        + ", ".join(f'"{k}"' for k in sorted(missing)) + ".")
+        problems.append(f"Missing key(s) in state_dict: {_quoted(missing)}.")
     if unexpected:
-        problems.append("Unexpected key(s) in state_dict: "
-                        + ", ".join(f'"{k}"' for k in sorted(unexpected)) + ".")
+        problems.append(f"Unexpected key(s) in state_dict: {_quoted(unexpected)}.")
     raise RuntimeError(
-        f"Error(s) in loading state_dict for {model.__class__.__name__} from {filename}:\n\t"
+        f"Error(s) in loading state_dict for {model.__class__.__name__} from "
+        f"{_shown_path(filename)}:\n\t"
         + "\n\t".join(problems)
     )
 
@@ -402,6 +438,15 @@ def load_model(
     are skipped with a UserWarning (as ``load_state_dict`` warns) that says
     to pass ``assign=True``.
 
+    Everything that can be checked is checked before the first write; a
+    read that fails midway (the file cut short or replaced under the load)
+    is not. Its error is raised once the running reads have stopped, and the
+    model is then partly loaded: the tensors written so far hold the file's
+    bytes (their version counters moved), the others their old values. Load
+    again or discard the model. A model whose ``state_dict()`` hands out
+    copies (a state-dict hook, an overridden ``state_dict``) is loaded
+    through ``load_state_dict``, so the copies are never what is written.
+
     ``backend`` defaults to ``"pread"`` when tensors are copied into the
     model (reading from the page cache straight into the parameters beats
     faulting a mapping in page by page, warm and cold), and to ``"mmap"``
@@ -410,12 +455,12 @@ def load_model(
     """
     on_cpu = _resolve_device(device) is None
     hooks = _has_load_hooks(model)
-    through_torch = assign or not on_cpu or hooks
+    model_state = model.state_dict()
+    through_torch = assign or not on_cpu or hooks or not _state_is_live(model, model_state)
     if backend is None:
         backend = "mmap" if through_torch else "pread"
     readers = _readers(filename, backend)
     file_names = [name for reader in readers for name in reader.offset_keys()]
-    model_state = model.state_dict()
     in_file = set(file_names)
     to_removes = _remove_duplicate_names(model_state, preferred_names=file_names)
     _add_identity_ties(model, to_removes, in_file)
@@ -450,14 +495,18 @@ def load_model(
             if tuple(target.shape) != torch_shape:
                 if not hooks:
                     problems.append(
-                        f"size mismatch for {name}: the file holds shape {list(torch_shape)}, "
-                        f"the model's tensor has shape {list(target.shape)}."
+                        f"size mismatch for {escape_name(name)}: the file holds shape "
+                        f"{list(torch_shape)}, the model's tensor has shape {list(target.shape)}."
                     )
                 continue
             if through_torch:
                 continue
             if target.is_meta:
                 on_meta.append(name)
+            elif target.layout != torch.strided:
+                # copy_ would fail only once the other tensors are written.
+                problems.append(f"cannot copy into {escape_name(name)}: the model's tensor is "
+                                f"{target.layout}, not dense; make it a dense tensor first.")
             elif (_CODE_BY_TORCH.get(target.dtype) == code and target.device.type == "cpu"
                     and target.layout == torch.strided and target.is_contiguous()):
                 direct[name] = _destination(name, target)

@@ -85,6 +85,11 @@ _MAX_ATTEMPTS = 3  # per request: a stale keep-alive connection or a 502/503/504
 _MAX_DRAIN = 64 << 10  # bytes of an error or redirect body read to keep the connection
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+# What a request line cannot carry: http.client refuses it with a message that
+# quotes the whole target, query string (a signed URL's secret) included.
+_URL_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF, NUL, ... (tab is fine)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
 
@@ -134,13 +139,14 @@ def display_url(url: str) -> str:
     (signed URLs carry their secrets there)."""
     try:
         parts = urllib.parse.urlsplit(url)
-    except ValueError:
+        port = parts.port
+    except ValueError:  # unbalanced brackets, or a port that is not a number
         return "<unparsable URL>"
     netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    if port is not None:
+        netloc += f":{port}"
     if parts.hostname and ":" in parts.hostname:
-        netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+        netloc = f"[{parts.hostname}]" + (f":{port}" if port else "")
     query = "?..." if parts.query else ""
     if not parts.scheme or (not netloc and not parts.path):
         return url.split("?", 1)[0]
@@ -496,6 +502,8 @@ def _caller_headers(options: Dict[str, Any], url: str) -> Dict[str, str]:
             raise TypeError("HTTP headers in storage_options must be a dict of str to str")
         for key, value in source.items():
             headers[str(key)] = str(value)
+    for key, value in headers.items():
+        _check_header(key, value)
     auth = options.get("auth", client.get("auth"))
     parts = urllib.parse.urlsplit(url)
     if auth is None and parts.username is not None:
@@ -508,6 +516,30 @@ def _caller_headers(options: Dict[str, Any], url: str) -> Dict[str, str]:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode("utf-8")).decode("ascii")
         headers["Authorization"] = "Basic " + token
     return headers
+
+
+def _check_header(name: str, value: str) -> None:
+    """Refuses a header that http.client would refuse later, quoting the value
+    (a credential) in its message, or that would end the header line early."""
+    if not _HEADER_NAME.fullmatch(name):
+        raise ValueError(
+            f"storage_options header name {name[:80]!r} is not a valid HTTP header name "
+            "(letters, digits and !#$%&'*+-.^_`|~ only)"
+        )
+    bad = _HEADER_VALUE_BAD.search(value)
+    if bad is not None:
+        raise ValueError(
+            f"storage_options header {name!r}: its value contains the control character "
+            f"{bad.group()!r} (a line break would end the header and start another); the "
+            "value is not shown"
+        )
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"storage_options header {name!r}: its value has characters HTTP headers cannot "
+            "carry (only Latin-1; encode it, e.g. as base64); the value is not shown"
+        ) from None
 
 
 def _check_timeout(timeout: Any) -> float:
@@ -649,8 +681,8 @@ class HTTPSource(_RangeSource):
     Opening sends one request (the first ``prefetch`` bytes), which also
     gives the file's size and validator from its ``Content-Range``, ETag and
     Last-Modified; every later answer must name the same size and the same
-    validator (one that drops or changes it fails the read with code
-    ``STC_ERR_FILE_CHANGED``), so one read never mixes two versions.
+    validator (one that drops, changes or only then adds it fails the read
+    with code ``STC_ERR_FILE_CHANGED``), so one read never mixes two versions.
 
     Redirects: at most 5 per request; the last location is where later
     requests go. An https -> http redirect is refused
@@ -690,6 +722,11 @@ class HTTPSource(_RangeSource):
         self.url = url
         if not _is_http(url) or not urllib.parse.urlsplit(url).hostname:
             raise ValueError(f"{self.name}: not an http(s) URL with a host")
+        if _URL_UNSENDABLE.search(url):
+            raise ValueError(
+                f"{self.name}: the URL contains a space or control character; percent-encode "
+                "it (e.g. with urllib.parse.quote)"
+            )
         options = _HTTPOptions(storage_options, url)
         self._headers = options.headers
         self.timeout = options.timeout
@@ -765,12 +802,12 @@ class HTTPSource(_RangeSource):
 
     def _follow(self, url: str, location: str, start: int, end: int) -> str:
         """The next URL of a redirect from ``url``, if it may be followed."""
-        target = urllib.parse.urljoin(url, location)
         try:
+            target = urllib.parse.urljoin(url, location)
             scheme, host, _ = _origin(target)
-        except ValueError:  # a port that is not a number
-            scheme, host = "", ""
-        if scheme not in ("http", "https") or not host:
+        except ValueError:  # unbalanced brackets, or a port that is not a number
+            target, scheme, host = location, "", ""
+        if scheme not in ("http", "https") or not host or _URL_UNSENDABLE.search(target):
             raise self._fail(
                 start, end, f"cannot follow a redirect to {display_url(target)}",
                 "STC_ERR_BAD_REDIRECT",
@@ -1000,12 +1037,16 @@ class HTTPSource(_RangeSource):
             )
         for header, known in (("ETag", self._etag), ("Last-Modified", self._last_modified)):
             now = response.getheader(header)
-            # The first answer named the version: every later one must name it
-            # too, or two versions of the file could be mixed.
-            if known is not None and now != known:
+            # The first answer named the version (or named none): every later
+            # one must name the same, or two versions of the file could be
+            # mixed. A validator that appears only later is a change too: the
+            # answers that carry it could name two versions, and nothing
+            # ties the first answer to either.
+            if now != known:
                 raise self._fail(
                     start, end,
-                    f"the file changed between requests ({header} {known} -> "
+                    f"the file changed between requests ({header} "
+                    f"{known if known is not None else 'none'} -> "
                     f"{now if now is not None else 'none'})",
                     "STC_ERR_FILE_CHANGED",
                 )

@@ -1,0 +1,203 @@
+"""An adversary's second pass over remote reading, digest binding and
+sharded save ids (issue 18, items 1, 2 and 5).
+
+Each test is one attack that got through the first hardening: a header
+value that smuggles a line break (and whose refusal quoted the
+credential), a URL whose refusal quoted its signed query string, a
+redirect whose malformed port escaped as an error without a code, a
+server whose validator appears only on later answers (so two versions it
+names could be mixed), and a sharded checkpoint in which one shard's
+digests were stripped while ``safetensors-c verify`` still said OK.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import safetensors_c
+from safetensors_c import _remote
+from safetensors_c.numpy import save_file
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+from remote_servers.hostile import HostileServer, VirtualFile  # noqa: E402
+
+FAST = {"timeout": 2.0}
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    tensors = {
+        "a": np.arange(1000, dtype=np.float32),
+        "far": np.arange(200_000, dtype=np.float64),  # beyond the first read
+    }
+    path = tmp_path / "h.safetensors"
+    save_file(tensors, str(path))
+    return path.read_bytes(), tensors
+
+
+# ---------------------------------------------------------------------------
+# MARK: header values from storage_options
+
+
+@pytest.mark.parametrize("value", [
+    "Bearer top-secret\r\nX-Injected: 1",
+    "top-secret\nX-Injected: 1",
+    "top-secret\r",
+    "top-secret\x00",
+])
+def test_a_header_value_with_a_line_break_is_refused_without_quoting_it(checkpoint, value):
+    data, _ = checkpoint
+    with HostileServer(VirtualFile(data)) as server:
+        with pytest.raises(ValueError) as info:
+            _remote.open_url(server.url, {"headers": {"Authorization": value}, **FAST})
+        assert "storage_options header 'Authorization'" in str(info.value)
+        assert "control character" in str(info.value)
+        assert "top-secret" not in str(info.value)  # the credential is not in the message
+        assert server.requests == []  # refused before any request
+
+
+def test_a_header_value_outside_latin_1_is_a_value_error_before_any_request(checkpoint):
+    data, _ = checkpoint
+    with HostileServer(VirtualFile(data)) as server:
+        with pytest.raises(ValueError) as info:
+            _remote.open_url(server.url, {"headers": {"X-Api-Key": "s\u00e9cret\u20ac"}})
+        assert type(info.value) is ValueError  # not the codec's UnicodeEncodeError
+        assert "only Latin-1" in str(info.value)
+        assert "cret" not in str(info.value)
+        assert server.requests == []
+
+
+@pytest.mark.parametrize("name", ["X Api Key", "X-Key:", "X-Key\r\nEvil", ""])
+def test_a_header_name_that_is_not_a_token_is_refused(checkpoint, name):
+    data, _ = checkpoint
+    with HostileServer(VirtualFile(data)) as server:
+        with pytest.raises(ValueError, match="is not a valid HTTP header name"):
+            _remote.open_url(server.url, {"client_kwargs": {"headers": {name: "v"}}})
+        assert server.requests == []
+
+
+def test_a_tab_in_a_header_value_is_still_accepted(checkpoint):
+    data, tensors = checkpoint
+    with HostileServer(VirtualFile(data)) as server:
+        source = _remote.open_url(server.url, {"headers": {"X-Note": "a\tb"}})
+        source.close()
+        assert server.headers[0]["X-Note"] == "a\tb"
+
+
+# ---------------------------------------------------------------------------
+# MARK: URLs and redirect locations
+
+
+def test_a_url_with_a_space_is_refused_without_its_query(checkpoint):
+    data, _ = checkpoint
+    with HostileServer(VirtualFile(data)) as server:
+        url = server.url.replace("/model", "/a b/model") + "?sig=top-secret"
+        with pytest.raises(ValueError) as info:
+            _remote.open_url(url)
+        assert "space or control character" in str(info.value)
+        assert "top-secret" not in str(info.value)
+        assert server.requests == []
+
+
+@pytest.mark.parametrize("location", [
+    "http://127.0.0.1:1:80/x",  # a port that is not a number
+    "http://127.0.0.1:99999/x",  # a port out of range
+    "http://[::1/x",  # an unclosed bracket
+])
+def test_a_redirect_to_a_malformed_authority_has_a_code(checkpoint, location):
+    data, _ = checkpoint
+    with HostileServer(VirtualFile(data), "redirect") as server:
+        server.location = location
+        with pytest.raises(_remote.RemoteError) as info:
+            _remote.open_url(server.url, FAST)
+        assert info.value.code == "STC_ERR_BAD_REDIRECT"
+        assert "cannot follow a redirect" in str(info.value)
+
+
+def test_a_redirect_to_a_location_with_a_space_is_refused_with_a_code(checkpoint):
+    data, _ = checkpoint
+    with HostileServer(VirtualFile(data), "redirect") as server:
+        server.location = server.url.replace("/model", "/a b/model") + "?sig=x"
+        with pytest.raises(_remote.RemoteError) as info:
+            _remote.open_url(server.url, FAST)
+        assert info.value.code == "STC_ERR_BAD_REDIRECT"
+        assert len(server.requests) == 1  # nothing was sent to it
+
+
+# ---------------------------------------------------------------------------
+# MARK: a validator that appears only on later answers
+
+
+class _LateValidatorServer:
+    """Serves ``first`` without an ETag on the first answer; later answers
+    carry ETag "v1" with ``first``, then from the ``switch_at``-th answer on,
+    ETag "v2" with ``second`` (same size): two versions it names itself."""
+
+    def __init__(self, first: bytes, second: bytes, switch_at: int = 3) -> None:
+        assert len(first) == len(second)
+        self.count = 0
+        lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                with lock:
+                    owner.count += 1
+                    count = owner.count
+                data = first if count < switch_at else second
+                spec = self.headers["Range"][len("bytes="):]
+                start, _, last = spec.partition("-")
+                start, end = int(start), min(int(last) + 1, len(data))
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+                self.send_header("Content-Length", str(end - start))
+                if count > 1:
+                    self.send_header("ETag", '"v1"' if count < switch_at else '"v2"')
+                self.end_headers()
+                self.wfile.write(data[start:end])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/m.safetensors"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_an_etag_that_appears_only_later_cannot_mix_two_versions(tmp_path):
+    big = 100_000  # float64: 800 kB each, beyond the first read and apart
+    save_file({"x": np.zeros(big), "y": np.zeros(big)}, str(tmp_path / "a.safetensors"))
+    save_file({"x": np.ones(big), "y": np.ones(big)}, str(tmp_path / "b.safetensors"))
+    first = (tmp_path / "a.safetensors").read_bytes()
+    second = (tmp_path / "b.safetensors").read_bytes()
+    with _LateValidatorServer(first, second) as server:
+        with safetensors_c.safe_open(server.url, framework="np",
+                                     storage_options=FAST) as f:
+            with pytest.raises(_remote.RemoteError) as info:
+                f.get_tensor("x")  # ETag "v1": first named here
+                f.get_tensor("y")  # ETag "v2": another version
+        assert info.value.code == "STC_ERR_FILE_CHANGED"
+        assert "ETag none -> " in str(info.value)

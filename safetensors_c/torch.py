@@ -227,6 +227,20 @@ def _check_into(name: str, tensor: Any) -> None:
         raise ValueError(f"tensor {name!r} is not contiguous; load_into needs contiguous tensors")
     if tensor.layout != torch.strided:
         raise ValueError(f"tensor {name!r} is {tensor.layout}; load_into needs dense tensors")
+    if _is_frozen_inference(tensor):
+        raise RuntimeError(_INFERENCE_REFUSED.format(name=escape_name(name)))
+
+
+# torch refuses in-place writes into an inference tensor outside
+# inference_mode (it has no version counter to move); so do we, before any
+# byte is written.
+_INFERENCE_REFUSED = ("tensor {name}: it was created under torch.inference_mode() and cannot "
+                      "be written outside it (an inference tensor has no version counter); "
+                      "load inside torch.inference_mode(), or create the tensor outside it")
+
+
+def _is_frozen_inference(tensor: "torch.Tensor") -> bool:
+    return tensor.is_inference() and not torch.is_inference_mode_enabled()
 
 
 def load_into(
@@ -503,6 +517,8 @@ def load_model(
                 continue
             if target.is_meta:
                 on_meta.append(name)
+            elif _is_frozen_inference(target):
+                problems.append(_INFERENCE_REFUSED.format(name=escape_name(name)) + ".")
             elif target.layout != torch.strided:
                 # copy_ would fail only once the other tensors are written.
                 problems.append(f"cannot copy into {escape_name(name)}: the model's tensor is "

@@ -203,3 +203,43 @@ def test_usage_errors_are_safe_bytes_from_a_subprocess(tmp_path):
     assert result.returncode == 2
     assert b"\x1b" not in result.stderr and b"\x07" not in result.stderr
     assert b"unrecognized arguments: b\\x1b]0;owned\\x07" in result.stderr
+
+
+# MARK: inference tensors -----------------------------------------------------
+
+def test_inference_tensors_are_refused_outside_inference_mode_before_any_write(tmp_path):
+    path = _saved(tmp_path)
+    model = Small()
+    with torch.inference_mode():
+        model.scale = torch.ones(4)  # the only inference tensor
+    before = model.lin.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="scale.*inference_mode"):
+        ct.load_model(model, path)
+    assert torch.equal(model.lin.weight, before)  # nothing written
+    assert torch.equal(model.scale, torch.ones(4))
+
+
+def test_torch_refuses_the_same_write(tmp_path):
+    with torch.inference_mode():
+        model = Small()
+    with pytest.raises(RuntimeError, match="[Ii]nference"):
+        model.load_state_dict({k: torch.zeros_like(v) for k, v in Small().state_dict().items()})
+
+
+def test_load_into_refuses_an_inference_tensor_outside_inference_mode(tmp_path):
+    path = str(tmp_path / "w.safetensors")
+    ct.save_file({"w": torch.full((4,), 7.0), "v": torch.full((4,), 7.0)}, path)
+    with torch.inference_mode():
+        frozen = torch.zeros(4)
+    plain = torch.zeros(4)
+    with pytest.raises(RuntimeError, match="inference_mode"):
+        ct.load_into({"v": plain, "w": frozen}, path)
+    assert torch.equal(frozen, torch.zeros(4)) and torch.equal(plain, torch.zeros(4))
+
+
+def test_inside_inference_mode_an_inference_model_loads(tmp_path):
+    path = _saved(tmp_path)
+    with torch.inference_mode():
+        model = Small()
+        assert ct.load_model(model, path) == (set(), [])
+        assert _loaded(model)

@@ -420,7 +420,7 @@ def _check_same(comm: _Comm, statuses: List[_Status], sources: Sequence[_Source]
     the same files (by identity) with the same resolved plan."""
     by_files = _groups([(s.files, s.files_digest) for s in statuses])
     if len(by_files) > 1:
-        raise error(_files_differ(comm, statuses, sources, by_files), "STC_ERR_RANK_MISMATCH")
+        raise error(_files_differ(comm, statuses, sources), "STC_ERR_RANK_MISMATCH")
     by_plan = _groups([s.plan_digest for s in statuses])
     if len(by_plan) > 1:
         raise error(
@@ -431,8 +431,7 @@ def _check_same(comm: _Comm, statuses: List[_Status], sources: Sequence[_Source]
         )
 
 
-def _files_differ(comm: _Comm, statuses: List[_Status], sources: Sequence[_Source],
-                  by_files: List[List[int]]) -> str:
+def _files_differ(comm: _Comm, statuses: List[_Status], sources: Sequence[_Source]) -> str:
     """Names the first file that differs. Every rank knows every rank's file
     count, so a second all-gather of each file's identity has one size."""
     counts = [s.files for s in statuses]

@@ -11,6 +11,7 @@ library's own messages and the notebook text stay safe too.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -320,6 +321,21 @@ def test_library_errors_quote_a_hostile_file_name(tmp_path, payload):
     assert info.value.code == "STC_ERR_TRUNCATED_DATA"
     assert_safe(str(info.value))
     assert repr(str(path)) in str(info.value)
+
+
+@pytest.mark.parametrize("payload", PATH_PAYLOADS.values(), ids=PATH_PAYLOADS.keys())
+def test_a_missing_tensor_message_quotes_a_hostile_source_name(tmp_path, payload):
+    """The name of a file object is text its caller may not control (an
+    upload's file name): a missing tensor's message quotes it like a path."""
+    path = tmp_path / "m.safetensors"
+    save_file({"w": np.zeros(2, np.float32)}, path)
+    source = io.BytesIO(path.read_bytes())
+    source.name = f"upload{payload}.safetensors"
+    with pytest.raises(SafetensorError) as info:
+        safe_open(source).get_tensor("nope")
+    assert info.value.code == "STC_ERR_NO_SUCH_TENSOR"
+    assert_safe(str(info.value))
+    assert str(info.value) == f"{source.name!r}: no tensor named 'nope' in this file"
 
 
 def test_library_errors_keep_a_plain_file_name_as_it_is(tmp_path):

@@ -129,6 +129,11 @@ PyObject *read_view_to_array(module_state *st, file_object *owner, const stc_ten
  * may be NULL. */
 PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *filename);
 
+/* "path: " to start a message: the path as it is when every character is
+ * printable, else its repr(), so that a file name cannot carry control
+ * characters into a message; "" for NULL. New reference, or NULL on error. */
+PyObject *path_prefix(PyObject *filename);
+
 /* Raises SafetensorError with a PyUnicode_FromFormat message and the stable
  * `code` attribute (e.g. "STC_ERR_NO_SUCH_TENSOR"); returns NULL. */
 PyObject *raise_coded(module_state *st, const char *code, const char *format, ...);

@@ -37,9 +37,7 @@ PyObject *raise_coded(module_state *st, const char *code, const char *format, ..
     return NULL;
 }
 
-/* "path: ": the path as it is when every character is printable, else its
- * repr(). */
-static PyObject *path_prefix(PyObject *filename) {
+PyObject *path_prefix(PyObject *filename) {
     if (!filename) return PyUnicode_FromString("");
     if (!PyUnicode_Check(filename)) return PyUnicode_FromFormat("%R: ", filename);
     int kind = PyUnicode_KIND(filename);

@@ -244,11 +244,12 @@ static const stc_tensor *lookup(module_state *st, file_object *f, PyObject *name
     }
     const stc_tensor *t = len >= 0 ? stc_find_tensor(f->file, utf8, (size_t)len) : NULL;
     if (!t) {
-        if (f->filename)
-            raise_coded(st, "STC_ERR_NO_SUCH_TENSOR", "%U: no tensor named %R in this file",
-                        f->filename, name);
-        else
-            raise_coded(st, "STC_ERR_NO_SUCH_TENSOR", "no tensor named %R in this file", name);
+        PyObject *where = path_prefix(f->filename);
+        if (where) {
+            raise_coded(st, "STC_ERR_NO_SUCH_TENSOR", "%Uno tensor named %R in this file",
+                        where, name);
+            Py_DECREF(where);
+        }
     }
     return t;
 }

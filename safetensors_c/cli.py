@@ -202,10 +202,17 @@ def _verify_one(path: str, args) -> str:
         head = f"{_plural(count, 'tensor')} in {_plural(len(shards), 'shard')}"
         if not found:
             return head + ", structure validated; no digests recorded"
-        missing = len(shards) - len(found)
+        bare = [name for name, scheme in zip(shards, schemes) if scheme is None]
+        if bare:
+            # No save writes digests into some shards only: the digests of
+            # these were removed (and their tensors could be anything).
+            raise _Failure(
+                f"{_plural(len(bare), 'shard')} with no digests recorded while "
+                f"{len(found)} of {len(shards)} record them: "
+                + ", ".join(repr(name) for name in bare[:5]) + (" ..." if len(bare) > 5 else "")
+                + "; their digests were removed, or shards of different saves were mixed")
         return (f"{head}, digests verified in {len(found)} of {len(shards)} shards "
-                f"({_schemes_text(found)})"
-                + (f"; {_plural(missing, 'shard')} with no digests recorded" if missing else ""))
+                f"({_schemes_text(found)})")
     with safe_open(path, framework="np") as f:
         scheme = _check_digests(f._handle(), path, args)
         count = len(f)
@@ -465,8 +472,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="convert only this part of the checkpoint, under its own names "
                         "(e.g. 'model' of a training checkpoint; dotted for nested parts)")
     s.add_argument("--allow-expansion", action="store_true",
-                   help="write overlapping or stride-0 views as copies, even when that "
-                        "writes more bytes than the checkpoint stores")
+                   help="write views as copies beyond the default limit (each storage "
+                        "written at most 2x its bytes, plus 64 MiB in all); a crafted "
+                        "checkpoint can then expand far beyond its own size")
     s.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no summary line")
     s.set_defaults(func=cmd_convert)

@@ -30,7 +30,8 @@ save killed while overwriting a checkpoint of the same layout (new shards
 beside old ones, under the old index), or a shard copied in from another
 save, is refused instead of loading as a silent mix. Indexes without a save
 id (written by transformers, huggingface_hub or older releases) load as
-before.
+before, unless two of their shards carry different save ids (shards of two
+saves, under an index another tool rewrote): that is refused the same way.
 """
 
 from __future__ import annotations
@@ -363,6 +364,29 @@ def _check_save_id(index_path: str, index_metadata: Optional[Dict[str, Any]], fi
         )
 
 
+def _check_one_save(index_path: str, index_metadata: Optional[Dict[str, Any]],
+                    shard_metadata: Mapping[str, Optional[Dict[str, str]]]) -> None:
+    """For an index without a save id (rewritten by another tool, say): raises
+    when two shards (file -> metadata) carry different save ids, which only
+    shards of two saves do. Shards without one are not judged."""
+    if (index_metadata or {}).get(SAVE_ID_KEY) is not None:
+        return  # each shard was checked against the index's own
+    first: Optional[Tuple[str, str]] = None
+    for file, metadata in shard_metadata.items():
+        found = (metadata or {}).get(SAVE_ID_KEY)
+        if found is None:
+            continue
+        if first is None:
+            first = (file, found)
+        elif found != first[1]:
+            raise error(
+                f"{index_path}: shards {first[0]!r} and {file!r} are from different saves "
+                f"(save ids {first[1][:80]!r} and {found[:80]!r}): shards of different saves "
+                f"were mixed; save the checkpoint again",
+                "STC_ERR_SHARD_MISMATCH",
+            )
+
+
 def _shard_path(directory: str, real_directory: str, name: str, index_path: str) -> str:
     """The path (or URL) of shard ``name``, which must stay inside the
     directory."""
@@ -509,6 +533,8 @@ class safe_open_sharded:
                 for file, shard_path in zip(files, paths):
                     shards[file] = safe_open(shard_path, framework, device, **options)
                     _check_save_id(index_path, index_metadata, file, shards[file].metadata())
+                _check_one_save(index_path, index_metadata,
+                                {file: shard.metadata() for file, shard in shards.items()})
                 self._check_against_index(index_path, weight_map, index_metadata, shards)
         except BaseException:
             for shard in shards.values():
@@ -756,10 +782,11 @@ def _load_distributed(path, prefix, storage_options, framework, device, plan, ma
         real_directory = os.path.realpath(directory)
         names = sorted(set(weight_map.values()))
         files = [_shard_path(directory, real_directory, f, index_path) for f in names]
-        if (index_metadata or {}).get(SAVE_ID_KEY) is not None:
-            for name, file in zip(names, files):  # the header only, read with pread
-                metadata = open_source(file, backend="pread").metadata()
-                _check_save_id(index_path, index_metadata, name, metadata)
+        headers = {}
+        for name, file in zip(names, files):  # the header only, read with pread
+            headers[name] = open_source(file, backend="pread").metadata()
+            _check_save_id(index_path, index_metadata, name, headers[name])
+        _check_one_save(index_path, index_metadata, headers)
     result = distributed.load_files(files, process_group, framework=framework, device=device,
                                     plan=plan, max_workers=max_workers)
     if weight_map is not None and set(result) != set(weight_map):

@@ -13,7 +13,7 @@ digests were stripped while ``safetensors-c verify`` still said OK.
 from __future__ import annotations
 
 import json
-import subprocess
+import shutil
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,8 +23,11 @@ import numpy as np
 import pytest
 
 import safetensors_c
-from safetensors_c import _remote
+from safetensors_c import SafetensorError, _remote
+from safetensors_c.cli import main
+from safetensors_c.integrity import DIGEST_KEY_V2
 from safetensors_c.numpy import save_file
+from safetensors_c.sharded import SAVE_ID_KEY, load_sharded, safe_open_sharded, save_sharded
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -201,3 +204,85 @@ def test_an_etag_that_appears_only_later_cannot_mix_two_versions(tmp_path):
                 f.get_tensor("y")  # ETag "v2": another version
         assert info.value.code == "STC_ERR_FILE_CHANGED"
         assert "ETag none -> " in str(info.value)
+
+
+# ---------------------------------------------------------------------------
+# MARK: sharded checkpoints: digests stripped from one shard, saves mixed
+
+
+INDEX = "model.safetensors.index.json"
+SHARD_1 = "model-00001-of-00002.safetensors"
+SHARD_2 = "model-00002-of-00002.safetensors"
+
+
+def _two_shards(directory, **options) -> Path:
+    tensors = {"a": np.zeros(1000, np.float32), "b": np.zeros(1000, np.float32)}
+    save_sharded(tensors, str(directory), max_shard_size=4000, progress=False, **options)
+    assert sorted(p.name for p in Path(directory).iterdir()) == [SHARD_1, SHARD_2, INDEX]
+    return Path(directory)
+
+
+def test_verify_fails_when_one_shard_lost_its_digests(tmp_path, capsys):
+    directory = _two_shards(tmp_path / "ckpt", digests=True)
+    shard = directory / SHARD_2
+    with safetensors_c.safe_open(str(shard), framework="np") as f:
+        metadata = {k: v for k, v in f.metadata().items() if k != DIGEST_KEY_V2}
+    # The attack: new values, and the digests that would betray them removed
+    # (the save id kept, so the shard still belongs to the save).
+    save_file({"b": np.full(1000, 7, np.float32)}, str(shard), metadata)
+    assert main(["verify", str(directory)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("BAD ")
+    assert "1 shard with no digests recorded while 1 of 2 record them" in err
+    assert repr(SHARD_2) in err
+    # The library refused it already: every shard must record digests.
+    with pytest.raises(SafetensorError) as info:
+        safe_open_sharded(str(directory), verify_digests=True)
+    assert info.value.code == "STC_ERR_NO_DIGESTS"
+
+
+def test_verify_of_shards_that_all_lack_digests_still_says_so(tmp_path, capsys):
+    directory = _two_shards(tmp_path / "ckpt")
+    assert main(["verify", str(directory)]) == 0
+    assert "structure validated; no digests recorded" in capsys.readouterr().out
+
+
+def _mix_under_an_index_without_save_id(tmp_path) -> Path:
+    directory = _two_shards(tmp_path / "ckpt")
+    other = _two_shards(tmp_path / "other")
+    shutil.copyfile(other / SHARD_2, directory / SHARD_2)  # same layout, another save
+    index = json.loads((directory / INDEX).read_text())
+    del index["metadata"][SAVE_ID_KEY]  # an index another tool rewrote
+    (directory / INDEX).write_text(json.dumps(index))
+    return directory
+
+
+def test_shards_of_two_saves_are_refused_under_an_index_without_save_id(tmp_path):
+    directory = _mix_under_an_index_without_save_id(tmp_path)
+    for attempt in (
+        lambda: load_sharded(str(directory), progress=False),
+        lambda: safe_open_sharded(str(directory)),
+        lambda: load_sharded(str(directory / INDEX), progress=False),
+    ):
+        with pytest.raises(SafetensorError) as info:
+            attempt()
+        assert info.value.code == "STC_ERR_SHARD_MISMATCH"
+        assert f"shards {SHARD_1!r} and {SHARD_2!r} are from different saves" in str(info.value)
+
+
+def test_verify_refuses_shards_of_two_saves_under_an_index_without_save_id(tmp_path, capsys):
+    directory = _mix_under_an_index_without_save_id(tmp_path)
+    assert main(["verify", str(directory)]) == 1
+    assert "are from different saves" in capsys.readouterr().err
+
+
+def test_an_index_without_save_id_over_shards_without_one_loads(tmp_path):
+    directory = _two_shards(tmp_path / "ckpt")
+    for name in (SHARD_1, SHARD_2):  # as transformers would write them
+        with safetensors_c.safe_open(str(directory / name), framework="np") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        save_file(tensors, str(directory / name), {"format": "np"})
+    index = json.loads((directory / INDEX).read_text())
+    del index["metadata"][SAVE_ID_KEY]
+    (directory / INDEX).write_text(json.dumps(index))
+    assert sorted(load_sharded(str(directory), progress=False)) == ["a", "b"]

@@ -472,8 +472,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="convert only this part of the checkpoint, under its own names "
                         "(e.g. 'model' of a training checkpoint; dotted for nested parts)")
     s.add_argument("--allow-expansion", action="store_true",
-                   help="write overlapping or stride-0 views as copies, even when that "
-                        "writes more bytes than the checkpoint stores")
+                   help="write views as copies beyond the default limit (each storage "
+                        "written at most 2x its bytes, plus 64 MiB in all); a crafted "
+                        "checkpoint can then expand far beyond its own size")
     s.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no summary line")
     s.set_defaults(func=cmd_convert)

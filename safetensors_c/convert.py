@@ -76,6 +76,7 @@ from ._pickle_vm import (
 from ._archive import ArchiveError, Source, ZipArchive, npy_header, open_regular
 from ._adapters.numpy import from_array as _neutral_tensor
 from ._checks import fs_path
+from ._terminal import escape_message, escape_name
 from .scan import MAX_PICKLE_MEMBER, ScanReport, scan, scan_buffer
 from .sharded import save_sharded
 
@@ -284,11 +285,12 @@ def _describe(findings: list[Finding]) -> str:
     names = []
     for f in findings:
         if f.kind == "global":
-            names.append(f"global {f.name}")
+            names.append(f"global {escape_name(f.name)}")
         elif f.kind == "opcode":
-            names.append(f"opcode {f.name} ({f.note})" if f.note else f"opcode {f.name}")
+            names.append(f"opcode {f.name} ({escape_message(f.note)})" if f.note
+                         else f"opcode {f.name}")
         else:
-            names.append(f.name)
+            names.append(escape_name(f.name))
     names = list(dict.fromkeys(names))
     shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     return shown + " (not on the allow-list)"
@@ -318,12 +320,14 @@ def _refuse_unless_safe(path: str, report: ScanReport) -> None:
     if report.verdict == "safe":
         return
     reasons = report.reasons
-    shown = "; ".join(reasons[:4]) + (f"; and {len(reasons) - 4} more" if len(reasons) > 4
-                                      else "")
+    # Names in the reasons come from the file: escaped, like everything a
+    # message quotes from it.
+    shown = "; ".join(escape_message(r) for r in reasons[:4]) + (
+        f"; and {len(reasons) - 4} more" if len(reasons) > 4 else "")
     if report.verdict == "unsafe":
         bad = [f for f in report.findings if not f.safe and f.kind not in ("error", "unknown")]
         bad.sort(key=lambda f: f.kind != "global")  # the globals first: they say the most
-        where = bad[0].where or os.path.basename(path)
+        where = escape_name(bad[0].where or os.path.basename(path))
         found = f"opcode {bad[0].name}" if bad[0].kind == "opcode" else bad[0].name
         raise UnsafePickleError(
             f"{path}: {where} uses {_describe(bad)}; refusing to convert (nothing was "

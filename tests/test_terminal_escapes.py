@@ -26,6 +26,7 @@ import safetensors_c
 from safetensors_c import SafetensorError, safe_open, save_file
 from safetensors_c._terminal import dumps, escape_message, escape_name, escape_prose
 from safetensors_c.cli import main
+from safetensors_c.convert import UnsafePickleError, convert
 from safetensors_c.integrity import save_file_with_digests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -353,3 +354,17 @@ def test_handle_text_is_escaped(tmp_path):
         for shown in (text, repr(f), repr(f.get_slice("t" + payload))):
             assert_safe(shown)
         assert "t" + escape_name(payload) in text
+
+
+@pytest.mark.parametrize("payload", PATH_PAYLOADS.values(), ids=PATH_PAYLOADS.keys())
+def test_convert_refusals_escape_the_globals_they_name(tmp_path, payload):
+    """The library's UnsafePickleError names the global a pickle imports:
+    that name is the pickle author's text."""
+    src = tmp_path / "evil.pkl"
+    src.write_bytes(b"c" + f"os{payload}".encode("utf-8", "surrogateescape")
+                    + b"\nsystem\n(S'true'\ntR.")
+    with pytest.raises(UnsafePickleError) as info:
+        convert(str(src), str(tmp_path / "out.safetensors"))
+    assert_safe(str(info.value))
+    assert f"global {escape_name('os' + payload)}.system" in str(info.value)
+    assert not (tmp_path / "out.safetensors").exists()

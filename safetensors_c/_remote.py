@@ -737,6 +737,7 @@ class HTTPSource(_RangeSource):
         self._location = url  # where the last redirect led
         self._pool: List[Tuple[Tuple[str, str, int], http.client.HTTPConnection]] = []
         self._pool_lock = threading.Lock()
+        self._pool_pid = os.getpid()  # a forked child must not share these sockets
         self._etag: Optional[str] = None
         self._last_modified: Optional[str] = None
         self.size = -1
@@ -752,6 +753,7 @@ class HTTPSource(_RangeSource):
         parts = urllib.parse.urlsplit(url)
         key = _origin(url)
         scheme, _, port = key
+        self._leave_parent_pool()
         with self._pool_lock:
             for i in range(len(self._pool) - 1, -1, -1):
                 if self._pool[i][0] == key:
@@ -765,10 +767,24 @@ class HTTPSource(_RangeSource):
             conn = http.client.HTTPConnection(parts.hostname, port, timeout=self.timeout)
         return key, conn, False
 
+    def _leave_parent_pool(self) -> None:
+        """In a process forked after connections were pooled (a DataLoader
+        worker, say): forgets the parent's connections. Parent and child
+        sending on one socket would read each other's answers. Closing them
+        here closes only this process's descriptors; the parent's stay."""
+        if self._pool_pid == os.getpid():
+            return
+        self._pool_lock = threading.Lock()  # the parent's may have been held at the fork
+        self._pool_pid = os.getpid()
+        pool, self._pool = self._pool, []
+        for _, conn in pool:
+            conn.close()
+
     def _release(self, key, conn, response) -> None:
         if response.will_close or response.isclosed() is False:
             conn.close()
             return
+        self._leave_parent_pool()
         with self._pool_lock:
             if len(self._pool) < self.max_concurrency:
                 self._pool.append((key, conn))

@@ -13,6 +13,7 @@ digests were stripped while ``safetensors-c verify`` still said OK.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import threading
@@ -286,3 +287,32 @@ def test_an_index_without_save_id_over_shards_without_one_loads(tmp_path):
     del index["metadata"][SAVE_ID_KEY]
     (directory / INDEX).write_text(json.dumps(index))
     assert sorted(load_sharded(str(directory), progress=False)) == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------
+# MARK: a source used again after fork
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_send_on_its_parents_pooled_connection(checkpoint):
+    data, tensors = checkpoint
+    with HostileServer(VirtualFile(data)) as server:
+        source = _remote.open_url(server.url, FAST)  # one request; its connection is pooled
+        assert len(server.peers) == 1
+        pid = os.fork()
+        if pid == 0:  # the child: read, then report only through the exit status
+            code = 1
+            try:
+                got = bytes(source.read_at(len(data) - 8, 8))
+                code = 0 if got == data[-8:] else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        assert len(server.peers) == 2
+        # A socket of its own: parent and child never read each other's answers.
+        assert server.peers[1] != server.peers[0]
+        # The parent's pooled connection is still good.
+        assert bytes(source.read_at(len(data) - 16, 8)) == data[-16:-8]  # past the first read
+        assert server.peers[2] == server.peers[0]
+        source.close()

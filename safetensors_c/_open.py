@@ -34,9 +34,11 @@ class safe_open:
     "tf"/"tensorflow", "paddle", "mlx"; ``device`` is the framework's.
 
     The header is parsed and fully validated here; no tensor is read until
-    asked for. With ``backend="mmap"`` (the default) every tensor is a view
-    into one private, copy-on-write mapping of the file: writable, and
-    writing never changes the file. ``backend="pread"`` reads tensors into
+    asked for. With ``backend="mmap"`` (the default) the first access of a
+    tensor is a view into one private, copy-on-write mapping of the file:
+    writable, and writing never changes the file; a later access of the
+    same tensor reads it afresh from the file, so arrays of one handle never
+    alias each other. ``backend="pread"`` reads tensors into
     memory of their own instead, for untrusted or network file systems.
     Arrays stay valid after :meth:`close` and after the ``with`` block.
 

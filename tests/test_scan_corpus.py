@@ -37,6 +37,7 @@ class Sample:
     malicious: bool
     kind: str  # the bypass class (malicious) or the producer (benign)
     loader: str = ""  # how the payload is triggered, for the control runs
+    expected: dict | None = None  # benign: the tensors written, as convert names them
 
 
 class _Reduce:
@@ -168,39 +169,48 @@ def build_corpus(directory: str, command: str = "true") -> list[Sample]:
 
     samples: list[Sample] = []
 
-    def add(name: str, data: bytes, malicious: bool, kind: str, loader: str = "") -> None:
+    def add(name: str, data: bytes, malicious: bool, kind: str, loader: str = "",
+            expected: dict | None = None) -> None:
         path = os.path.join(directory, name)
         with open(path, "wb") as f:
             f.write(data)
-        samples.append(Sample(name, path, malicious, kind, loader))
+        samples.append(Sample(name, path, malicious, kind, loader, expected))
 
     # -- benign -------------------------------------------------------------------------
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
     tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3),
                "b": torch.ones(3, dtype=torch.bfloat16)}
-    add("torch_zip.pt", _torch_zip_bytes(tensors), False, "torch.save (zip)")
+    state = dict(model.state_dict())
+    add("torch_zip.pt", _torch_zip_bytes(tensors), False, "torch.save (zip)",
+        expected=tensors)
     add("torch_state_dict.pt", _torch_zip_bytes(model.state_dict()), False,
-        "torch.save(state_dict()) (zip)")
+        "torch.save(state_dict()) (zip)", expected=state)
     add("torch_legacy.pt", _torch_zip_bytes(tensors, legacy=True), False,
-        "torch.save (legacy)")
+        "torch.save (legacy)", expected=tensors)
     add("torch_legacy_state_dict.pt", _torch_zip_bytes(model.state_dict(), legacy=True), False,
-        "torch.save(state_dict()) (legacy)")
-    add("numpy_dict.pkl", pickle.dumps({"a": np.arange(5.0)}, protocol=4), False,
-        "pickle of NumPy arrays")
+        "torch.save(state_dict()) (legacy)", expected=state)
+    arrays = {"a": np.arange(5.0)}
+    add("numpy_dict.pkl", pickle.dumps(arrays, protocol=4), False,
+        "pickle of NumPy arrays", expected=arrays)
     import joblib
 
     buf = io.BytesIO()
-    joblib.dump({"a": np.arange(10, dtype=np.int32), "b": np.ones((2, 2))}, buf)
-    add("model.joblib", buf.getvalue(), False, "joblib.dump")
+    arrays = {"a": np.arange(10, dtype=np.int32), "b": np.ones((2, 2))}
+    joblib.dump(arrays, buf)
+    add("model.joblib", buf.getvalue(), False, "joblib.dump", expected=arrays)
     buf = io.BytesIO()
-    np.save(buf, np.arange(12, dtype=np.float32).reshape(3, 4))
-    add("array.npy", buf.getvalue(), False, "np.save")
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(buf, array)
+    add("array.npy", buf.getvalue(), False, "np.save", expected={"array": array})
     buf = io.BytesIO()
-    np.savez(buf, a=np.ones(3), b=np.arange(4))
-    add("arrays.npz", buf.getvalue(), False, "np.savez")
+    arrays = {"a": np.ones(3), "b": np.arange(4)}
+    np.savez(buf, **arrays)
+    add("arrays.npz", buf.getvalue(), False, "np.savez", expected=arrays)
     buf = io.BytesIO()
-    np.savez_compressed(buf, a=np.zeros(100000), b=np.arange(4))
-    add("arrays_compressed.npz", buf.getvalue(), False, "np.savez_compressed")
+    arrays = {"a": np.zeros(100000), "b": np.arange(4)}
+    np.savez_compressed(buf, **arrays)
+    add("arrays_compressed.npz", buf.getvalue(), False, "np.savez_compressed",
+        expected=arrays)
     from safetensors_c.numpy import save
 
     add("plain.safetensors", save({"x": np.arange(4, dtype=np.int32)}), False,
@@ -321,12 +331,30 @@ def test_scan_refuses_no_benign_file(corpus):
 
 
 def test_benign_files_convert(corpus, tmp_path):
+    """Every benign file converts to exactly the tensors that were written into it, read
+    back by the reference package (an independent reader): names, dtypes, shapes, bytes."""
+    import torch
+    from safetensors.torch import load_file as reference_load_file
+
     from safetensors_c.convert import convert
 
+    converted = 0
     for s in corpus:
         if s.malicious or s.name.endswith(".safetensors"):
             continue
-        convert(s.path, tmp_path / (s.name + ".safetensors"))
+        dst = tmp_path / (s.name + ".safetensors")
+        convert(s.path, dst)
+        got = reference_load_file(str(dst))
+        assert s.expected, s.name
+        assert sorted(got) == sorted(s.expected), s.name
+        for name, value in s.expected.items():
+            want = value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
+            assert got[name].dtype == want.dtype, (s.name, name)
+            assert got[name].shape == want.shape, (s.name, name)
+            assert torch.equal(got[name].reshape(-1).view(torch.uint8),
+                               want.contiguous().reshape(-1).view(torch.uint8)), (s.name, name)
+        converted += 1
+    assert converted == 9
 
 
 def test_malicious_files_do_not_convert(corpus, tmp_path):

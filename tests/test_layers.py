@@ -25,7 +25,9 @@ FLOORS = {
     "integrity": 6, "sharded": 6, "scan": 6,
     "convert": 7,
     "numpy": 8, "torch": 8, "flax": 8, "tensorflow": 8, "paddle": 8, "mlx": 8,
-    "cli": 9, "compat": 9, "__init__": 9,
+    "cli": 9, "__init__": 9,
+    # compat hands out the whole package as `safetensors` (`import safetensors_c`): above it.
+    "compat": 10,
     "__main__": 10,
 }
 # _adapters.<framework>: above the neutral reader and writer, loaded by the
@@ -52,38 +54,91 @@ def modules():
         yield name, path
 
 
-def package_imports(name: str, tree: ast.AST):
-    """(imported module, line, inside a function?) for each package import."""
-    package_parts = name.split(".")[:-1] if "." in name else []
+def package_imports(name: str, tree: ast.AST, is_package: bool = False,
+                    known: set[str] | None = None):
+    """(imported module, line, inside a function?) for each package import.
+
+    Every form counts: ``from . import x``, ``from .x import y``,
+    ``import safetensors_c.x``, ``from safetensors_c.x import y``, and the
+    package itself, ``import safetensors_c`` and ``from safetensors_c import y``.
+    ``from P import y`` imports the module P.y when there is one, else P
+    (the top package P is its ``__init__``). ``is_package``: ``name`` is a
+    package's ``__init__.py``, the base of its relative imports."""
+    if known is None:
+        known = {n for n, _ in modules()} | set(FLOORS)
+    if name == "__init__":
+        package_parts = []
+    else:
+        package_parts = name.split(".") if is_package else name.split(".")[:-1]
     found = []
+
+    def module_of(parts):
+        return ".".join(parts) if parts else "__init__"
 
     def visit(node, in_function):
         for child in ast.iter_child_nodes(node):
             inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
-            if isinstance(child, ast.ImportFrom) and child.level > 0:
-                base = package_parts[: len(package_parts) - (child.level - 1)]
-                if child.module:
-                    found.append((".".join(base + [child.module]), child.lineno, in_function))
-                else:
+            if isinstance(child, ast.ImportFrom):
+                module = child.module or ""
+                parts = None
+                if child.level > 0:
+                    base = package_parts[: len(package_parts) - (child.level - 1)]
+                    parts = base + (module.split(".") if module else [])
+                elif module == "safetensors_c" or module.startswith("safetensors_c."):
+                    parts = module.split(".")[1:]
+                if parts is not None:
                     for alias in child.names:
-                        found.append((".".join(base + [alias.name]), child.lineno, in_function))
-            elif isinstance(child, (ast.Import, ast.ImportFrom)):
-                module = child.module if isinstance(child, ast.ImportFrom) else None
-                names = [module] if module else [a.name for a in child.names]
-                for full in names:
-                    if full and full.startswith("safetensors_c."):
-                        found.append((full[len("safetensors_c."):], child.lineno, in_function))
+                        target = ".".join(parts + [alias.name])
+                        found.append((target if target in known else module_of(parts),
+                                      child.lineno, in_function))
+            elif isinstance(child, ast.Import):
+                for alias in child.names:
+                    if alias.name == "safetensors_c":
+                        found.append(("__init__", child.lineno, in_function))
+                    elif alias.name.startswith("safetensors_c."):
+                        found.append((alias.name[len("safetensors_c."):], child.lineno,
+                                      in_function))
             visit(child, inner)
 
     visit(tree, False)
     return found
 
 
+def test_every_import_form_is_seen():
+    source = """
+import safetensors_c
+import safetensors_c.sharded as sh
+from safetensors_c import numpy, load_file
+from safetensors_c._adapters import torch
+from safetensors_c.integrity import verify
+from . import _core, SafetensorError
+from ._reader import open_source
+from .. import scan
+
+def later():
+    from safetensors_c import save_file
+    import safetensors_c
+"""
+    known = {"numpy", "sharded", "integrity", "_adapters", "_adapters.torch", "_core",
+             "_reader", "scan"}
+    found = package_imports("_adapters.torch", ast.parse(source), known=known)
+    assert found == [
+        ("__init__", 2, False), ("sharded", 3, False), ("numpy", 4, False),
+        ("__init__", 4, False), ("_adapters.torch", 5, False), ("integrity", 6, False),
+        ("_adapters", 7, False), ("_adapters", 7, False), ("_adapters._reader", 8, False),
+        ("scan", 9, False), ("__init__", 12, True), ("__init__", 13, True),
+    ]
+    # The base of a package's own relative imports is the package.
+    found = package_imports("_adapters", ast.parse("from . import torch\nfrom .. import _core"),
+                            is_package=True, known=known)
+    assert found == [("_adapters.torch", 1, False), ("_core", 2, False)]
+
+
 def graph():
     edges = {}
     for name, path in modules():
         tree = ast.parse(path.read_text(), str(path))
-        edges[name] = package_imports(name, tree)
+        edges[name] = package_imports(name, tree, path.name == "__init__.py")
     return edges
 
 

@@ -530,6 +530,7 @@ def load_files(
     device: Any = "cpu",
     plan: Optional[Plan] = None,
     max_workers: Optional[int] = None,
+    check: Optional[Callable[[Sequence[Optional[Dict[str, str]]]], None]] = None,
 ) -> Dict[str, Any]:
     """Every tensor of ``filenames`` (the shards of one checkpoint) on every
     rank of ``process_group`` (default: the world), each rank reading ~1/N of
@@ -539,7 +540,9 @@ def load_files(
     every rank raises (see the module docstring). ``filenames`` may be a
     function returning the files: it is called inside the ranks' agreement,
     so that a failure to find them (an index missing on one rank) reaches
-    every rank too."""
+    every rank too. ``check``, if given, is called there as well, with each
+    file's metadata (in the order of the files) once they are opened: what
+    it raises refuses the load on every rank."""
     comm = _group(process_group)
     sources: List[_Source] = []
 
@@ -548,6 +551,8 @@ def load_files(
         placement = adapter.placement(device)
         for name in filenames() if callable(filenames) else filenames:
             sources.append(_open(name))
+        if check is not None:
+            check([source.reader.metadata() for source in sources])
         tensors = _tensors(sources, plan, adapter)
         layout = _layout(tensors, comm.world)
         mark = _Mark(len(sources), _files_digest(sources),

@@ -40,8 +40,9 @@ import json
 import os
 import re
 import secrets
+import sys
 import urllib.parse
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 
 from . import _display, _remote, _writer, distributed
@@ -52,7 +53,6 @@ from ._core import SafetensorError
 from ._frameworks import adapter_for, to_neutral
 from ._into import run_parallel
 from ._open import safe_open
-from ._reader import open_source
 
 __all__ = [
     "save_sharded",
@@ -113,26 +113,46 @@ def _split(names: List[str], sizes: List[int], limit: int) -> List[List[int]]:
     return shards
 
 
+#: the bytes of work from which a progress bar is worth showing (with progress=None)
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+def wants_progress(progress: Optional[bool], nbytes: int) -> bool:
+    """Whether to show a progress bar: ``progress=True`` forces one,
+    ``False`` never shows one, and ``None`` (auto) shows one only when
+    stderr is a terminal and the work is large (``nbytes`` of at least
+    :data:`PROGRESS_MIN_BYTES`), so that logs and pipes get no bar text."""
+    if progress is not None:
+        return bool(progress)
+    if nbytes < PROGRESS_MIN_BYTES:
+        return False
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
-    """A tqdm bar over shards, when asked for, useful (2+) and tqdm is installed."""
+    """A tqdm bar over shards, when wanted (see :func:`wants_progress`),
+    useful (2+ shards) and tqdm is installed."""
     if not enabled or total < 2:
         return iterable
     try:
         from tqdm import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, total=total, desc=desc, unit="shard")
+    return tqdm(iterable, total=total, desc=desc, unit="shard", file=sys.stderr)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar to update by hand (from worker threads), or None."""
+    """A tqdm bar to update by hand (from worker threads), or None; as :func:`_progress`."""
     if not enabled or total < 2:
         return None
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=desc, unit="shard")
+    return tqdm(total=total, desc=desc, unit="shard", file=sys.stderr)
 
 
 # Mapped shards are populated in pieces of at most this many bytes.
@@ -147,7 +167,7 @@ def save_sharded(
     metadata: Optional[Dict[str, str]] = None,
     *,
     framework: str = "np",
-    progress: bool = True,
+    progress: Optional[bool] = None,
     digests: bool = False,
 ) -> Dict[str, Any]:
     """Saves ``tensors`` into ``directory`` as a (possibly) sharded checkpoint.
@@ -173,6 +193,10 @@ def save_sharded(
     huggingface_hub write it and require it of metadata they read.
     ``digests=True`` records each shard's v2 digests, as ``save_file(...,
     digests=True)`` does, for ``verify_digests=True`` and ``safetensors-c verify``.
+    With several shards, a tqdm bar (if tqdm is installed) counts them on
+    stderr: ``progress=None`` (the default) shows it only when stderr is a
+    terminal and the tensors come to 64 MiB or more, ``True`` always,
+    ``False`` never.
 
     ``framework`` names the arrays' framework ("np", "pt", "flax", "tf",
     "paddle", "mlx"), with the same checks as that framework's ``save_file``.
@@ -206,7 +230,8 @@ def save_sharded(
     index_path = os.path.join(directory, prefix + INDEX_SUFFIX)
     if count > 1:
         _remove_unbound_index(index_path)
-    for file, shard in _progress(zip(files, shards), count, "Saving shards", progress):
+    show = wants_progress(progress, sum(sizes))
+    for file, shard in _progress(zip(files, shards), count, "Saving shards", show):
         part = {names[i]: neutral[names[i]] for i in shard}
         shard_metadata = add_digests(part, metadata) if digests else metadata
         _writer.write(part, shard_metadata, os.path.join(directory, file))
@@ -651,7 +676,7 @@ class safe_open_sharded:
     def get_slice(self, name: str):
         return self._shard_of(name).get_slice(name)
 
-    def get_tensors(self, *, progress: bool = False,
+    def get_tensors(self, *, progress: Optional[bool] = None,
                     max_workers: Optional[int] = None) -> Dict[str, Any]:
         """Every tensor, shard by shard, each shard in file order.
 
@@ -660,7 +685,8 @@ class safe_open_sharded:
         the pages in themselves (``MADV_POPULATE_READ``, in pieces of at
         most 64 MiB, so that one large shard keeps every worker busy): the
         storage is read in parallel now, instead of page by page later when
-        the tensors are first used.
+        the tensors are first used. ``progress``: a tqdm bar over the shards,
+        as for :func:`load_sharded`.
         """
         shards = list(self._open_shards().values())
         pieces = []
@@ -673,7 +699,8 @@ class safe_open_sharded:
                 for offset in range(0, end - begin, _POPULATE_PIECE):
                     length = min(_POPULATE_PIECE, end - begin - offset)
                     pieces.append((reader, name, offset, length))
-        bar = _progress_bar(len(shards), "Loading shards", progress)
+        nbytes = sum(shard._handle().file_size for shard in shards)
+        bar = _progress_bar(len(shards), "Loading shards", wants_progress(progress, nbytes))
         try:
             run_parallel(lambda p: p[0].prefetch(p[1], p[2], p[3]), pieces, max_workers)
 
@@ -725,7 +752,7 @@ def load_sharded(
     *,
     prefix: str = "model",
     backend: str = "mmap",
-    progress: bool = True,
+    progress: Optional[bool] = None,
     storage_options: Optional[Dict[str, Any]] = None,
     max_workers: Optional[int] = None,
     process_group: Any = None,
@@ -737,8 +764,10 @@ def load_sharded(
     a single .safetensors file; a path or a URL, with ``storage_options``
     for fsspec). The shards are read concurrently on at most ``max_workers``
     threads (default: the number of CPUs; see
-    :meth:`safe_open_sharded.get_tensors`). With several shards and
-    ``progress=True`` a tqdm bar shows progress, if tqdm is installed.
+    :meth:`safe_open_sharded.get_tensors`). With several shards a tqdm bar
+    (if tqdm is installed) counts them on stderr: ``progress=None`` (the
+    default) shows it only when stderr is a terminal and the shards come to
+    64 MiB or more, ``True`` always, ``False`` never.
 
     With ``process_group`` (torch.distributed; every rank calls this
     together) each rank reads ~1/N of the checkpoint's bytes and the ranks
@@ -768,32 +797,44 @@ def load_sharded(
 
 def _load_distributed(path, prefix, storage_options, framework, device, plan, max_workers,
                       process_group) -> Dict[str, Any]:
-    """load_sharded(process_group=...): the shards are found from the index
-    alone (opening them here would read every header with read-ahead on this
-    rank's account); distributed.load_files opens and validates each."""
+    """load_sharded(process_group=...): the index is read, and the shards'
+    save ids checked, inside the ranks' agreement (distributed.load_files),
+    so that an index missing or a mix of saves on one rank reaches every
+    rank; the shards' headers come from the files load_files opens (read
+    without read-ahead on this rank's account)."""
     if (isinstance(path, str) and _remote.is_url(path)) or storage_options is not None:
         raise error("process_group= reads local files (or files on a shared file system), not URLs")
-    directory, index_path, single = _locate(path, prefix)
-    if index_path is None:
-        files = [_join(directory, single)]
-        weight_map = None
-    else:
-        weight_map, index_metadata = _read_index(index_path, None)
+    found: Dict[str, Any] = {}
+
+    def find() -> List[str]:
+        directory, index_path, single = _locate(path, prefix)
+        found["index_path"] = index_path
+        if index_path is None:
+            found["weight_map"] = None
+            return [_join(directory, single)]
+        weight_map, found["index_metadata"] = _read_index(index_path, None)
+        found["weight_map"] = weight_map
         real_directory = os.path.realpath(directory)
-        names = sorted(set(weight_map.values()))
-        files = [_shard_path(directory, real_directory, f, index_path) for f in names]
-        headers = {}
-        for name, file in zip(names, files):  # the header only, read with pread
-            headers[name] = open_source(file, backend="pread").metadata()
-            _check_save_id(index_path, index_metadata, name, headers[name])
+        found["names"] = sorted(set(weight_map.values()))
+        return [_shard_path(directory, real_directory, f, index_path) for f in found["names"]]
+
+    def check(metadatas: Sequence[Optional[Dict[str, str]]]) -> None:
+        if found["index_path"] is None:
+            return
+        index_path, index_metadata = found["index_path"], found["index_metadata"]
+        headers = dict(zip(found["names"], metadatas))
+        for name, metadata in headers.items():
+            _check_save_id(index_path, index_metadata, name, metadata)
         _check_one_save(index_path, index_metadata, headers)
-    result = distributed.load_files(files, process_group, framework=framework, device=device,
-                                    plan=plan, max_workers=max_workers)
+
+    result = distributed.load_files(find, process_group, framework=framework, device=device,
+                                    plan=plan, max_workers=max_workers, check=check)
+    weight_map = found["weight_map"]
     if weight_map is not None and set(result) != set(weight_map):
         extra = sorted(set(result) - set(weight_map))
         absent = sorted(set(weight_map) - set(result))
         raise _index_error(
-            index_path,
+            found["index_path"],
             f"the shards and the index's weight_map disagree (in the shards only: {extra[:5]}; "
             f"in the index only: {absent[:5]})",
         )

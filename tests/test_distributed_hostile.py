@@ -166,13 +166,28 @@ def finding_fails(rank, args):
     return distributed.load_files(find)
 
 
+def sharded_index_missing(rank, args):
+    # Rank 0's copy of the checkpoint lost its index: load_sharded reads it
+    # inside the agreement, so rank 1 hears of it instead of waiting.
+    return ct.load_sharded(args["sharded"]["no_index" if rank == 0 else "good"],
+                           process_group=dist.group.WORLD, progress=False)
+
+
+def sharded_mix(rank, args):
+    # Rank 1's copy holds a shard of another save under the index: refused on
+    # rank 1 from the headers load_files opened, and so on every rank.
+    return ct.load_sharded(args["sharded"]["mixed" if rank == 1 else "good"],
+                           process_group=dist.group.WORLD, progress=False)
+
+
 def agree(rank, args):
     return distributed.load_files([args["shared"], args["versions"][0]], plan=args["plan"])
 
 
 SCENARIOS = {f.__name__: f for f in (
     versions, file_count, metadata_only, other_tensor, other_dimension, unequal_plans,
-    plan_raises, long_message, missing_file, finding_fails, cut_short, agree,
+    plan_raises, long_message, missing_file, finding_fails, cut_short, sharded_index_missing,
+    sharded_mix, agree,
 )}
 
 
@@ -264,8 +279,19 @@ def files(tmp_path_factory):
         copies.append(path)
     with open(good, "rb") as fh:
         data_start = 8 + int.from_bytes(fh.read(8), "little")
+    sharded = {}
+    for name in ("good", "other", "mixed", "no_index"):
+        sharded[name] = str(root / f"sharded-{name}")
+        ct.save_sharded(tensors(0), sharded[name], max_shard_size=200, progress=False)
+    shard_names = sorted(os.listdir(sharded["good"]))
+    assert len([n for n in shard_names if n.endswith(".safetensors")]) > 1, shard_names
+    first_shard = shard_names[0]
+    shutil.copyfile(os.path.join(sharded["other"], first_shard),
+                    os.path.join(sharded["mixed"], first_shard))
+    os.remove(os.path.join(sharded["no_index"], "model.safetensors.index.json"))
     return {"good": good, "shared": shared, "versions": versions, "metadata": metadata,
-            "copies": copies, "data_start": data_start,
+            "copies": copies, "data_start": data_start, "sharded": sharded,
+            "first_shard": first_shard,
             "missing": str(root / "no-such-file.safetensors"),
             "plan": {"a": 0, "sq": 1, "embed": 1}}
 
@@ -359,6 +385,19 @@ def test_a_read_failing_on_one_rank_reaches_every_rank(files, tmp_path):
     assert one["error"]["type"] == "SafetensorError", one
     assert one["error"]["code"] == "STC_ERR_FILE_CHANGED", one
     failed_elsewhere(zero["error"], 1, "shorter than when it was opened")
+
+
+def test_a_sharded_index_missing_on_one_rank_reaches_every_rank(files, tmp_path):
+    zero, one = run("sharded_index_missing", files, tmp_path)
+    assert zero["error"]["type"] == "FileNotFoundError", zero
+    failed_elsewhere(one["error"], 0, "FileNotFoundError")
+
+
+def test_a_mix_of_saves_on_one_rank_reaches_every_rank(files, tmp_path):
+    zero, one = run("sharded_mix", files, tmp_path)
+    assert one["error"]["code"] == "STC_ERR_SHARD_MISMATCH", one
+    assert repr(files["first_shard"]) in one["error"]["message"], one
+    failed_elsewhere(zero["error"], 1, "STC_ERR_SHARD_MISMATCH")
 
 
 def test_agreeing_ranks_load_the_right_values(files, tmp_path):

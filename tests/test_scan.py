@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -177,7 +178,13 @@ def test_torchscript_archives_are_unknown(tmp_path, good_zip):
     prefix = _torch_prefix(good_zip)
     path = _write(tmp_path, "ts.pt", _rezip(good_zip, extra={f"{prefix}/constants.pkl":
                                                               pickle.dumps(())}))
-    assert "TorchScript" in _reasons(scan(path))
+    report = scan(path)
+    # Not "unsafe" (no bad global) and never "safe": torch.jit.load runs code scan cannot read.
+    assert report.verdict == "unknown", report.reasons
+    assert report.kind == "TorchScript archive"
+    assert "a TorchScript archive (it has constants.pkl)" in _reasons(report)
+    assert any(f.kind == "unknown" and not f.safe for f in report.findings)
+    _refused(path, tmp_path, match="cannot be analysed completely.*TorchScript archive")
 
 
 # MARK: torch's tar format ------------------------------------------------------------
@@ -310,8 +317,20 @@ def test_declared_huge_storage_allocates_nothing(tmp_path, good_zip):
     pkl = z.read(f"{prefix}/data.pkl")
     hacked = pkl.replace(b"K\x04", b"\x8a\x06\x00\x00\x00\x00\x00\x01", 1)
     path = _write(tmp_path, "big.pt", _rezip(good_zip, replace={"data.pkl": hacked}))
-    assert scan(path).verdict != "safe"
-    _refused(path, tmp_path)
+    declared = "storage '0' holds 16 bytes, data.pkl declares 1099511627776 x 4 = 4398046511104"
+    # Python's allocations (NumPy's included) while the 4 TiB claim is examined and refused:
+    # a few MiB of bookkeeping at most, nothing in proportion to the claim.
+    tracemalloc.start()
+    try:
+        report = scan(path)
+        message = _refused(path, tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.verdict == "unknown", report.reasons
+    assert declared in _reasons(report)
+    assert declared in message
+    assert peak < 8 << 20, peak
 
 
 # MARK: safetensors files read every other way ----------------------------------------

@@ -416,11 +416,14 @@ def test_load_model_matches_the_reference(saved, backend, workers):
 
 
 def test_load_model_writes_into_the_existing_parameters(saved):
-    _, p = saved
+    src, p = saved
     net = filled(3)
+    assert not torch.equal(net.blocks[0].weight, src.blocks[0].weight)  # something to write
     pointers = {k: v.data_ptr() for k, v in net.state_dict().items()}
     ct.load_model(net, p)
+    # The same memory, now holding the saved values (a load that writes nothing fails here).
     assert {k: v.data_ptr() for k, v in net.state_dict().items()} == pointers
+    assert same_state(net, src)
 
 
 def test_load_model_strict_errors_before_any_write(saved, tmp_path):
@@ -526,7 +529,8 @@ def test_load_model_sharded_directory(tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_load_into(saved, backend):
     src, p = saved
-    want = ct.load_file(p)
+    want = reference.load_file(p)  # the reference's reading, not our own
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in want.items())
     dest = {k: torch.zeros_like(v) for k, v in want.items()}
     dest["embed.weight"].requires_grad_(True)
     assert ct.load_into(dest, p, backend=backend, max_workers=2) is None
@@ -552,7 +556,7 @@ def test_torch_load_into_every_dtype(tmp_path):
 
 def test_torch_load_into_checks_first(saved):
     _, p = saved
-    want = ct.load_file(p)
+    want = reference.load_file(p)
 
     def dest_with(name, value):
         d = {k: torch.zeros_like(v) for k, v in want.items() if k != name}
@@ -588,6 +592,10 @@ def test_load_sharded_in_parallel(tmp_path, backend, workers):
         assert torch.equal(got[k], v), k
     np_got = sharded.load_sharded(d, backend=backend, max_workers=workers, progress=False)
     assert np_got.keys() == got.keys()
+    for k, v in src.items():
+        assert isinstance(np_got[k], np.ndarray), k
+        assert np_got[k].shape == tuple(v.shape), k
+        assert np_got[k].tobytes() == v.contiguous().view(-1).view(torch.uint8).numpy().tobytes(), k
 
 
 def test_plan_needs_a_process_group(saved, tmp_path):

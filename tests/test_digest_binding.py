@@ -393,3 +393,19 @@ def test_cli_verify_help_documents_the_exit_status(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for needle in ("--require-digests", "--allow-bytes-only", "exit status", "0 ", "1 ", "2 "):
         assert needle in text
+
+
+def test_a_verified_mapped_handle_still_hands_out_views(tmp_path):
+    """Checking the file at open only reads it: the first access of each
+    tensor is still a zero-copy view of the mapping, later ones independent."""
+    path = _digested(tmp_path)
+    with safe_open(path, framework="np", verify_digests=True) as f:
+        for name, expected in TENSORS.items():
+            first = f.get_tensor(name)
+            owner = first
+            while getattr(owner, "base", None) is not None:
+                owner = owner.base
+            assert isinstance(owner, safetensors_c._core._File) and owner.mapped, name
+            again = f.get_tensor(name)
+            assert not np.shares_memory(first, again)
+            np.testing.assert_array_equal(again, expected)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -154,3 +155,35 @@ def sample_file(tmp_path, sample_tensors):
 # imported into one process with another (paddle after tensorflow).
 if not os.environ.get("STC_FRAMEWORK_SUITE"):
     collect_ignore = ["frameworks"]
+
+
+@st.composite
+def basic_index(draw, shape):
+    """A random basic index (ints, slices, None, one Ellipsis) for `shape`,
+    sometimes out of range: the slicing tests compare ours with NumPy on it."""
+    parts = []
+    dims_left = len(shape)
+    used_ellipsis = False
+    n_parts = draw(st.integers(0, len(shape) + 2))
+    for _ in range(n_parts):
+        kind = draw(st.sampled_from(["int", "slice", "slice", "none", "ellipsis"]))
+        if kind == "ellipsis" and not used_ellipsis:
+            used_ellipsis = True
+            parts.append(Ellipsis)
+            continue
+        if kind == "none":
+            parts.append(None)
+            continue
+        size = shape[len(shape) - dims_left] if dims_left > 0 else 3
+        bound = size + 2
+        if kind == "int":
+            parts.append(draw(st.integers(-bound, bound)))
+        else:
+            start = draw(st.none() | st.integers(-bound, bound))
+            stop = draw(st.none() | st.integers(-bound, bound))
+            step = draw(st.none() | st.integers(-4, 4).filter(lambda s: s != 0))
+            parts.append(slice(start, stop, step))
+        dims_left -= 1
+    if draw(st.booleans()) and len(parts) == 1:
+        return parts[0]
+    return tuple(parts)

@@ -20,6 +20,8 @@ from hypothesis.extra import numpy as hnp
 import safetensors_c
 from safetensors_c import SafetensorError, _reader, safe_open
 
+from conftest import basic_index
+
 E = Ellipsis
 N = None
 
@@ -100,35 +102,6 @@ def budget(request, monkeypatch):
     monkeypatch.setattr(_reader, "_GAP", gap)
     monkeypatch.setattr(_reader, "_WINDOW", window)
     return request.param
-
-
-@st.composite
-def basic_index(draw, shape):
-    parts = []
-    dims_left = len(shape)
-    used_ellipsis = False
-    for _ in range(draw(st.integers(0, len(shape) + 2))):
-        kind = draw(st.sampled_from(["int", "slice", "slice", "slice", "none", "ellipsis"]))
-        if kind == "ellipsis" and not used_ellipsis:
-            used_ellipsis = True
-            parts.append(E)
-            continue
-        if kind == "none":
-            parts.append(N)
-            continue
-        size = shape[len(shape) - dims_left] if dims_left > 0 else 3
-        bound = size + 2
-        if kind == "int":
-            parts.append(draw(st.integers(-bound, bound)))
-        else:
-            start = draw(st.none() | st.integers(-bound, bound))
-            stop = draw(st.none() | st.integers(-bound, bound))
-            step = draw(st.none() | st.integers(-5, 5).filter(lambda s: s != 0))
-            parts.append(slice(start, stop, step))
-        dims_left -= 1
-    if len(parts) == 1 and draw(st.booleans()):
-        return parts[0]
-    return tuple(parts)
 
 
 @st.composite

@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 import safetensors_c
 from safetensors_c import safe_open
 
-from conftest import BACKENDS, assert_same_array
+from conftest import BACKENDS, assert_same_array, basic_index
 
 E = Ellipsis
 N = None
@@ -220,37 +220,6 @@ def test_packed_slice_shape_and_bytes(tmp_path, backend):
 
 
 # MARK: - Random basic indices
-
-
-@st.composite
-def basic_index(draw, shape):
-    """A random basic index for `shape`, sometimes out of range."""
-    parts = []
-    dims_left = len(shape)
-    used_ellipsis = False
-    n_parts = draw(st.integers(0, len(shape) + 2))
-    for _ in range(n_parts):
-        kind = draw(st.sampled_from(["int", "slice", "slice", "none", "ellipsis"]))
-        if kind == "ellipsis" and not used_ellipsis:
-            used_ellipsis = True
-            parts.append(E)
-            continue
-        if kind == "none":
-            parts.append(N)
-            continue
-        size = shape[len(shape) - dims_left] if dims_left > 0 else 3
-        bound = size + 2
-        if kind == "int":
-            parts.append(draw(st.integers(-bound, bound)))
-        else:
-            start = draw(st.none() | st.integers(-bound, bound))
-            stop = draw(st.none() | st.integers(-bound, bound))
-            step = draw(st.none() | st.integers(-4, 4).filter(lambda s: s != 0))
-            parts.append(slice(start, stop, step))
-        dims_left -= 1
-    if draw(st.booleans()) and len(parts) == 1:
-        return parts[0]
-    return tuple(parts)
 
 
 @st.composite

@@ -63,6 +63,10 @@ def _tensors_big():
     }
 
 
+def _tensors_sharded():
+    return {f"block.{i}.w": np.full((256, 256), i, dtype=np.float32) for i in range(6)}
+
+
 def _tensors_many():
     # 6000 tiny tensors: a header larger than the speculative first read.
     return {f"layer.{i:05d}.scale": np.full((1,), i, dtype=np.float32) for i in range(6000)}
@@ -92,8 +96,7 @@ def nginx(tmp_path_factory):
     save_file(_tensors_big(), str(root / "big.safetensors"), metadata={"format": "np"})
     save_file(_tensors_many(), str(root / "many.safetensors"))
     save_file({"x": np.arange(10, dtype=np.float32)}, str(root / "small.safetensors"))
-    shard_tensors = {f"block.{i}.w": np.full((256, 256), i, dtype=np.float32) for i in range(6)}
-    safetensors_c.save_sharded(shard_tensors, str(root / "sharded"), max_shard_size=600_000)
+    safetensors_c.save_sharded(_tensors_sharded(), str(root / "sharded"), max_shard_size=600_000)
     server.log()
     try:
         yield server
@@ -149,7 +152,7 @@ def test_large_header_costs_two_requests_and_no_tensor_bytes(nginx):
 
 def test_get_tensor_moves_exactly_its_bytes(nginx):
     path = nginx.root / "big.safetensors"
-    local = load_file(str(path))
+    local = _tensors_big()
     with safetensors_c.safe_open(nginx.url_of("big.safetensors"), framework="np") as f:
         nginx.log()
         for name in ("embed", "wide", "bias"):
@@ -165,7 +168,7 @@ def test_get_tensor_moves_exactly_its_bytes(nginx):
 
 
 def test_get_slice_reads_only_the_runs(nginx):
-    local = load_file(str(nginx.root / "big.safetensors"))
+    local = _tensors_big()
     with safetensors_c.safe_open(nginx.url_of("big.safetensors"), framework="np") as f:
         nginx.log()
         # 1/8 of the rows (the last, beyond the first read): one contiguous run.
@@ -189,7 +192,7 @@ def test_get_slice_reads_only_the_runs(nginx):
 def test_load_file_moves_every_byte_once_in_parallel_parts(nginx):
     path = nginx.root / "big.safetensors"
     got = load_file(nginx.url_of("big.safetensors"))
-    _assert_equal(got, load_file(str(path)))
+    _assert_equal(got, _tensors_big())
     log = nginx.log()
     ranges = sorted(_ranges(log))
     assert ranges[0] == (0, P)
@@ -207,7 +210,7 @@ def test_source_options_split_into_blocks(nginx):
     url = nginx.url_of("big.safetensors")
     source = _remote.open_url(url, max_concurrency=4, block_size=1 * MiB)
     nginx.log()
-    local = load_file(str(nginx.root / "big.safetensors"))
+    local = _tensors_big()
     with safetensors_c.safe_open(source, framework="np") as f:
         np.testing.assert_array_equal(f.get_tensor("wide"), local["wide"])
     log = nginx.log()
@@ -231,7 +234,7 @@ def test_inspect_cli_fetches_only_the_header(nginx):
 
 
 def test_load_sharded_reads_the_remote_index(nginx):
-    local = safetensors_c.load_sharded(str(nginx.root / "sharded"))
+    local = _tensors_sharded()
     directory = nginx.root / "sharded"
     shards = sorted(p.name for p in directory.iterdir() if p.suffix == ".safetensors")
     assert len(shards) > 1
@@ -249,7 +252,7 @@ def test_load_sharded_reads_the_remote_index(nginx):
 
 
 def test_sharded_open_reads_one_shard_for_one_tensor(nginx):
-    local = safetensors_c.load_sharded(str(nginx.root / "sharded"))
+    local = _tensors_sharded()
     nginx.log()
     with safetensors_c.safe_open_sharded(nginx.url + "/sharded") as f:
         np.testing.assert_array_equal(f.get_tensor("block.3.w"), local["block.3.w"])
@@ -275,7 +278,7 @@ def test_https_with_the_servers_certificate(nginx):
     context = ssl.create_default_context(cafile=str(nginx.tls[0]))
     nginx.log()
     got = load_file(url, storage_options={"ssl": context})
-    _assert_equal(got, load_file(str(nginx.root / "big.safetensors")))
+    _assert_equal(got, _tensors_big())
     assert sum(e.sent for e in nginx.log()) == os.path.getsize(nginx.root / "big.safetensors")
     # Without it the self-signed certificate is refused, naming the URL.
     with pytest.raises(ssl.SSLCertVerificationError, match=r"https://127\.0\.0\.1:\d+/big"):
@@ -287,7 +290,7 @@ def test_torch_load_file_over_http(nginx):
     import safetensors_c.torch as st_torch
 
     got = st_torch.load_file(nginx.url_of("big.safetensors"))
-    local = load_file(str(nginx.root / "big.safetensors"))
+    local = _tensors_big()
     assert sorted(got) == sorted(local)
     for name, value in local.items():
         assert isinstance(got[name], torch.Tensor)
@@ -295,17 +298,46 @@ def test_torch_load_file_over_http(nginx):
 
 
 def test_verify_digests_over_http(nginx):
-    tensors = {"a": np.arange(100, dtype=np.float32), "b": np.ones((3, 3), np.int16)}
-    save_file(tensors, str(nginx.root / "digests.safetensors"), digests=True)
+    tensors = {"a": np.arange(100, dtype=np.float32), "b": np.ones((3, 3), np.int16),
+               "far": np.arange(100_000, dtype=np.float32)}  # beyond the first read
+    path = nginx.root / "digests.safetensors"
+    save_file(tensors, str(path), digests=True)
     with safetensors_c.safe_open(nginx.url_of("digests.safetensors"), framework="np",
                                  verify_digests=True) as f:
-        np.testing.assert_array_equal(f.get_tensor("a"), tensors["a"])
+        for name in tensors:
+            np.testing.assert_array_equal(f.get_tensor(name), tensors[name])
+        _assert_equal(f.get_tensors(), tensors)
+
+    # The same file with one byte of "a" and one of "far" changed: same size, same header,
+    # same recorded digests. nginx serves it faithfully; the digests refuse it.
+    raw = bytearray(path.read_bytes())
+    for name in ("a", "far"):
+        start, end = _span(path, name)
+        raw[(start + end) // 2] ^= 0x40
+    (nginx.root / "tampered.safetensors").write_bytes(bytes(raw))
+    url = nginx.url_of("tampered.safetensors")
+    with safetensors_c.safe_open(url, framework="np", verify_digests=True) as f:
+        np.testing.assert_array_equal(f.get_tensor("b"), tensors["b"])  # untouched: served
+        for name in ("a", "far"):
+            with pytest.raises(SafetensorError, match=f"tensor '{name}'") as info:
+                f.get_tensor(name)
+            assert info.value.code == "STC_ERR_DIGEST_MISMATCH"
+        with pytest.raises(SafetensorError) as info:
+            f.get_slice("far")[10:20]
+        assert info.value.code == "STC_ERR_DIGEST_MISMATCH"
+        with pytest.raises(SafetensorError) as info:
+            f.get_tensors()
+        assert info.value.code == "STC_ERR_DIGEST_MISMATCH"
+    # The control: without verification the changed bytes are what is read.
+    unverified = load_file(url)
+    assert not np.array_equal(unverified["far"], tensors["far"])
+    assert not np.array_equal(unverified["a"], tensors["a"])
 
 
 def test_fsspec_http_file_object_as_a_byte_source(nginx):
     pytest.importorskip("aiohttp")
     url = nginx.url_of("big.safetensors")
-    local = load_file(str(nginx.root / "big.safetensors"))
+    local = _tensors_big()
     nginx.log()
     with fsspec.open(url, "rb") as file:
         source = _remote.open_fsspec_file(file)
@@ -533,8 +565,10 @@ def test_empty_and_tiny_remote_files():
 
 def test_concurrent_readers_share_one_source(checkpoint):
     data, tensors = checkpoint
+    far_start = P  # "far" reaches past the first read: each get_tensor is one request
     with HostileServer(VirtualFile(data)) as server:
-        with safetensors_c.safe_open(server.url, framework="np") as f:
+        source = _remote.open_url(server.url)
+        with safetensors_c.safe_open(source, framework="np") as f:
             errors = []
 
             def work():
@@ -549,7 +583,16 @@ def test_concurrent_readers_share_one_source(checkpoint):
                 t.start()
             for t in threads:
                 t.join(60)
-    assert not errors
+            assert not [t for t in threads if t.is_alive()], "a reader did not finish in 60 s"
+        ranges = [r for _, _, r in server.requests]
+    assert not errors, errors
+    # One source for all: one open (the first read), then one request per read, all
+    # through that source; nothing opened again per thread.
+    assert ranges[0] == f"bytes=0-{P - 1}"
+    assert ranges.count(f"bytes=0-{P - 1}") == 1
+    assert len(ranges) == 1 + 4 * 5
+    assert all(r.startswith(f"bytes={far_start}-") for r in ranges[1:]), ranges
+    assert source.requests == len(ranges)
 
 
 # ---------------------------------------------------------------------------

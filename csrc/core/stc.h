@@ -509,6 +509,96 @@ stc_status stc_write_file(const char *path, const stc_tensor_spec *specs,
                           int has_metadata, const stc_allocator *allocator,
                           stc_error *error);
 
+/* MARK: - Tensor statistics (stats.c) */
+
+/* Summary statistics of the values of one tensor (or of part of one: partial
+ * results combine exactly with stc_stats_merge).
+ *
+ * Every dtype is read as the values it encodes, converted to double:
+ * integers and BOOL (false 0, any other byte 1) exactly, except I64/U64
+ * beyond 2^53 which round to the nearest double; the float types (F64, F32,
+ * F16, BF16, every F8 and the packed F4/F6) exactly, as each encodes a
+ * subset of the doubles; C64 as the modulus |z| of each element, in double
+ * (NaN when either part is NaN, infinite when either part is infinite and
+ * none is NaN, zero when both parts are zero). Packed values: F4 holds two
+ * values per byte, the first in the low nibble; F6 holds four values per
+ * three bytes, read as one 24-bit little-endian word whose value i sits in
+ * bits [6i, 6i + 6). Hosts are little-endian, as in the rest of the core.
+ *
+ * The rules, which match NumPy's nan-aware functions on the decoded values:
+ *  - nan counts NaNs; inf counts +inf and -inf; zeros counts values equal to
+ *    zero (-0.0 included, false for BOOL). Types without NaN or infinity
+ *    (integers, BOOL, F4, F6, the F8 "fn" types have no infinity) count 0.
+ *  - min and max are taken over every value but NaNs: infinities take part
+ *    (np.nanmin, np.nanmax). They mean something only when count > nan.
+ *  - mean and m2 (the sum of squared deviations from the mean) are taken
+ *    over the finite values only: infinities are counted but left out, as
+ *    NaNs are. They mean something only when finite > 0. The population
+ *    standard deviation (NumPy's default ddof=0) is sqrt(m2 / finite).
+ *  - Accumulation is in double. Values are taken in blocks; each block's
+ *    mean and m2 come from two passes over it, and blocks (then chunks)
+ *    combine with Chan's parallel formula, always in the same order: the
+ *    result depends on the data only, never on the number of threads. */
+typedef struct stc_stats {
+    uint64_t count;  /* values seen */
+    uint64_t nan;    /* NaN values */
+    uint64_t inf;    /* infinite values, either sign */
+    uint64_t zeros;  /* values equal to zero */
+    uint64_t finite; /* count - nan - inf: the values in mean and m2 */
+    double min;      /* smallest non-NaN value; +inf when there is none */
+    double max;      /* largest non-NaN value; -inf when there is none */
+    double mean;     /* mean of the finite values; 0 when there is none */
+    double m2;       /* sum of (value - mean)^2 over the finite values */
+} stc_stats;
+
+/* Tensors of at least this many values are split into chunks of this many
+ * values, spread over worker threads; smaller ones stay on the calling thread. */
+#define STC_STATS_CHUNK_VALUES ((size_t)1 << 20)
+
+/* The most worker threads one call starts (the calling thread included). */
+#define STC_STATS_MAX_THREADS 16
+
+/* Sets *stats to the statistics of no values. */
+void stc_stats_init(stc_stats *stats);
+
+/* Folds `other` into *into, as if into's values and other's had been
+ * measured together (Chan et al.'s pairwise update of mean and m2). */
+void stc_stats_merge(stc_stats *into, const stc_stats *other);
+
+/* The number of values in nbytes bytes of dtype: nbytes * 2 for F4,
+ * nbytes / 3 * 4 for F6, nbytes / itemsize otherwise. Returns 0 and sets
+ * *out, or STC_ERR_INVALID_ARGUMENT (error filled) for an invalid dtype or a
+ * byte count that is not a whole number of values (of 3-byte groups, F6). */
+stc_status stc_stats_value_count(stc_dtype dtype, uint64_t nbytes, uint64_t *out,
+                                 stc_error *error);
+
+/* Computes the statistics of the nbytes bytes at data, holding values of
+ * dtype (nbytes checked as by stc_stats_value_count), into *out. threads is
+ * the most threads to use, the calling thread included: 0 means the number
+ * of online processors, and at most STC_STATS_MAX_THREADS run. Data of more
+ * than one chunk is split into chunks of STC_STATS_CHUNK_VALUES values that
+ * the threads take in turn; a thread that cannot be started is simply not
+ * used. data may be NULL when nbytes is 0. The data is only read, and must
+ * not change during the call. Allocates one stc_stats per chunk (none for a
+ * single chunk). Errors: STC_ERR_INVALID_ARGUMENT, STC_ERR_NO_MEMORY.
+ * Needs no global state: safe to call from many threads at once. */
+stc_status stc_stats_compute(stc_dtype dtype, const void *data, size_t nbytes,
+                             unsigned threads, const stc_allocator *allocator,
+                             stc_stats *out, stc_error *error);
+
+/* Adds to counts[0 .. bins) a histogram of the finite values of the data
+ * (same arguments as stc_stats_compute) over [lo, hi]: bins of equal width,
+ * value v in bin floor((v - lo) / (hi - lo) * bins), hi itself in the last
+ * bin, every finite value in bin 0 when lo == hi. Values outside [lo, hi],
+ * NaNs and infinities are not counted. Counts are added, not set, so that
+ * the pieces of a tensor read in parts accumulate. lo and hi must be finite
+ * with lo <= hi, and 1 <= bins <= 4096 (else STC_ERR_INVALID_ARGUMENT).
+ * Allocates one array of bins counts per thread when it uses more than one. */
+stc_status stc_stats_histogram(stc_dtype dtype, const void *data, size_t nbytes,
+                               double lo, double hi, size_t bins, uint64_t *counts,
+                               unsigned threads, const stc_allocator *allocator,
+                               stc_error *error);
+
 #ifdef __cplusplus
 }
 #endif

@@ -143,4 +143,18 @@ PyObject *raise_coded(module_state *st, const char *code, const char *format, ..
 /* save(names, codes, shapes, arrays, metadata, path) -> bytes or None */
 PyObject *save_tensors(PyObject *module, PyObject *args);
 
+/* MARK: - Tensor statistics (stats.c) */
+
+/* stats(code, data, threads=0) -> (count, nan, inf, zeros, finite, min, max,
+ * mean, m2) of the values in the bytes-like data of dtype code, computed by
+ * the core without the GIL (see stc_stats_compute). */
+PyObject *tensor_stats(PyObject *module, PyObject *args, PyObject *kwargs);
+
+/* stats_merge(a, b) -> the tuple for a's values and b's together. */
+PyObject *tensor_stats_merge(PyObject *module, PyObject *args);
+
+/* histogram(code, data, lo, hi, bins, threads=0) -> list of bins counts of
+ * the finite values in [lo, hi] (see stc_stats_histogram). */
+PyObject *tensor_histogram(PyObject *module, PyObject *args, PyObject *kwargs);
+
 #endif /* STC_BINDING_H */

@@ -67,6 +67,15 @@ static PyMethodDef core_functions[] = {
      "Writes a file atomically (path) or returns its bytes (path None)."},
     {"dtypes", dtype_info, METH_NOARGS,
      "dtypes()\n--\n\n(code, bits) of every dtype of the format, in writer rank order."},
+    {"stats", (PyCFunction)(void (*)(void))tensor_stats, METH_VARARGS | METH_KEYWORDS,
+     "stats(code, data, threads=0)\n--\n\n"
+     "(count, nan, inf, zeros, finite, min, max, mean, m2) of the values in the bytes of data, "
+     "computed in parallel without the GIL."},
+    {"stats_merge", tensor_stats_merge, METH_VARARGS,
+     "stats_merge(a, b)\n--\n\nThe statistics tuple of a's values and b's together."},
+    {"histogram", (PyCFunction)(void (*)(void))tensor_histogram, METH_VARARGS | METH_KEYWORDS,
+     "histogram(code, data, lo, hi, bins, threads=0)\n--\n\n"
+     "Counts of the finite values in [lo, hi], in bins of equal width."},
     {"_set_hooks", set_hooks, METH_VARARGS,
      "_set_hooks(resolve_dtype, wrap_packed)\n--\n\nInstalls the package's dtype hooks."},
     {NULL, NULL, 0, NULL},

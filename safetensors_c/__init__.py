@@ -18,6 +18,7 @@ from ._dtypes import PackedArray, packed
 from ._open import _safe_open_handle, safe_open
 from ._reader import SliceIndexError, TensorSlice
 from ._writer import TensorSpec, deserialize, serialize, serialize_file
+from .diff import DiffReport, diff
 from .numpy import load, load_file, save, save_file
 from .sharded import load_sharded, safe_open_sharded, save_sharded
 
@@ -26,12 +27,14 @@ __version__ = "0.1.0"
 __all__ = [
     "SafetensorError",
     "SliceIndexError",
+    "DiffReport",
     "PackedArray",
     "TensorSlice",
     "TensorSpec",
     "__version__",
     "_safe_open_handle",
     "deserialize",
+    "diff",
     "load",
     "load_file",
     "load_sharded",

@@ -493,7 +493,12 @@ def test_cli_converts_a_sharded_directory_and_its_index(tmp_path):
         if aliases:
             summary += f", {aliases} shared-storage aliases recorded in metadata"
         assert summary in proc.stdout
-        assert transformers.BertForMaskedLM.from_pretrained(dst) is not None
+        loaded, info = transformers.BertForMaskedLM.from_pretrained(dst, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        state = loaded.state_dict()
+        assert set(state) == set(model.state_dict())
+        for key, value in model.state_dict().items():
+            assert torch.equal(state[key], value), key
     proc = subprocess.run([sys.executable, "-m", "safetensors_c", "convert", str(src),
                            str(tmp_path / "c"), "--max-shard-size", "1MB"],
                           capture_output=True, text=True, env=env, timeout=300)

@@ -25,6 +25,7 @@ _ADAPTERS = {
     "numpy": "numpy",
     "pt": "torch",
     "torch": "torch",
+    "pytorch": "torch",
     "flax": "flax",
     "jax": "flax",
     "tf": "tensorflow",
@@ -37,7 +38,11 @@ FRAMEWORKS = tuple(_ADAPTERS)
 
 def adapter_for(framework: Any) -> ModuleType:
     """The adapter module for a framework name (``"np"``, ``"pt"``, ``"jax"``, ...)."""
-    module = _ADAPTERS.get(framework) if isinstance(framework, str) else None
+    if not isinstance(framework, str):  # a TypeError, as in the reference
+        raise TypeError(
+            f"framework must be a str such as 'pt' or 'np', not {type(framework).__name__}"
+        )
+    module = _ADAPTERS.get(framework)
     if module is None:
         raise error(
             f"framework {framework!r} is not supported; use one of "

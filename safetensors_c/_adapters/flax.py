@@ -56,7 +56,7 @@ def placement(device: Any) -> Any:
     """The JAX device to place arrays on: "cpu" (the default) or a jax.Device."""
     if isinstance(device, jax.Device):
         return device
-    if device == "cpu":
+    if device is None or device == "cpu":  # None is the CPU, as in the reference
         return jax.devices("cpu")[0]
     raise error(f"device {device!r} is not supported for JAX arrays; use 'cpu' or a jax.Device")
 

@@ -66,8 +66,10 @@ _RAW_MLX = {1: mx.uint8, 2: mx.uint16, 4: mx.uint32, 8: mx.uint64}
 def placement(device: Any) -> None:
     if isinstance(device, mx.Device):
         device = device.type
-    if device == "cpu" or (isinstance(device, mx.DeviceType) and device == mx.DeviceType.cpu):
-        return None  # "cpu", mx.cpu or mx.Device(mx.cpu)
+    if device is None or device == "cpu" or (
+        isinstance(device, mx.DeviceType) and device == mx.DeviceType.cpu
+    ):
+        return None  # None (as in the reference), "cpu", mx.cpu or mx.Device(mx.cpu)
     raise error(f"device {device!r} is not supported for MLX arrays; use 'cpu'")
 
 

@@ -15,7 +15,7 @@ LABEL = "NumPy"
 
 
 def placement(device: Any) -> None:
-    if device != "cpu":
+    if device is not None and device != "cpu":  # None is the CPU, as in the reference
         raise error(f"device {device!r} is not supported for NumPy arrays; use 'cpu'")
     return None
 

@@ -94,36 +94,74 @@ def _device_count(kind: str) -> int:
     return -1  # not a kind of device paddle knows
 
 
-def placement(device: Any) -> Optional[str]:
-    """None for the CPU; otherwise the paddle device string ("gpu:0", ...)
-    to copy each tensor to. Accepts "cpu", "gpu[:N]", "cuda[:N]" (as
-    "gpu:N"), "xpu[:N]", a custom device "<type>[:N]", an int N (GPU N), and
-    paddle Place objects."""
-    if isinstance(device, paddle.CPUPlace):
+# Device kinds the reference accepts for every framework; paddle may not
+# know them (it refuses them when a tensor is copied there).
+_REFERENCE_KINDS = ("cuda", "mps", "npu", "xpu", "xla", "mlu", "musa", "hpu")
+
+
+def _invalid(device: Any) -> Exception:
+    return error(f"device {device!r} is invalid; use e.g. 'cpu', 'gpu' or 'gpu:1'")
+
+
+class _Placement:
+    """A device other than the CPU, as asked for; whether it exists here is
+    checked when the first tensor is copied to it (as the reference and
+    paddle do), so a handle opened for ``"gpu"`` still reads keys and
+    metadata on a machine without one."""
+
+    __slots__ = ("requested", "kind", "index", "_checked")
+
+    def __init__(self, requested: Any, kind: str, index: int) -> None:
+        self.requested, self.kind, self.index = requested, kind, index
+        self._checked = False
+
+    def device(self) -> str:
+        if not self._checked:
+            count = _device_count(self.kind)
+            if count < 0:
+                raise ValueError(
+                    f"device {self.requested!r} is not available: paddle "
+                    f"{paddle.__version__} has no {self.kind!r} devices; load with device='cpu'"
+                )
+            if self.index >= count:
+                # ValueError, as paddle itself (and so the reference) reports it.
+                raise ValueError(
+                    f"device {self.requested!r} is not available: this paddle sees {count} "
+                    f"{self.kind} device(s); load with device='cpu'"
+                )
+            self._checked = True
+        return f"{self.kind}:{self.index}"
+
+    def __repr__(self) -> str:
+        return f"<device {self.requested!r}>"
+
+
+def placement(device: Any) -> Optional[_Placement]:
+    """None for the CPU; otherwise the :class:`_Placement` to copy each
+    tensor to. Accepts None and "cpu", "gpu[:N]", "cuda[:N]" (as "gpu:N"),
+    "xpu[:N]", a custom device "<type>[:N]", the other names the reference
+    accepts ("npu", "mlu", ...), an int N >= 0 (GPU N), and paddle Place
+    objects. A device that does not exist here is a ValueError when the
+    first tensor is copied to it."""
+    if device is None or isinstance(device, paddle.CPUPlace):
         return None
     if isinstance(device, paddle.CUDAPlace):
         device = f"gpu:{device.get_device_id()}"
-    if isinstance(device, bool) or not isinstance(device, (str, int)):
-        raise error(f"device {device!r} is invalid; use e.g. 'cpu', 'gpu' or 'gpu:1'")
-    if isinstance(device, int):
+    if isinstance(device, int):  # bool too: the reference reads True as 1
         if device < 0:
-            raise error(f"device {device!r} is invalid; use e.g. 'cpu', 'gpu' or 'gpu:1'")
-        device = f"gpu:{device}"
-    kind, _, number = device.strip().lower().partition(":")
+            raise _invalid(device)
+        return _Placement(device, "gpu", int(device))
+    if not isinstance(device, str):
+        raise _invalid(device)
+    kind, colon, number = device.strip().lower().partition(":")
     kind = {"cuda": "gpu"}.get(kind, kind)
-    if kind == "cpu" and number in ("", "0"):
+    if kind == "cpu" and number in ("", "0") and not (colon and not number):
         return None
-    count = _device_count(kind)
-    if count < 0 or (number and not number.isdigit()):
-        raise error(f"device {device!r} is invalid; use e.g. 'cpu', 'gpu' or 'gpu:1'")
-    index = int(number or 0)
-    if index >= count:
-        # ValueError, as paddle itself (and so the reference) reports it.
-        raise ValueError(
-            f"device {device!r} is not available: this paddle sees {count} {kind} "
-            f"device(s); load with device='cpu'"
-        )
-    return f"{kind}:{index}"
+    known = kind in _REFERENCE_KINDS or _device_count(kind) >= 0
+    well_formed = not colon or (number.isdigit() and number.isascii())
+    if not known or kind == "cpu" or not well_formed:
+        raise _invalid(device)
+    return _Placement(device, kind, int(number or 0))
 
 
 def _c_strides(array: np.ndarray) -> tuple:
@@ -141,7 +179,7 @@ def to_array(name: str, code: str, array: np.ndarray, placement: Any) -> "paddle
         # (paddle has no kernels making empty unsigned 16-64 bit tensors;
         # those come through DLPack below)
         tensor = paddle.empty(list(array.shape), dtype=dtype)
-        return tensor if placement is None else tensor.to(placement)
+        return tensor if placement is None else tensor.to(placement.device())
     if not array.flags.writeable:
         # paddle tensors are writable: a read-only buffer is never shared.
         array = array.copy()
@@ -155,7 +193,7 @@ def to_array(name: str, code: str, array: np.ndarray, placement: Any) -> "paddle
     tensor = paddle.utils.dlpack.from_dlpack(array.__dlpack__())
     if tensor.dtype != dtype:
         tensor = tensor.view(dtype)  # same width: a reinterpretation, no copy
-    return tensor if placement is None else tensor.to(placement)
+    return tensor if placement is None else tensor.to(placement.device())
 
 
 def index(index: Any) -> Any:

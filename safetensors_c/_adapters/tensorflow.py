@@ -101,14 +101,20 @@ def check_code(name: str, code: str, shape: tuple) -> None:
 
 def placement(device: Any) -> Any:
     """None for the CPU; otherwise the name of an existing TF device
-    ("/GPU:0", "gpu:1", "cuda:0", ...) to copy each tensor to."""
+    ("/GPU:0", "gpu:1", "cuda:0", ...) to copy each tensor to. None is
+    the CPU, as in the reference."""
+    if device is None:
+        return None
     if isinstance(device, bool) or not isinstance(device, (str, int)):
         raise error(f"device {device!r} is invalid; use 'cpu' or a TensorFlow device name "
                     f"such as '/GPU:0'")
     if isinstance(device, int):
         device = f"GPU:{device}"
     spec = device.strip().lstrip("/")
-    kind, _, number = spec.partition(":")
+    kind, colon, number = spec.partition(":")
+    if colon and not number:  # "cuda:"
+        raise error(f"device {device!r} is invalid; use 'cpu' or a TensorFlow device name "
+                    f"such as '/GPU:0'")
     kind = {"cuda": "gpu"}.get(kind.lower(), kind.lower())
     if kind == "device" and number:  # "/device:GPU:0"
         kind, _, number = number.partition(":")

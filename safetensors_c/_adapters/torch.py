@@ -111,29 +111,79 @@ def _from_numpy(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.dtype == dtype else tensor.view(dtype)
 
 
-def _resolve_device(device: Any) -> Optional[torch.device]:
-    """None for the CPU; otherwise the torch device to move tensors to.
+# Device kinds the reference accepts that torch knows only once the vendor's
+# plugin (torch_npu, torch_mlu, torch_musa) is imported.
+_PLUGIN_KINDS = ("npu", "mlu", "musa")
 
-    Accepts what the reference accepts ("cpu", "cuda", "cuda:N", "mps", an
-    int N for accelerator N, ...) and torch.device objects. A name torch does
-    not know is a SafetensorError; a device that does not exist here is a
-    RuntimeError (as torch, and so the reference, reports it).
+
+def _invalid(device: Any) -> Exception:
+    return error(f"device {device!r} is invalid; use e.g. 'cpu', 'cuda' or 'cuda:1'")
+
+
+class _Placement:
+    """A device other than the CPU, as asked for; whether it exists here is
+    checked when the first tensor moves to it (as the reference and torch
+    do), so a handle opened for ``"cuda"`` on a machine without a GPU still
+    reads keys and metadata."""
+
+    __slots__ = ("requested", "_device")
+
+    def __init__(self, requested: Any) -> None:
+        self.requested = requested
+        self._device: Optional[torch.device] = None
+
+    def device(self) -> torch.device:
+        if self._device is None:
+            self._device = _available(self.requested)
+        return self._device
+
+    def __repr__(self) -> str:
+        return f"<device {self.requested!r}>"
+
+
+def _resolve_device(device: Any) -> Optional[_Placement]:
+    """None for the CPU; otherwise the :class:`_Placement` tensors move to.
+
+    Accepts what the reference accepts (None and "cpu", "cuda", "cuda:N",
+    "mps", "xpu", "npu", "mlu", "musa", "hpu", "xla" with an optional ":N",
+    an int N >= 0 for accelerator N) and torch.device objects and the other
+    names torch parses ("cpu:0"). A name neither knows is a SafetensorError
+    (a ValueError) here; a device that does not exist on this machine is a
+    RuntimeError when the first tensor is moved to it.
     """
+    if device is None:
+        return None
     if isinstance(device, torch.device):
         dev = device
-    elif isinstance(device, bool) or not isinstance(device, (str, int)):
-        raise error(f"device {device!r} is invalid; use e.g. 'cpu', 'cuda' or 'cuda:1'")
-    else:
+    elif isinstance(device, int):  # bool too: the reference reads True as 1
+        if device < 0:
+            raise _invalid(device)
+        return _Placement(int(device))
+    elif isinstance(device, str):
         try:
             dev = torch.device(device)
         except (RuntimeError, ValueError, TypeError):
-            raise error(
-                f"device {device!r} is invalid; use e.g. 'cpu', 'cuda' or 'cuda:1'"
-            ) from None
+            kind, colon, number = device.partition(":")
+            if kind in _PLUGIN_KINDS and (not colon or (number.isdigit() and number.isascii())):
+                return _Placement(device)
+            raise _invalid(device) from None
+    else:
+        raise _invalid(device)
     if dev.type == "cpu":
         return None
     if dev.type == "meta":
         raise error(f"device {device!r} is invalid: meta tensors hold no data")
+    return _Placement(device)
+
+
+def _available(device: Any) -> torch.device:
+    """The torch device for ``device``, or RuntimeError if it is not here."""
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except Exception as exc:  # an int with no accelerator, a plugin not loaded
+        raise RuntimeError(
+            f"device {device!r} is not available: {str(exc).rstrip('.')}; load with device='cpu'"
+        ) from exc
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -155,13 +205,12 @@ def _resolve_device(device: Any) -> Optional[torch.device]:
         return dev
     try:
         torch.empty(0, device=dev)
-    except Exception as exc:  # any other backend (xpu, npu, ...) torch may know
+    except Exception as exc:  # any other backend (xpu, hpu, xla, ...) torch may know
         raise RuntimeError(f"device {device!r} is not available: {exc}") from None
     return dev
 
 
-
-def placement(device: Any) -> Optional[torch.device]:
+def placement(device: Any) -> Optional[_Placement]:
     return _resolve_device(device)
 
 
@@ -173,7 +222,7 @@ def check_code(name: str, code: str, shape: Tuple[int, ...]) -> None:
 
 def to_array(name: str, code: str, array: np.ndarray, placement: Any) -> torch.Tensor:
     tensor = _from_numpy(array, _torch_dtype(name, code))
-    return tensor if placement is None else tensor.to(placement)
+    return tensor if placement is None else tensor.to(placement.device())
 
 
 def index(index: Any) -> Any:

@@ -487,7 +487,8 @@ def test_unavailable_and_invalid_devices(tmp_path):
     for device in ("gpu", "gpu:0", "cuda", "cuda:1", 0, "xpu:0"):
         with pytest.raises(ValueError, match="is not available: this paddle sees 0"):
             stc_paddle.load_file(path, device=device)
-    for device in ("bogus", "gpu:x", None, 1.5, -1, ["cpu"]):
+    assert stc_paddle.load_file(path, device=None)["x"].place.is_cpu_place()  # as the reference
+    for device in ("bogus", "gpu:x", "gpu:", 1.5, -1, ["cpu"]):
         with pytest.raises(SafetensorError, match="is invalid"):
             stc_paddle.load_file(path, device=device)
 

@@ -548,7 +548,9 @@ def test_unavailable_and_invalid_devices(tmp_path):
     for device in ("gpu", "/GPU:0", "cuda:0", 0):  # no GPU on the test machines
         with pytest.raises(RuntimeError, match="is not available: TensorFlow sees"):
             safe_open(path, framework="tf", device=device)
-    for device in ("bogus", "gpu:x", None, 1.5, ["cpu"]):
+    with safe_open(path, framework="tf", device=None) as f:  # the CPU, as in the reference
+        assert "CPU" in f.get_tensor("x").device
+    for device in ("bogus", "gpu:x", "cuda:", 1.5, ["cpu"]):
         with pytest.raises(SafetensorError, match="is invalid"):
             safe_open(path, framework="tf", device=device)
 

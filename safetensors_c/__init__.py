@@ -21,12 +21,15 @@ from ._writer import TensorSpec, deserialize, serialize, serialize_file
 from .diff import DiffReport, diff
 from .numpy import load, load_file, save, save_file
 from .sharded import load_sharded, safe_open_sharded, save_sharded
+from .stats import StatsReport, TensorStats, stats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SafetensorError",
     "SliceIndexError",
+    "StatsReport",
+    "TensorStats",
     "DiffReport",
     "PackedArray",
     "TensorSlice",
@@ -46,4 +49,5 @@ __all__ = [
     "save_sharded",
     "serialize",
     "serialize_file",
+    "stats",
 ]

@@ -20,10 +20,13 @@ from ._terminal import escape_name, escape_prose
 __all__ = [
     "MAX_ROWS",
     "format_bytes",
+    "format_stat",
+    "histogram_svg",
     "safe_open_html",
     "safe_open_text",
     "slice_html",
     "slice_text",
+    "stats_html",
     "tensors_html",
     "tensors_text",
 ]
@@ -181,6 +184,62 @@ def slice_text(tensor_slice) -> str:
         f"TensorSlice {tensor_slice._name!r}: {tensor_slice.get_dtype()} "
         f"{_shape(tensor_slice.get_shape())} ({format_bytes(size)})"
     )
+
+
+# MARK: tensor statistics -------------------------------------------------------
+
+
+def format_stat(value: Any) -> str:
+    """A statistic as table text: "-" when undefined, ints exactly, floats to
+    6 significant digits ("inf", "-inf" as such)."""
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.6g}"
+
+
+def histogram_svg(counts: Iterable[int], span: tuple[float, float] | None,
+                  width: int = 96, height: int = 24) -> str:
+    """A small inline SVG bar chart of histogram counts (linear heights; a
+    non-empty bin is at least 1 pixel high), titled with its range."""
+    counts = list(counts)
+    peak = max(counts, default=0)
+    if peak == 0:
+        return ""
+    step = width / len(counts)
+    bars = []
+    for i, count in enumerate(counts):
+        if count:
+            h = max(1.0, height * count / peak)
+            bars.append(f'<rect x="{i * step:.2f}" y="{height - h:.2f}" '
+                        f'width="{max(step - 0.5, 0.5):.2f}" height="{h:.2f}"/>')
+    title = f"{format_stat(span[0])} .. {format_stat(span[1])}" if span else ""
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img"><title>{_e(title)}</title>'
+            f'<g fill="currentColor">{"".join(bars)}</g></svg>')
+
+
+_STATS_FIELDS = ("min", "max", "mean", "std", "nan", "inf", "zeros")
+
+
+def stats_html(report, max_rows: int = MAX_ROWS) -> str:
+    """An HTML table of a ``safetensors_c.stats`` report: a row per tensor,
+    with its histogram when one was computed."""
+    items = list(report.items())
+    drawn = any(s.histogram is not None for _, s in items)
+    header = ["name", "dtype", "shape", *_STATS_FIELDS] + (["histogram"] if drawn else [])
+    cells = []
+    for name, s in items[:max_rows]:
+        row = [f"<code>{_e(name)}</code>", _e(s.dtype), _e(_shape(s.shape))]
+        row += [_e(format_stat(getattr(s, field))) for field in _STATS_FIELDS]
+        if drawn:
+            row.append(histogram_svg(s.histogram or (), s.histogram_range))
+        cells.append(row)
+    caption = f"<code>{_e(report.source_name)}</code>: statistics of {len(items)} tensors"
+    if not drawn:
+        caption += " (for histograms: <code>stats(..., histogram=16)</code>)"
+    return _table(header, cells, len(items), caption)
 
 
 # MARK: dicts of arrays --------------------------------------------------------

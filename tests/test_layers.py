@@ -23,7 +23,7 @@ FLOORS = {
     "_open": 5,
     "distributed": 5,
     "integrity": 6, "sharded": 6, "scan": 6,
-    "convert": 7, "diff": 7,
+    "convert": 7, "diff": 7, "stats": 7,
     "numpy": 8, "torch": 8, "flax": 8, "tensorflow": 8, "paddle": 8, "mlx": 8,
     "cli": 9, "__init__": 9,
     # compat hands out the whole package as `safetensors` (`import safetensors_c`): above it.

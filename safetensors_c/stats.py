@@ -19,8 +19,8 @@ finite values):
 - sums are in double precision, blocks combined with Chan's parallel
   formula; the result does not depend on the number of threads.
 
-Sources: whatever ``safe_open`` accepts (a path, a URL, an open binary file,
-bytes) or an open ``safe_open`` handle, and a sharded checkpoint (its
+Sources: whatever ``safe_open`` accepts (a path, a URL, an open binary file)
+or an open ``safe_open`` or ``safe_open_sharded`` handle, and a sharded checkpoint (its
 directory or its index file). A mapped file is measured in place; any other
 source is read tensor by tensor in pieces of at most 64 MiB, so memory stays
 bounded whatever the tensor's size.
@@ -213,9 +213,9 @@ def _readers(source: Any, max_header_size, storage_options) -> Iterator[Tuple[An
 
 def _shard_readers(handle: safe_open_sharded) -> Iterator[Tuple[Any, list]]:
     names_by_file: Dict[str, list] = {}
-    for name, file in handle.weight_map().items():
+    for name, file in handle.weight_map.items():
         names_by_file.setdefault(file, []).append(name)
-    for file in handle.shard_files():
+    for file in handle.shard_files:
         shard = handle._shard_of(names_by_file[file][0])._handle()
         order = {n: i for i, n in enumerate(shard.offset_keys())}
         yield shard, sorted(names_by_file[file], key=order.__getitem__)

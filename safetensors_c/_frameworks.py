@@ -9,11 +9,12 @@ entry in ``_ADAPTERS``.
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 from typing import Any, Dict, Mapping, Optional
 
 from . import _writer
-from ._checks import check_tensor_name, error, fs_path
+from ._checks import SafetensorError, check_tensor_name, error, fs_path
 from ._digests import add_digests
 from ._reader import as_source, open_source
 
@@ -136,6 +137,70 @@ def load_file(
     backend: str = "mmap",
     storage_options: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Every tensor of ``filename`` (a path, URL or binary file), in file order."""
-    reader = open_source(as_source(filename), backend=backend, storage_options=storage_options)
-    return load_reader(framework, reader, device)
+    """Every tensor of ``filename`` (a path, URL or binary file), in file order.
+
+    A directory, an index ``.json`` or a pickle/ZIP checkpoint raises the
+    usual error (IsADirectoryError; SafetensorError ``STC_ERR_NOT_SAFETENSORS``)
+    with a message naming what to call instead."""
+    adapter = adapter_for(framework)
+    try:
+        reader = open_source(as_source(filename), backend=backend,
+                             storage_options=storage_options)
+    except IsADirectoryError as exc:
+        raise _directory_error(exc, adapter) from None
+    except SafetensorError as exc:
+        redirected = _not_safetensors_error(exc, filename, adapter)
+        if redirected is None:
+            raise
+        raise redirected from None
+    return tensors_of(adapter, adapter.placement(device), reader)
+
+
+# MARK: what to call instead ----------------------------------------------------
+
+
+def _public_module(adapter: ModuleType) -> str:
+    return "safetensors_c" if adapter.NAME == "numpy" else f"safetensors_c.{adapter.NAME}"
+
+
+def _directory_error(exc: IsADirectoryError, adapter: ModuleType) -> IsADirectoryError:
+    """The same IsADirectoryError, saying how to load what a directory holds."""
+    path = exc.filename
+    load_sharded = f"{_public_module(adapter)}.load_sharded({path!r})"
+    try:
+        names = os.listdir(path) if isinstance(path, (str, bytes)) else []
+    except OSError:
+        names = []
+    names = [os.fsdecode(n) for n in names]
+    if any(n.endswith(".safetensors.index.json") or n.endswith(".safetensors") for n in names):
+        hint = f"it is a sharded checkpoint: load it with {load_sharded}"
+    elif any(n.endswith((".bin", ".pt", ".pth", ".bin.index.json")) for n in names):
+        hint = ("it holds PyTorch checkpoint files: convert them with "
+                "`safetensors-c convert DIR OUT_DIR` (which runs none of their code)")
+    else:
+        hint = (f"for a sharded checkpoint call {load_sharded}; a directory of .bin files "
+                f"converts with `safetensors-c convert`")
+    return IsADirectoryError(exc.errno, f"{exc.strerror}, not a file; {hint}", path)
+
+
+def _not_safetensors_error(exc: SafetensorError, filename: Any,
+                           adapter: ModuleType) -> Optional[SafetensorError]:
+    """A SafetensorError for an index or a pickle that says what to call
+    instead (same code), or None for any other error."""
+    if getattr(exc, "code", None) != "STC_ERR_NOT_SAFETENSORS":
+        return None
+    text = str(exc)
+    shown = repr(os.fsdecode(filename)) if isinstance(filename, (str, bytes, os.PathLike)) \
+        else "FILE"
+    if "JSON text" in text:
+        hint = (f"an index loads with {_public_module(adapter)}.load_sharded({shown}) "
+                f"(or its directory)")
+    elif "pickle" in text or "ZIP archive" in text:
+        hint = (f"convert it first with `safetensors-c convert {shown} OUT.safetensors` "
+                f"(or safetensors_c.convert.convert), which reads it without running its code")
+    else:
+        return None
+    redirected = error(f"{text}; {hint}", "STC_ERR_NOT_SAFETENSORS")
+    for key, value in vars(exc).items():  # where it happened, as the core said
+        setattr(redirected, key, value) if key != "code" else None
+    return redirected

@@ -26,6 +26,16 @@ static stc_status tensor_error(stc_error *error, stc_status status, const char *
     return stc__fail(error, status, message, t->header_offset, t->name, t->name_len);
 }
 
+/* Records two sizes: of the data section (the file adds the header's length),
+ * or for STC_ERR_SIZE_MISMATCH of one tensor's bytes. */
+static stc_status sizes(stc_error *error, stc_status status, uint64_t expected, uint64_t found) {
+    if (error) {
+        error->size_expected = expected;
+        error->size_found = found;
+    }
+    return status;
+}
+
 static stc_status check_sizes(const stc__header *h, stc_error *error) {
     for (size_t i = 0; i < h->count; i++) {
         stc_tensor *t = &h->tensors[i];
@@ -39,23 +49,18 @@ static stc_status check_sizes(const stc__header *h, stc_error *error) {
         if (st == STC_ERR_MISALIGNED)
             return tensor_error(error, st,
                                 "sub-byte dtype whose elements do not fill whole bytes", t);
-        if (t->end - t->begin != nbytes)
-            return tensor_error(error, STC_ERR_SIZE_MISMATCH,
-                                "data_offsets span a different number of bytes than "
-                                "shape and dtype need",
-                                t);
+        if (t->end - t->begin != nbytes) {
+            /* The two byte counts compared go with the message: the span, and
+             * what the dtype and shape need. */
+            tensor_error(error, STC_ERR_SIZE_MISMATCH,
+                         "data_offsets span a different number of bytes than "
+                         "shape and dtype need",
+                         t);
+            return sizes(error, STC_ERR_SIZE_MISMATCH, nbytes, t->end - t->begin);
+        }
         t->nbytes = nbytes;
     }
     return STC_OK;
-}
-
-/* Records the data-section sizes (the file adds the header's length). */
-static stc_status sizes(stc_error *error, stc_status status, uint64_t expected, uint64_t found) {
-    if (error) {
-        error->size_expected = expected;
-        error->size_found = found;
-    }
-    return status;
 }
 
 static stc_status check_packing(const stc__header *h, const uint32_t *by_offset,

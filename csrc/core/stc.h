@@ -114,7 +114,9 @@ typedef struct stc_error {
     int tensor_is_key;
     /* For STC_ERR_HEADER_LENGTH, STC_ERR_TRUNCATED_DATA and
      * STC_ERR_TRAILING_DATA: the file size the header implies (for
-     * HEADER_LENGTH, at least this) and the size the file has. Else 0. */
+     * HEADER_LENGTH, at least this) and the size the file has. For
+     * STC_ERR_SIZE_MISMATCH: the bytes the tensor's dtype and shape need,
+     * and the bytes its data_offsets span. Else 0. */
     uint64_t size_expected;
     uint64_t size_found;
 } stc_error;

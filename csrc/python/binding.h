@@ -86,6 +86,8 @@ int hand_out(file_object *f, const stc_tensor *t);
  * holds no data: for sources the Python layer reads itself. */
 PyObject *header_length(PyObject *module, PyObject *args, PyObject *kwargs);
 PyObject *open_header(PyObject *module, PyObject *args, PyObject *kwargs);
+/* close_names(name, candidates): the (up to 3) candidates closest to name. */
+PyObject *close_names(PyObject *module, PyObject *args);
 
 /* MARK: - Arrays (array.c) */
 

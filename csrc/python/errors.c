@@ -92,13 +92,21 @@ PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *f
         return NULL;
     }
     /* Offsets below 8 are the length prefix itself: not worth printing. */
+    /* The two byte counts a size mismatch compared. */
+    char counts[96] = "";
+    if (error->status == STC_ERR_SIZE_MISMATCH)
+        PyOS_snprintf(counts, sizeof counts, ": they hold %llu bytes, but the dtype and shape "
+                      "need %llu", (unsigned long long)error->size_found,
+                      (unsigned long long)error->size_expected);
     PyObject *message;
     if (error->offset != STC_NO_OFFSET && error->offset >= 8)
-        message = PyUnicode_FromFormat("%U%U%s (at byte %llu of the file)", where, tensor,
-                                       error->message, (unsigned long long)error->offset);
+        message = PyUnicode_FromFormat("%U%U%s%s (at byte %llu of the file)", where, tensor,
+                                       error->message, counts,
+                                       (unsigned long long)error->offset);
     else
-        message = PyUnicode_FromFormat("%U%U%s", where, tensor, error->message);
-    if (message && (error->size_expected || error->size_found)) {
+        message = PyUnicode_FromFormat("%U%U%s%s", where, tensor, error->message, counts);
+    if (message && error->status != STC_ERR_SIZE_MISMATCH &&
+        (error->size_expected || error->size_found)) {
         PyObject *longer = PyUnicode_FromFormat(
             "%U; the header describes a file of %s%llu bytes, but it has %llu", message,
             error->status == STC_ERR_HEADER_LENGTH ? "at least " : "",

@@ -227,6 +227,162 @@ PyObject *open_header(PyObject *module, PyObject *args, PyObject *kwargs) {
     return finish_open(st, f, status, file, &error, f->filename);
 }
 
+/* MARK: - Close names (the "did you mean" of a missing tensor) */
+
+/* Up to CLOSE_MAX names at the smallest edit distance from a query. Built
+ * only on the error path; every candidate costs at most one banded pass. */
+#define CLOSE_MAX 3
+
+typedef struct {
+    size_t distance; /* the best so far, or the limit while none was found */
+    size_t count;
+    size_t index[CLOSE_MAX];
+    size_t *rows;    /* two rows of the distance table */
+    size_t rows_len; /* the longest candidate they fit, plus one */
+} close_set;
+
+static void close_init(close_set *set, size_t query_len) {
+    size_t limit = query_len / 4 + 1; /* a typo or two in a short name, more in a long one */
+    set->distance = limit > 8 ? 8 : limit;
+    set->count = 0;
+    set->rows = NULL;
+    set->rows_len = 0;
+}
+
+/* The Levenshtein distance of a and b (bytes) if it is at most `limit`, else
+ * limit + 1. Only the band |i - j| <= limit is filled in, and a row whose
+ * every cell exceeds the limit ends the search. */
+static size_t bounded_distance(const char *a, size_t n, const char *b, size_t m, size_t limit,
+                               size_t *prev, size_t *cur) {
+    size_t inf = limit + 1;
+    if ((n > m ? n - m : m - n) > limit) return inf;
+    for (size_t j = 0; j <= m; j++) prev[j] = j <= limit ? j : inf;
+    for (size_t i = 1; i <= n; i++) {
+        size_t lo = i > limit ? i - limit : 1;
+        size_t hi = i + limit < m ? i + limit : m;
+        cur[lo - 1] = lo == 1 && i <= limit ? i : inf;
+        size_t best = cur[lo - 1];
+        for (size_t j = lo; j <= hi; j++) {
+            size_t v = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            if (prev[j] + 1 < v) v = prev[j] + 1;
+            if (cur[j - 1] + 1 < v) v = cur[j - 1] + 1;
+            cur[j] = v < inf ? v : inf;
+            if (cur[j] < best) best = cur[j];
+        }
+        if (hi < m) cur[hi + 1] = inf;
+        if (best > limit) return inf;
+        size_t *swap = prev;
+        prev = cur;
+        cur = swap;
+    }
+    return prev[m];
+}
+
+/* Weighs candidate `index`; 0, or -1 with MemoryError. Candidates come in a
+ * stable order, so of equally close names the first ones are kept. */
+static int close_consider(close_set *set, const char *query, size_t query_len,
+                          const char *name, size_t name_len, size_t index) {
+    if (set->count == CLOSE_MAX && set->distance == 0) return 0;
+    size_t limit = set->count == CLOSE_MAX ? set->distance - 1 : set->distance;
+    if ((query_len > name_len ? query_len - name_len : name_len - query_len) > limit) return 0;
+    if (name_len + 1 > set->rows_len) {
+        size_t *rows = PyMem_Realloc(set->rows, 2 * (name_len + 1) * sizeof(size_t));
+        if (!rows) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        set->rows = rows;
+        set->rows_len = name_len + 1;
+    }
+    size_t d = bounded_distance(query, query_len, name, name_len, limit, set->rows,
+                                set->rows + set->rows_len);
+    if (d > limit) return 0;
+    if (d < set->distance) {
+        set->distance = d;
+        set->count = 0;
+    }
+    if (set->count < CLOSE_MAX) set->index[set->count++] = index;
+    return 0;
+}
+
+/* "; did you mean 'a', 'b' or 'c'?" for the names found, or "". */
+static PyObject *did_you_mean(PyObject *const *names, size_t count) {
+    switch (count) {
+    case 0:
+        return PyUnicode_FromString("");
+    case 1:
+        return PyUnicode_FromFormat("; did you mean %R?", names[0]);
+    case 2:
+        return PyUnicode_FromFormat("; did you mean %R or %R?", names[0], names[1]);
+    default:
+        return PyUnicode_FromFormat("; did you mean %R, %R or %R?", names[0], names[1],
+                                    names[2]);
+    }
+}
+
+/* The did_you_mean text for a name missing from an open file. */
+static PyObject *close_names_in_file(const stc_file *file, const char *query, size_t query_len) {
+    close_set set;
+    close_init(&set, query_len);
+    size_t n = stc_tensor_count(file);
+    for (size_t i = 0; i < n; i++) {
+        const stc_tensor *t = stc_tensor_by_name_order(file, i);
+        if (close_consider(&set, query, query_len, t->name, t->name_len, i) < 0) {
+            PyMem_Free(set.rows);
+            return NULL;
+        }
+    }
+    PyMem_Free(set.rows);
+    PyObject *names[CLOSE_MAX] = {NULL};
+    PyObject *result = NULL;
+    for (size_t k = 0; k < set.count; k++) {
+        const stc_tensor *t = stc_tensor_by_name_order(file, set.index[k]);
+        names[k] = PyUnicode_DecodeUTF8(t->name, (Py_ssize_t)t->name_len, "replace");
+        if (!names[k]) goto done;
+    }
+    result = did_you_mean(names, set.count);
+done:
+    for (size_t k = 0; k < CLOSE_MAX; k++) Py_XDECREF(names[k]);
+    return result;
+}
+
+PyObject *close_names(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *query, *candidates;
+    if (!PyArg_ParseTuple(args, "UO:close_names", &query, &candidates)) return NULL;
+    PyObject *seq = PySequence_Fast(candidates, "candidates must be a sequence of str");
+    if (!seq) return NULL;
+    Py_ssize_t query_len;
+    const char *q = PyUnicode_AsUTF8AndSize(query, &query_len);
+    close_set set;
+    close_init(&set, q ? (size_t)query_len : 0);
+    PyObject *result = NULL;
+    if (!q) goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyUnicode_Check(item)) continue;
+        Py_ssize_t len;
+        const char *name = PyUnicode_AsUTF8AndSize(item, &len);
+        if (!name) {
+            PyErr_Clear(); /* a lone surrogate: never close to a real name */
+            continue;
+        }
+        if (close_consider(&set, q, (size_t)query_len, name, (size_t)len, (size_t)i) < 0)
+            goto done;
+    }
+    result = PyList_New((Py_ssize_t)set.count);
+    if (!result) goto done;
+    for (size_t k = 0; k < set.count; k++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)set.index[k]);
+        PyList_SET_ITEM(result, (Py_ssize_t)k, Py_NewRef(item));
+    }
+done:
+    PyMem_Free(set.rows);
+    Py_DECREF(seq);
+    return result;
+}
+
 /* MARK: - Lookups */
 
 /* The tensor called `name` (a str), or NULL with SafetensorError/TypeError. */
@@ -245,11 +401,13 @@ static const stc_tensor *lookup(module_state *st, file_object *f, PyObject *name
     const stc_tensor *t = len >= 0 ? stc_find_tensor(f->file, utf8, (size_t)len) : NULL;
     if (!t) {
         PyObject *where = path_prefix(f->filename);
-        if (where) {
-            raise_coded(st, "STC_ERR_NO_SUCH_TENSOR", "%Uno tensor named %R in this file",
-                        where, name);
-            Py_DECREF(where);
-        }
+        PyObject *hint = len >= 0 ? close_names_in_file(f->file, utf8, (size_t)len)
+                                  : PyUnicode_FromString("");
+        if (where && hint)
+            raise_coded(st, "STC_ERR_NO_SUCH_TENSOR", "%Uno tensor named %R in this file%U",
+                        where, name, hint);
+        Py_XDECREF(where);
+        Py_XDECREF(hint);
     }
     return t;
 }

@@ -62,6 +62,9 @@ static PyMethodDef core_functions[] = {
      "open_header(head, file_size, max_header_size=0, name=None)\n--\n\n"
      "Validates a header (the file's first 8 + N bytes) for a file of file_size bytes; "
      "the result holds no tensor data."},
+    {"close_names", close_names, METH_VARARGS,
+     "close_names(name, candidates, /)\n--\n\nUp to 3 of candidates (str) closest to name "
+     "by edit distance, for a \"did you mean\" message; [] when none is close."},
     {"save", save_tensors, METH_VARARGS,
      "save(names, codes, shapes, arrays, metadata, path)\n--\n\n"
      "Writes a file atomically (path) or returns its bytes (path None)."},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Mapping, Optional, Union
 
+from . import _core
 from ._core import SafetensorError
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "check_backend",
     "check_metadata",
     "check_tensor_name",
+    "did_you_mean",
     "error",
     "fs_path",
     "parse_size",
@@ -29,6 +31,20 @@ def error(message: str, code: str = "STC_ERR_INVALID_ARGUMENT") -> SafetensorErr
     exc = SafetensorError(message)
     exc.code = code
     return exc
+
+
+def did_you_mean(name: Any, candidates: Any) -> str:
+    """``"; did you mean 'a' or 'b'?"`` naming up to 3 of ``candidates``
+    closest to ``name`` (a bounded edit distance, computed in C), or ``""``.
+    For error messages only: it reads every candidate."""
+    if not isinstance(name, str):
+        return ""
+    close = _core.close_names(name, list(candidates))
+    if not close:
+        return ""
+    quoted = [repr(c) for c in close]
+    listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return f"; did you mean {listed}?"
 
 
 def check_metadata(metadata: Any) -> Optional[Dict[str, str]]:

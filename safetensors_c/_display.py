@@ -293,3 +293,21 @@ class TensorDict(dict):
 
     def _repr_html_(self) -> str:
         return tensors_html(self)
+
+
+def scan_report_html(report, max_rows: int = MAX_ROWS) -> str:
+    """A ScanReport as a notebook table: the verdict, then one row per finding
+    (each distinct safe one once). Every value is escaped."""
+    rows, seen = [], set()
+    for f in report.findings:
+        key = (f.kind, f.name, f.where, f.safe)
+        if key in seen:
+            continue
+        seen.add(key)
+        status = "ok" if f.safe else ("UNKNOWN" if f.kind in ("error", "unknown") else "UNSAFE")
+        rows.append([_e(status), _e(f.kind), _e(f.name), _e(f.where or ""), _e(f.offset),
+                     _e_prose(f.note or "")])
+    caption = (f"<b>{_e(report.verdict)}</b>: {_e(report.path)} ({_e(report.kind)}), "
+               f"{len(report.findings)} finding{'' if len(report.findings) == 1 else 's'}")
+    return _table(["status", "kind", "name", "where", "byte", "note"], rows[:max_rows],
+                  len(rows), caption)

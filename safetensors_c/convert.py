@@ -127,6 +127,36 @@ class ConversionReport:
     metadata: dict[str, str] | None = None
     files: list[str] = field(default_factory=list)  # what was written
 
+    @property
+    def module_versions(self) -> list[str]:
+        """The skipped names that are a state_dict's ``_metadata`` (torch's
+        per-module ``{"version": N}``, which ``load_state_dict`` does not
+        need), as opposed to values of the checkpoint's own."""
+        return [n for n in self.skipped if _is_module_versions(n)]
+
+    def skipped_summary(self) -> str:
+        """What was left out, in words: ``", 1 non-tensor value skipped
+        (--keep-scalars keeps them in metadata)"``; a state_dict's
+        ``_metadata`` is named as such, not counted as a lost value."""
+        versions = len(self.module_versions)
+        others = len(self.skipped) - versions
+        parts = []
+        if others:
+            parts.append(f"{others} non-tensor value{'' if others == 1 else 's'} skipped")
+        if versions:
+            of = f" of {versions} state_dicts" if versions > 1 else ""
+            parts.append(f"torch's {STATE_METADATA_ATTRIBUTE} (module versions){of} not kept")
+        if not parts:
+            return ""
+        keeps = "keeps them in metadata" if others else "keeps it"
+        return ", " + ", ".join(parts) + f" (--keep-scalars {keeps})"
+
+
+def _is_module_versions(name: str) -> bool:
+    # "_metadata", "model._metadata", and in a sharded report "shard.bin:_metadata"
+    return name.rsplit(".", 1)[-1].rsplit(":", 1)[-1] == STATE_METADATA_ATTRIBUTE \
+        and not name.endswith("]")
+
 
 # MARK: reading the source ---------------------------------------------------
 

@@ -34,7 +34,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _core
+from . import _core, _display
 from ._archive import (
     NPY_MAGIC,
     ZIP_EMPTY,
@@ -59,6 +59,9 @@ MAX_NESTING = 3  # archives inside archives
 MAX_PICKLE_MEMBER = 256 << 20
 #: deflate inflates at most ~1032:1; nested archives could multiply that, the budget stops it
 INFLATE_BUDGET_RATIO = 1100
+
+# reasons a ScanReport's repr shows before "and N more"
+_REPR_REASONS = 3
 
 # finding kinds that mean "could not analyse" rather than "would run code"
 _UNKNOWN_KINDS = ("error", "unknown")
@@ -163,6 +166,20 @@ class ScanReport:
             note = f" ({escape_message(f.note)})" if f.note else ""
             lines.append(f"  {mark} {f.kind} {name}  [{where}byte {f.offset}]{note}")
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        # The verdict first, as a REPL shows it; path and reasons escaped.
+        reasons = self.reasons
+        counts = f"{len(self.findings)} finding{'' if len(self.findings) == 1 else 's'}"
+        if reasons:
+            shown = "; ".join(escape_name(r) for r in reasons[:_REPR_REASONS])
+            more = f"; and {len(reasons) - _REPR_REASONS} more" \
+                if len(reasons) > _REPR_REASONS else ""
+            counts += f", {len(reasons)} not safe: {shown}{more}"
+        return f"<ScanReport {self.verdict}: {escape_name(self.path)} ({self.kind}), {counts}>"
+
+    def _repr_html_(self) -> str:
+        return _display.scan_report_html(self)
 
 
 # MARK: the scanner -----------------------------------------------------------------

@@ -48,7 +48,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from . import _display, _remote, _writer, distributed
 from ._digests import add_digests
 from ._archive import NotRegularFileError, open_regular
-from ._checks import check_metadata, error, fs_path, parse_size
+from ._checks import check_metadata, did_you_mean, error, fs_path, parse_size
 from ._core import SafetensorError
 from ._frameworks import adapter_for, to_neutral
 from ._into import run_parallel
@@ -621,7 +621,9 @@ class safe_open_sharded:
         shards = self._open_shards()
         file = self._weight_map.get(name) if isinstance(name, str) else None
         if file is None:
-            raise error(f"no tensor named {name!r} in this checkpoint", "STC_ERR_NO_SUCH_TENSOR")
+            where = self._index_path or self._directory
+            raise error(f"no tensor named {name!r} in checkpoint {where!r}"
+                        f"{did_you_mean(name, self._weight_map)}", "STC_ERR_NO_SUCH_TENSOR")
         return shards[file]
 
     def close(self) -> None:

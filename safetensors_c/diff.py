@@ -77,6 +77,7 @@ _BLOCK = 1 << 15
 BOOKKEEPING_METADATA = (SAVE_ID_KEY, DIGEST_KEY, DIGEST_KEY_V2)
 
 Number = Union[int, float]
+_SHOWN_VALUE = 80  # characters of a metadata value shown in the table
 
 
 # MARK: the report ---------------------------------------------------------------
@@ -217,8 +218,12 @@ class DiffReport:
         for t in self.differing:
             rows.append(("values", escape_name(t.name), _values_text(t)))
         for m in self.metadata:
-            rows.append(("metadata", escape_name(m.key),
-                         f"{_metadata_text(m.a)} -> {_metadata_text(m.b)}"))
+            shown_a, shown_b = _metadata_text(m.a), _metadata_text(m.b)
+            detail = f"{shown_a} -> {shown_b}"
+            if shown_a == shown_b:  # two long values alike in what is shown
+                at = len(os.path.commonprefix([m.a or "", m.b or ""]))
+                detail += f" (they differ from character {at})"
+            rows.append(("metadata", escape_name(m.key), detail))
         out = []
         if rows:
             kind_width = max(len(r[0]) for r in rows)
@@ -271,8 +276,8 @@ def _values_text(t: TensorValues) -> str:
 def _metadata_text(value: Optional[str]) -> str:
     if value is None:
         return "(absent)"
-    if len(value) > 80:
-        value = value[:80] + "…"
+    if len(value) > _SHOWN_VALUE:
+        value = value[:_SHOWN_VALUE] + "…"
     return "'" + escape_prose(value) + "'"
 
 

@@ -295,6 +295,17 @@ def test_metadata_changes(tmp_path, capsys):
     ]
 
 
+def test_long_metadata_values_alike_in_what_is_shown_say_where_they_differ(tmp_path, capsys):
+    config = '{"layers": 32, ' + '"pad": 0, ' * 20
+    a = _save(tmp_path / "a.safetensors", _tensors(), {"config": config + '"heads": 8}'})
+    b = _save(tmp_path / "b.safetensors", _tensors(), {"config": config + '"heads": 16}'})
+    assert main(["diff", a, b]) == 1
+    line = capsys.readouterr().out.splitlines()[0]
+    # '"heads": ' is common to both.
+    assert line.endswith(f"…' (they differ from character {len(config) + 9})")
+    assert line.startswith("metadata  config  '{\"layers\": 32, ")
+
+
 def test_recorded_digests_are_bookkeeping_unless_all_metadata(tmp_path, capsys):
     a = _save(tmp_path / "a.safetensors", _tensors())
     b = str(tmp_path / "b.safetensors")

@@ -79,7 +79,7 @@ def save_sharded(
     prefix: str = "model",
     metadata: Optional[Dict[str, str]] = None,
     *,
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """:func:`safetensors_c.sharded.save_sharded` for JAX arrays."""
     return sharded.save_sharded(
@@ -93,7 +93,7 @@ def load_sharded(
     *,
     prefix: str = "model",
     backend: str = "mmap",
-    progress: bool = True,
+    progress: Optional[bool] = None,
     max_workers: Optional[int] = None,
 ) -> Dict[str, Array]:
     """:func:`safetensors_c.sharded.load_sharded` giving JAX arrays."""

@@ -68,7 +68,7 @@ def save_sharded(
     prefix: str = "model",
     metadata: Optional[Dict[str, str]] = None,
     *,
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """:func:`safetensors_c.sharded.save_sharded` for MLX arrays."""
     return sharded.save_sharded(
@@ -82,7 +82,7 @@ def load_sharded(
     *,
     prefix: str = "model",
     backend: str = "mmap",
-    progress: bool = True,
+    progress: Optional[bool] = None,
     max_workers: Optional[int] = None,
 ) -> Dict[str, mx.array]:
     """:func:`safetensors_c.sharded.load_sharded` giving MLX arrays."""

@@ -94,7 +94,7 @@ def save_sharded(
     prefix: str = "model",
     metadata: Optional[Dict[str, str]] = None,
     *,
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """:func:`safetensors_c.sharded.save_sharded` for paddle tensors."""
     return sharded.save_sharded(
@@ -109,7 +109,7 @@ def load_sharded(
     *,
     prefix: str = "model",
     backend: str = "mmap",
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> Dict[str, paddle.Tensor]:
     """:func:`safetensors_c.sharded.load_sharded` giving paddle tensors."""
     return sharded.load_sharded(

@@ -81,7 +81,7 @@ def save_sharded(
     prefix: str = "model",
     metadata: Optional[Dict[str, str]] = None,
     *,
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """:func:`safetensors_c.sharded.save_sharded` for TF tensors."""
     return sharded.save_sharded(
@@ -95,7 +95,7 @@ def load_sharded(
     *,
     prefix: str = "model",
     backend: str = "mmap",
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> Dict[str, tf.Tensor]:
     """:func:`safetensors_c.sharded.load_sharded` giving TF tensors."""
     return sharded.load_sharded(

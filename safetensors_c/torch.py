@@ -586,7 +586,7 @@ def save_sharded(
     prefix: str = "model",
     metadata: Optional[Dict[str, str]] = None,
     *,
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """:func:`safetensors_c.sharded.save_sharded` for torch tensors."""
     return sharded.save_sharded(
@@ -600,7 +600,7 @@ def load_sharded(
     *,
     prefix: str = "model",
     backend: str = "mmap",
-    progress: bool = True,
+    progress: Optional[bool] = None,
     max_workers: Optional[int] = None,
     process_group: Any = None,
     plan: Optional[Any] = None,

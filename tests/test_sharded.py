@@ -403,10 +403,13 @@ def test_a_bad_shard_is_reported_as_such(tmp_path):
 def test_progress_bar_on_many_shards(checkpoint, capsys):
     pytest.importorskip("tqdm")
     directory, _ = checkpoint
-    load_sharded(directory)
+    load_sharded(directory, progress=True)  # forced: stderr is no terminal here
     assert "Loading shards" in capsys.readouterr().err
-    save_sharded(tensors_of([8, 8]), directory / "again", 8)
+    save_sharded(tensors_of([8, 8]), directory / "again", 8, progress=True)
     assert "Saving shards" in capsys.readouterr().err
+    load_sharded(directory)  # the default: no terminal, small work, no bar
+    save_sharded(tensors_of([8, 8]), directory / "again", 8)
+    assert capsys.readouterr().err == ""
     load_sharded(directory, progress=False)
     save_sharded(tensors_of([8, 8]), directory / "again", 8, progress=False)
     assert capsys.readouterr().err == ""
@@ -415,15 +418,15 @@ def test_progress_bar_on_many_shards(checkpoint, capsys):
 def test_no_progress_bar_without_tqdm(checkpoint, capsys, monkeypatch):
     directory, tensors = checkpoint
     monkeypatch.setitem(sys.modules, "tqdm", None)
-    loaded = load_sharded(directory)
+    loaded = load_sharded(directory, progress=True)
     assert set(loaded) == set(tensors)
-    save_sharded(tensors_of([8, 8]), directory / "again", 8)
+    save_sharded(tensors_of([8, 8]), directory / "again", 8, progress=True)
     assert capsys.readouterr().err == ""
 
 
 def test_no_progress_bar_for_one_shard(tmp_path, capsys):
-    save_sharded(tensors_of([8]), tmp_path, 100)
-    load_sharded(tmp_path)
+    save_sharded(tensors_of([8]), tmp_path, 100, progress=True)
+    load_sharded(tmp_path, progress=True)
     assert capsys.readouterr().err == ""
 
 

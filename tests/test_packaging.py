@@ -240,3 +240,10 @@ def test_wheel_run_imports_the_installed_wheel():
     # The distribution the metadata names is the wheel's, not an editable install.
     files = importlib.metadata.files("safetensors_c")
     assert any(str(f).startswith("safetensors_c/_core.") for f in files)
+    # Nothing else can serve a module missing from the wheel: no editable install's finder,
+    # and no other safetensors_c package on sys.path.
+    finders = [getattr(f, "__name__", type(f).__name__) for f in sys.meta_path]
+    assert not [name for name in finders if "editable" in name.lower()], finders
+    others = [p for p in sys.path if p and (Path(p) / "safetensors_c").is_dir()
+              and Path(p).resolve() != site]
+    assert others == []

@@ -17,7 +17,8 @@
 #     are /bin/false; numpy and ml_dtypes come as wheels); tests/wheel_smoke.py;
 #  7. the pytest suite, from a copy of tests/ outside the checkout, against the
 #     repaired wheel installed in a venv that sees this interpreter's packages
-#     (torch and the other test dependencies) but not the source tree.
+#     (torch and the other test dependencies) but neither the source tree nor an
+#     editable install of it.
 #
 # Environment: PYTHON (python3), KEEP=1 keeps the temporary directory,
 # SKIP_SUITE=1 skips step 7. Exits non-zero when any step fails.
@@ -122,8 +123,14 @@ if [ "${SKIP_SUITE:-0}" = 1 ]; then
     exit 0
 fi
 step "pytest against the installed wheel"
+# The venv reuses this interpreter's packages (torch and the other test dependencies) through
+# a .pth file that lists their directories. Not `--system-site-packages`: that would also run
+# the .pth files there, among them an editable install's finder, which would serve any module
+# missing from the wheel out of the checkout.
 VENV=$WORK/venv-suite
-make_venv "$VENV" --system-site-packages
+make_venv "$VENV"
+"$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"]); print(sysconfig.get_paths()["platlib"])' \
+    | sort -u > "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_stc_test_dependencies.pth"
 quiet env CC=/bin/false CXX=/bin/false "$VENV/bin/python" -m pip install \
     --no-build-isolation --no-deps --ignore-installed "$REPAIRED"
 # tests/ lands in $WORK/run/tests: the tests' ROOT is then $WORK/run, which holds no

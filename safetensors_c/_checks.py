@@ -1,7 +1,7 @@
 """Argument checks shared by every reader, writer and framework module.
 
-Floor 1 of the package: it knows the format's rules for names and metadata,
-the backends, paths and sizes, and nothing of any framework.
+It knows the format's rules for names and metadata, the backends, paths
+and sizes, and nothing of any framework.
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Mapping, Optional, Union
 
-from . import _core
+from . import _core, error_codes
 from ._core import SafetensorError
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_ENV",
     "check_backend",
     "check_metadata",
     "check_tensor_name",
@@ -23,10 +24,13 @@ __all__ = [
     "parse_size",
 ]
 
-BACKENDS = ("mmap", "pread")
+BACKENDS = ("auto", "mmap", "pread")
+
+# Overrides ``backend="auto"`` (never an explicit "mmap" or "pread").
+BACKEND_ENV = "SAFETENSORS_C_BACKEND"
 
 
-def error(message: str, code: str = "STC_ERR_INVALID_ARGUMENT") -> SafetensorError:
+def error(message: str, code: str = error_codes.INVALID_ARGUMENT) -> SafetensorError:
     """A SafetensorError carrying a stable ``code``, like the C core's."""
     exc = SafetensorError(message)
     exc.code = code
@@ -73,12 +77,28 @@ def check_tensor_name(name: Any) -> None:
 
 
 def check_backend(backend: Any) -> str:
-    if backend not in BACKENDS:
+    """The backend to open files with: ``backend`` checked, and ``"auto"``
+    replaced by the value of ``SAFETENSORS_C_BACKEND`` when that is set.
+    A remaining ``"auto"`` is resolved per file by the core, from the file
+    system the file is on (pread on network and FUSE file systems, else mmap).
+    """
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise error(
             f"backend {backend!r} is not supported; use one of "
             + ", ".join(repr(b) for b in BACKENDS)
         )
-    return backend
+    if backend != "auto":
+        return backend
+    value = os.environ.get(BACKEND_ENV, "")
+    if value == "":
+        return "auto"
+    if value not in BACKENDS:
+        raise error(
+            f"the environment variable {BACKEND_ENV}={value!r} is not a backend; set it to "
+            + ", ".join(repr(b) for b in BACKENDS)
+            + " or unset it"
+        )
+    return value
 
 
 def fs_path(filename: Any, what: str = "filename") -> str:

@@ -1,7 +1,7 @@
 """Type stubs for the C extension (csrc/python)."""
 
 from os import PathLike
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -16,6 +16,8 @@ class _File:
     def writable(self) -> bool: ...
     @property
     def mapped(self) -> bool: ...
+    @property
+    def backend(self) -> str: ...
     @property
     def filename(self) -> str | None: ...
     @property
@@ -51,6 +53,19 @@ class _File:
     def prefetch(
         self, name: str, byte_offset: int = ..., length: int | None = ..., *, populate: bool = ...
     ) -> None: ...
+    def read_batch(
+        self,
+        names: list[str],
+        addresses: Sequence[int],
+        lengths: Sequence[int],
+        *,
+        threads: int = 1,
+        chunk_size: int = 0,
+        drop_cache: bool = False,
+        direct_fd: int = -1,
+        align: int = 4096,
+    ) -> int: ...
+    def table(self) -> list[tuple[str, str, tuple[int, ...], int, int]]: ...
     def __contains__(self, name: object) -> bool: ...
     def __len__(self) -> int: ...
 
@@ -86,6 +101,12 @@ def stats_merge(a: _Stats, b: _Stats, /) -> _Stats: ...
 def histogram(
     code: str, data: Any, lo: float, hi: float, bins: int, threads: int = ...
 ) -> list[int]: ...
-def _set_hooks(
-    resolve_dtype: Callable[[str], np.dtype], wrap_packed: Callable[..., np.ndarray]
-) -> None: ...
+def dtype_names() -> dict[str, str]: ...
+
+class PackedArray(np.ndarray):
+    """The raw bytes (uint8) of a packed F4/F6 tensor."""
+
+    format_dtype: str | None
+    _stored_shape: tuple[int, ...] | None
+    @property
+    def logical_shape(self) -> tuple[int, ...]: ...

@@ -1,6 +1,6 @@
 """Digests of each tensor and of the metadata, recorded in the file's ``__metadata__``.
 
-Floor 2: works on readers and NumPy arrays only, so that ``safe_open(...,
+Works on readers and NumPy arrays only, so that ``safe_open(...,
 verify_digests=True)`` and every framework's writer can use it. The public
 helpers are in :mod:`safetensors_c.integrity`.
 
@@ -41,7 +41,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from . import _dtypes
+from . import _dtypes, error_codes
 from ._core import SafetensorError
 
 __all__ = [
@@ -139,7 +139,7 @@ def _parts(name: str, value) -> tuple:
     code = _dtypes.code_for_dtype(array.dtype)
     if code is None:
         raise _error(f"tensor {name!r}: dtype {array.dtype} has no safetensors code",
-                     "STC_ERR_INVALID_DTYPE")
+                     error_codes.INVALID_DTYPE)
     return code, array.shape, array
 
 
@@ -161,7 +161,7 @@ def add_digests(tensors: Mapping[str, object],
 
 
 def _invalid(filename, key: str, why: str) -> SafetensorError:
-    return _error(f"{filename}: the {key!r} metadata entry {why}", "STC_ERR_INVALID_DIGESTS")
+    return _error(f"{filename}: the {key!r} metadata entry {why}", error_codes.INVALID_DIGESTS)
 
 
 def _strict_json(text: str, filename, key: str):
@@ -288,7 +288,7 @@ def recorded(metadata: Optional[Dict[str, str]], filename, *,
             f"{SCHEME_V1}), which do not cover dtypes, shapes, names or the metadata; save it "
             f"again with digests=True to record {SCHEME_V2}, or pass allow_bytes_only=True "
             f"to accept the weaker scheme",
-            "STC_ERR_WEAK_DIGESTS",
+            error_codes.WEAK_DIGESTS,
         )
     return Recorded(filename, metadata, v1, v2)
 
@@ -303,7 +303,7 @@ def _no_digests(filename) -> SafetensorError:
     return _error(
         f"{filename}: verify_digests=True, but the file records no tensor digests "
         f"(save it with save_file(..., digests=True))",
-        "STC_ERR_NO_DIGESTS",
+        error_codes.NO_DIGESTS,
     )
 
 
@@ -346,7 +346,7 @@ def mismatches(
 
 def _mismatch_error(filename, scheme: str, bad, what: str) -> SafetensorError:
     return _error(f"{filename}: {what} does not match its recorded SHA-256 digest "
-                  f"({scheme}): {_names(bad)}", "STC_ERR_DIGEST_MISMATCH")
+                  f"({scheme}): {_names(bad)}", error_codes.DIGEST_MISMATCH)
 
 
 def check_digests(reader, *, allow_bytes_only: bool = False) -> str:
@@ -443,7 +443,7 @@ class VerifyingReader:
                 f"{self.filename}: tensor {name!r}: the bytes read do not match its recorded "
                 f"SHA-256 digest ({self._digests.scheme}); the file changed after it was "
                 f"opened, or was altered",
-                "STC_ERR_DIGEST_MISMATCH",
+                error_codes.DIGEST_MISMATCH,
             )
         return array
 

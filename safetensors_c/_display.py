@@ -96,7 +96,7 @@ def _metadata_html(metadata: Mapping[str, str] | None, max_rows: int) -> str:
 
 
 def _handle_rows(handle) -> tuple[list[tuple[str, str, list[int], int]], Any]:
-    file = handle._handle()
+    file = handle.reader
     rows = []
     for name in file.offset_keys():
         code, shape, _numpy_shape, begin, end = file.info(name)
@@ -106,7 +106,7 @@ def _handle_rows(handle) -> tuple[list[tuple[str, str, list[int], int]], Any]:
 
 def safe_open_html(handle, max_rows: int = MAX_ROWS) -> str:
     """An HTML table of an open ``safe_open`` handle: tensors, then metadata."""
-    if getattr(handle, "_file", None) is None:
+    if handle.closed:
         return "<p><code>safetensors_c.safe_open</code> (closed)</p>"
     rows, file = _handle_rows(handle)
     total_bytes = sum(r[3] for r in rows)
@@ -124,7 +124,7 @@ def safe_open_html(handle, max_rows: int = MAX_ROWS) -> str:
 
 def safe_open_text(handle, max_rows: int = 10) -> str:
     """A few lines describing an open handle."""
-    if getattr(handle, "_file", None) is None:
+    if handle.closed:
         return "safe_open (closed)"
     rows, file = _handle_rows(handle)
     lines = [f"{escape_name(file.filename)}: {len(rows)} tensors, "
@@ -142,16 +142,17 @@ def safe_open_text(handle, max_rows: int = 10) -> str:
 def sharded_html(handle, max_rows: int = MAX_ROWS) -> str:
     """An HTML table of an open ``safe_open_sharded`` handle: every tensor with
     its shard, then the metadata."""
-    if getattr(handle, "_shards", None) is None:
+    if handle.closed:
         return "<p><code>safetensors_c.safe_open_sharded</code> (closed)</p>"
+    shards = handle.shards
     rows = []
-    for shard_name, shard in handle._shards.items():
+    for shard_name, shard in shards.items():
         shard_rows, _ = _handle_rows(shard)
         rows.extend((n, c, s, b, shard_name) for n, c, s, b in shard_rows)
     total_bytes = sum(r[3] for r in rows)
     caption = (
-        f"<code>{_e(handle._directory)}</code>: {len(rows)} tensors in "
-        f"{len(handle._shards)} shards, {_e(format_bytes(total_bytes))}"
+        f"<code>{_e(handle.directory)}</code>: {len(rows)} tensors in "
+        f"{len(shards)} shards, {_e(format_bytes(total_bytes))}"
     )
     cells = [
         [f"<code>{_e(n)}</code>", _e(c), _e(_shape(s)), _e(format_bytes(b)), _e(f)]
@@ -167,22 +168,19 @@ def sharded_html(handle, max_rows: int = MAX_ROWS) -> str:
 
 def slice_html(tensor_slice) -> str:
     """An HTML summary of one TensorSlice."""
-    name = tensor_slice._name
-    size = tensor_slice._end - tensor_slice._begin
     row = [
-        f"<code>{_e(name)}</code>",
+        f"<code>{_e(tensor_slice.name)}</code>",
         _e(tensor_slice.get_dtype()),
         _e(_shape(tensor_slice.get_shape())),
-        _e(format_bytes(size)),
+        _e(format_bytes(tensor_slice.nbytes)),
     ]
     return _table(["name", "dtype", "shape", "size"], [row], 1, "TensorSlice")
 
 
 def slice_text(tensor_slice) -> str:
-    size = tensor_slice._end - tensor_slice._begin
     return (
-        f"TensorSlice {tensor_slice._name!r}: {tensor_slice.get_dtype()} "
-        f"{_shape(tensor_slice.get_shape())} ({format_bytes(size)})"
+        f"TensorSlice {tensor_slice.name!r}: {tensor_slice.get_dtype()} "
+        f"{_shape(tensor_slice.get_shape())} ({format_bytes(tensor_slice.nbytes)})"
     )
 
 

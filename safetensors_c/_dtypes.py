@@ -10,59 +10,49 @@ restores both.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["PackedArray", "packed", "numpy_dtype", "code_for_dtype", "SUPPORTED_CODES"]
+from . import _core
 
-# code -> NumPy dtype string
-_NUMPY_DTYPES = {
-    "BOOL": "?",
-    "U8": "<u1",
-    "I8": "<i1",
-    "I16": "<i2",
-    "U16": "<u2",
-    "F16": "<f2",
-    "I32": "<i4",
-    "U32": "<u4",
-    "F32": "<f4",
-    "C64": "<c8",
-    "F64": "<f8",
-    "I64": "<i8",
-    "U64": "<u8",
-}
+__all__ = [
+    "DTYPE_NAMES",
+    "PackedArray",
+    "SUPPORTED_CODES",
+    "array_from_bytes",
+    "code_for_dtype",
+    "f4_pairs_shape",
+    "f4_values_shape",
+    "numpy_dtype",
+    "pack_f4",
+    "packed",
+    "packed_numpy_shape",
+    "unpack_f4",
+]
 
-# code -> ml_dtypes attribute name
-_ML_DTYPES = {
-    "BF16": "bfloat16",
-    "F8_E5M2": "float8_e5m2",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E8M0": "float8_e8m0fnu",
-    "F8_E4M3FNUZ": "float8_e4m3fnuz",
-    "F8_E5M2FNUZ": "float8_e5m2fnuz",
-}
+# MARK: the names ------------------------------------------------------------
+
+# code -> the framework-neutral name of its element type, as NumPy, ml_dtypes,
+# torch, JAX and TensorFlow all spell it (F4: one value a byte; torch's own
+# type packs pairs, see f4_pairs_shape), in the writer's rank order. F6 has no
+# such name anywhere. The table is the core's (it resolves dtypes itself).
+DTYPE_NAMES = _core.dtype_names()
 
 # packed code -> bits per value
-PACKED_BITS = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+PACKED_BITS = {code: bits for code, bits in _core.dtypes() if bits % 8}
 
-SUPPORTED_CODES = tuple(_NUMPY_DTYPES) + tuple(_ML_DTYPES) + tuple(PACKED_BITS)
+# The codes whose NumPy dtype comes from ml_dtypes, by its DTYPE_NAMES name.
+ML_CODES = ("BF16", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ")
+
+SUPPORTED_CODES = tuple(code for code, _ in _core.dtypes())
 
 # (kind, itemsize) -> code, for NumPy's own dtypes
 _CODE_BY_KIND = {
-    ("b", 1): "BOOL",
-    ("u", 1): "U8",
-    ("i", 1): "I8",
-    ("u", 2): "U16",
-    ("i", 2): "I16",
-    ("f", 2): "F16",
-    ("u", 4): "U32",
-    ("i", 4): "I32",
-    ("f", 4): "F32",
-    ("c", 8): "C64",
-    ("u", 8): "U64",
-    ("i", 8): "I64",
-    ("f", 8): "F64",
+    (np.dtype(name).kind, np.dtype(name).itemsize): code
+    for code, name in DTYPE_NAMES.items() if code not in ML_CODES and code not in PACKED_BITS
 }
-_CODE_BY_ML_NAME = {name: code for code, name in _ML_DTYPES.items()}
+_CODE_BY_ML_NAME = {DTYPE_NAMES[code]: code for code in ML_CODES}
 
 
 def _ml_dtypes():
@@ -77,12 +67,12 @@ def _ml_dtypes():
 
 def numpy_dtype(code: str) -> np.dtype:
     """The NumPy dtype a tensor of this format dtype loads as."""
-    if code in _NUMPY_DTYPES:
-        return np.dtype(_NUMPY_DTYPES[code])
-    if code in _ML_DTYPES:
-        return np.dtype(getattr(_ml_dtypes(), _ML_DTYPES[code]))
     if code in PACKED_BITS:
         return np.dtype(np.uint8)
+    if code in ML_CODES:
+        return np.dtype(getattr(_ml_dtypes(), DTYPE_NAMES[code]))
+    if code in DTYPE_NAMES:
+        return np.dtype(DTYPE_NAMES[code]).newbyteorder("<")
     raise ValueError(f"unknown safetensors dtype code {code!r}")
 
 
@@ -95,38 +85,10 @@ def code_for_dtype(dtype: np.dtype) -> str | None:
     return _CODE_BY_KIND.get((dtype.kind, dtype.itemsize))
 
 
-class PackedArray(np.ndarray):
-    """The raw bytes (``uint8``) of a packed sub-byte tensor: F4 or F6.
-
-    ``format_dtype`` is the format's code and ``logical_shape`` the shape in
-    values (F4 packs two values per byte, F6 four values per three bytes).
-    Saving a PackedArray writes it with that dtype and shape.
-    """
-
-    format_dtype: str | None
-    _stored_shape: tuple[int, ...] | None
-
-    def __array_finalize__(self, obj):
-        self.format_dtype = getattr(obj, "format_dtype", None)
-        stored = getattr(obj, "_stored_shape", None)
-        # A view of another shape no longer has that logical shape.
-        if stored is not None and getattr(obj, "shape", None) != self.shape:
-            stored = None
-        self._stored_shape = stored
-
-    @property
-    def logical_shape(self) -> tuple[int, ...]:
-        if self._stored_shape is not None:
-            return self._stored_shape
-        if self.format_dtype not in PACKED_BITS:
-            raise ValueError("this PackedArray has no format dtype")
-        bits = PACKED_BITS[self.format_dtype]
-        if self.ndim == 0 or (self.shape[-1] * 8) % bits != 0:
-            raise ValueError(
-                f"cannot tell the logical shape of a {self.format_dtype} array of "
-                f"shape {self.shape}; use safetensors_c.packed(raw, dtype, shape)"
-            )
-        return tuple(self.shape[:-1]) + (self.shape[-1] * 8 // bits,)
+# The ndarray subclass the core hands packed tensors out as: ``uint8`` bytes
+# that remember ``format_dtype`` and the logical shape (``logical_shape``);
+# the core owns the type so that it needs nothing from the package.
+PackedArray = _core.PackedArray
 
 
 def packed(raw: np.ndarray, dtype: str, shape=None) -> PackedArray:
@@ -165,6 +127,76 @@ def _view_packed(array: np.ndarray, code: str, shape=None) -> PackedArray:
     return out
 
 
-def _wrap_packed(array: np.ndarray, code: str, shape: tuple[int, ...]) -> PackedArray:
-    """Hook for the C loader: marks a loaded packed tensor."""
-    return _view_packed(array, code, shape)
+# MARK: the packed rules ------------------------------------------------------
+#
+# F4 packs two values a byte, the first in the low nibble (the OCP MX layout,
+# and torch's float4_e2m1fn_x2). F6 packs four values in three bytes, value i
+# of a group in bits 6i..6i+5 of the group's little-endian 24-bit word (the
+# order the core's statistics decode). The NumPy shape of a packed tensor is
+# its bytes: the last dimension divided into whole groups when it fills them,
+# otherwise one flat run of bytes.
+
+
+
+def _group(code: str) -> tuple:
+    """(values, bytes) of one whole group: lcm(bits, 8) bits (as the core)."""
+    bits = PACKED_BITS[code]
+    common = math.gcd(bits, 8)
+    return 8 // common, bits // common
+
+
+def packed_numpy_shape(code: str, shape: tuple, nbytes: int) -> tuple:
+    """The uint8 shape a packed tensor of logical ``shape`` loads as."""
+    values, group_bytes = _group(code)
+    shape = tuple(shape)
+    if shape and shape[-1] % values == 0:
+        return shape[:-1] + (shape[-1] // values * group_bytes,)
+    return (nbytes,)
+
+
+def f4_pairs_shape(shape: tuple) -> tuple:
+    """The shape of an F4 tensor counted in pairs of values (the last
+    dimension halved), as torch's ``float4_e2m1fn_x2`` counts it; the last
+    dimension must be even (callers check and say what to do)."""
+    shape = tuple(shape)
+    return shape[:-1] + (shape[-1] // 2,)
+
+
+def f4_values_shape(pairs_shape: tuple) -> tuple:
+    """The logical shape (in values) of an F4 tensor whose shape counts pairs."""
+    pairs_shape = tuple(pairs_shape)
+    return pairs_shape[:-1] + (pairs_shape[-1] * 2,)
+
+
+def unpack_f4(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The 4-bit codes of F4 bytes, one a byte, the low nibble of each byte
+    first: a 1-D uint8 array of twice ``raw.size`` (``out`` if given)."""
+    raw = np.asarray(raw).reshape(-1).view(np.uint8)
+    if out is None:
+        out = np.empty(raw.size * 2, np.uint8)
+    np.bitwise_and(raw, 0x0F, out=out[0::2])
+    np.right_shift(raw, 4, out=out[1::2])
+    return out
+
+
+def pack_f4(codes: np.ndarray) -> np.ndarray:
+    """F4 bytes from 4-bit codes one a byte (an even number of them; callers
+    check and say what to do), the first of each pair in the low nibble."""
+    codes = np.ascontiguousarray(codes).reshape(-1).view(np.uint8)
+    return (codes[0::2] & 0x0F) | (codes[1::2] << 4)
+
+
+# MARK: the array factory -----------------------------------------------------
+
+
+def array_from_bytes(code: str, shape: tuple, buffer) -> np.ndarray:
+    """The NumPy array of a tensor over its raw bytes (no copy): its NumPy
+    dtype and shape, a :class:`PackedArray` of the logical ``shape`` for F4
+    and F6. ``buffer`` is any buffer of exactly the tensor's bytes (a
+    read-only one gives a read-only array)."""
+    raw = np.frombuffer(buffer, dtype=np.uint8) if not isinstance(buffer, np.ndarray) \
+        else buffer.reshape(-1).view(np.uint8)
+    shape = tuple(int(d) for d in shape)
+    if code in PACKED_BITS:
+        return _view_packed(raw.reshape(packed_numpy_shape(code, shape, raw.size)), code, shape)
+    return raw.view(numpy_dtype(code)).reshape(shape)

@@ -1,26 +1,32 @@
 """The framework registry, and the generic load/save every framework module uses.
 
-Floor 3 of the package. ``adapter_for("jax")`` loads
-``safetensors_c._adapters.flax`` on first use, so importing safetensors_c
-imports no framework. Adding a framework is one adapter module and one
-entry in ``_ADAPTERS``.
+``adapter_for("jax")`` loads ``safetensors_c._adapters.flax`` on first
+use, so importing safetensors_c imports no framework. Adding a framework is
+one adapter module, one entry in ``_ADAPTERS`` and its public module (whose
+sharded functions come from :func:`bind_framework`); the compatibility
+switch and the lists of framework names are derived from ``_ADAPTERS``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
+import inspect
 import os
 from types import ModuleType
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
-from . import _writer
+from . import _background, _writer, error_codes
 from ._checks import SafetensorError, check_tensor_name, error, fs_path
 from ._digests import add_digests
 from ._reader import as_source, open_source
 
-__all__ = ["FRAMEWORKS", "adapter_for", "load", "load_file", "save", "save_file", "to_neutral"]
+__all__ = ["FRAMEWORKS", "PUBLIC_MODULES", "adapter_for", "bind_framework", "framework_names",
+           "load", "load_file", "save", "save_file", "to_neutral"]
 
-# Every name safe_open(framework=...) accepts -> its adapter module.
+# Every name safe_open(framework=...) accepts -> its adapter module, which is
+# also the name of the framework's public module (safetensors_c.<module>).
 _ADAPTERS = {
     "np": "numpy",
     "numpy": "numpy",
@@ -35,6 +41,17 @@ _ADAPTERS = {
     "mlx": "mlx",
 }
 FRAMEWORKS = tuple(_ADAPTERS)
+#: The public framework modules, ``safetensors_c.<name>``, in registry order.
+PUBLIC_MODULES: Tuple[str, ...] = tuple(dict.fromkeys(_ADAPTERS.values()))
+
+
+def framework_names() -> str:
+    """The accepted names, grouped by framework, for docstrings and messages:
+    ``"np"/"numpy", "pt"/"torch"/"pytorch", ...``."""
+    groups: Dict[str, list] = {}
+    for name, module in _ADAPTERS.items():
+        groups.setdefault(module, []).append(f'"{name}"')
+    return ", ".join("/".join(names) for names in groups.values())
 
 
 def adapter_for(framework: Any) -> ModuleType:
@@ -52,19 +69,73 @@ def adapter_for(framework: Any) -> ModuleType:
     return importlib.import_module(f"{__package__}._adapters.{module}")
 
 
+# MARK: public functions with the framework bound --------------------------
+
+
+def bind_framework(function: Callable[..., Any], framework: str, module: str) -> Callable[..., Any]:
+    """``function`` (a framework-neutral function with a ``framework=``
+    parameter, e.g. ``sharded.load_sharded``) as the public function of the
+    framework module ``module``: the same parameters and defaults but
+    ``framework``, which is ``framework``. ``help()`` shows that signature
+    and ``function``'s own docstring under a line naming the framework."""
+    neutral = inspect.signature(function)
+    if "framework" not in neutral.parameters:
+        raise TypeError(f"{function.__qualname__} has no framework= parameter to bind")
+    signature = neutral.replace(
+        parameters=[p for p in neutral.parameters.values() if p.name != "framework"]
+    )
+
+    def bound(*args: Any, **kwargs: Any) -> Any:
+        # By name: the neutral function may take `framework` positionally.
+        arguments = signature.bind(*args, **kwargs).arguments
+        return function(framework=framework, **arguments)
+
+    bound.__name__ = bound.__qualname__ = function.__name__
+    bound.__module__ = module
+    bound.__signature__ = signature  # type: ignore[attr-defined]
+    bound.__doc__ = (
+        f"{function.__name__} for {adapter_for(framework).LABEL} arrays: "
+        f":func:`{function.__module__}.{function.__name__}` with "
+        f"``framework={framework!r}``.\n\n{inspect.getdoc(function) or ''}"
+    )
+    return bound
+
+
 # MARK: saving ----------------------------------------------------------------
 
 
 def to_neutral(adapter: ModuleType, tensors: Any) -> Dict[str, _writer.Tensor]:
     """The writer's tensors for a dict of framework arrays, every input checked."""
-    adapter.check_tensors(tensors)
+    from_array = adapter.from_array
     out: Dict[str, _writer.Tensor] = {}
-    for name, value in tensors.items():
-        check_tensor_name(name)
-        if name in out:  # a Mapping whose items() repeats a name
-            raise error(f"tensor {name!r}: two tensors have the same name")
-        out[name] = adapter.from_array(name, value)
+    with _collector_paused():
+        adapter.check_tensors(tensors)
+        for name, value in tensors.items():
+            if type(name) is not str or name == "__metadata__":
+                check_tensor_name(name)  # raises with the reason
+            if name in out:  # a Mapping whose items() repeats a name
+                raise error(f"tensor {name!r}: two tensors have the same name")
+            out[name] = from_array(name, value)
     return out
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the block, and back on after it
+    on every path (only if it was on before). The loop above makes a few
+    small objects per tensor and no cycle, yet with 100,000 tensors their
+    count alone starts full collections of the whole heap (a tenth of a
+    second each with torch imported). The collector's switch is global: a
+    thread that turns it off while this block runs finds it on again after;
+    reference counting frees everything as usual meanwhile."""
+    was_on = gc.isenabled()
+    if was_on:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def save(framework: str, tensors: Any, metadata: Optional[Mapping[str, str]] = None) -> bytes:
@@ -79,13 +150,20 @@ def save_file(
     metadata: Optional[Mapping[str, str]] = None,
     *,
     digests: bool = False,
-) -> None:
-    """Writes ``tensors`` to ``filename`` atomically (see ``safetensors_c.save_file``)."""
+    background: bool = False,
+) -> Optional[_background.SaveHandle]:
+    """Writes ``tensors`` to ``filename`` atomically (see ``safetensors_c.save_file``).
+    With ``background=True`` the tensors are snapshotted, the file is written
+    on a background thread and the returned handle tells when it is done."""
     neutral = to_neutral(adapter_for(framework), tensors)
     path = fs_path(filename)
+    if background:
+        return _background.save(neutral, metadata, path, digests=digests)
     if digests:
         metadata = add_digests(neutral, metadata)  # code, shape and bytes of each
+    _background.wait_for_pending(path)  # saves to one path land in call order
     _writer.write(neutral, metadata, path)
+    return None
 
 
 # MARK: loading ---------------------------------------------------------------
@@ -134,7 +212,7 @@ def load_file(
     filename: Any,
     device: Any = "cpu",
     *,
-    backend: str = "mmap",
+    backend: str = "auto",
     storage_options: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Every tensor of ``filename`` (a path, URL or binary file), in file order.
@@ -187,7 +265,7 @@ def _not_safetensors_error(exc: SafetensorError, filename: Any,
                            adapter: ModuleType) -> Optional[SafetensorError]:
     """A SafetensorError for an index or a pickle that says what to call
     instead (same code), or None for any other error."""
-    if getattr(exc, "code", None) != "STC_ERR_NOT_SAFETENSORS":
+    if getattr(exc, "code", None) != error_codes.NOT_SAFETENSORS:
         return None
     text = str(exc)
     shown = repr(os.fsdecode(filename)) if isinstance(filename, (str, bytes, os.PathLike)) \
@@ -200,7 +278,7 @@ def _not_safetensors_error(exc: SafetensorError, filename: Any,
                 f"(or safetensors_c.convert.convert), which reads it without running its code")
     else:
         return None
-    redirected = error(f"{text}; {hint}", "STC_ERR_NOT_SAFETENSORS")
+    redirected = error(f"{text}; {hint}", error_codes.NOT_SAFETENSORS)
     for key, value in vars(exc).items():  # where it happened, as the core said
         setattr(redirected, key, value) if key != "code" else None
     return redirected

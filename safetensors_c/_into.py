@@ -1,14 +1,18 @@
 """Reading tensors straight into memory the caller already owns.
 
-Floor 2 of the package, next to the reader. :func:`load_into` takes a
+:func:`load_into` takes a
 reader (see :mod:`safetensors_c._reader`) and a mapping of tensor name ->
 destination, checks every destination against the file first (name,
 dtype, shape, size, writability: any mismatch raises before a single byte
-is written), then fills them in parallel on a bounded pool of threads.
-Large tensors are cut into chunks so that one big tensor still keeps every
-worker busy. The copy itself runs in the C core without the GIL: a memcpy
+is written), then fills them all in one call of the C core
+(``read_batch``), which runs every copy on its own threads without the GIL:
+many small tensors are taken together, large ones are cut into chunks so
+that one big tensor still keeps every thread busy. Each copy is a memcpy
 from the mapping (mmap backend) or a pread into the destination (pread
-backend), optionally with O_DIRECT for the aligned middle of each chunk.
+backend), optionally with O_DIRECT for the aligned middle of each chunk,
+and with ``drop_cache`` the copied pages leave the page cache. Byte sources
+(URLs, file objects without a descriptor) are read tensor by tensor on a
+bounded pool of Python threads instead.
 
 A destination is a writable, C-contiguous NumPy array whose dtype and shape
 are the tensor's, or a :class:`Destination` naming the expected dtype code
@@ -25,13 +29,14 @@ from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _dtypes
+from . import _dtypes, error_codes
 from ._checks import error
 
 __all__ = [
     "Destination",
     "check_destinations",
     "check_workers",
+    "copy_batch",
     "default_workers",
     "fill",
     "load_into",
@@ -70,6 +75,7 @@ class _Target(NamedTuple):
     view: np.ndarray  # the destination's bytes, uint8, 1-d
     begin: int  # offset of the tensor in the data section
     nbytes: int
+    address: int  # of the view's first byte
 
 
 def _byte_view(name: str, buffer: Any) -> np.ndarray:
@@ -139,29 +145,30 @@ def check_destinations(reader: Any, destinations: Mapping[str, Any]) -> List[_Ta
         if not isinstance(name, str):
             raise TypeError(f"tensor names are str, not {type(name).__name__}")
         if name not in reader:
-            raise error(f"{prefix}no tensor named {name!r} in this file", "STC_ERR_NO_SUCH_TENSOR")
+            raise error(f"{prefix}no tensor named {name!r} in this file",
+                        error_codes.NO_SUCH_TENSOR)
         code, shape, _, begin, end = reader.info(name)
         buffer, want_code, want_shape = _expected(name, value)
         if want_code is not None and want_code != code:
             raise error(
                 f"{prefix}tensor {name!r}: the file holds {code}, the destination expects "
                 f"{want_code}",
-                "STC_ERR_DTYPE_MISMATCH",
+                error_codes.DTYPE_MISMATCH,
             )
         if want_shape is not None and tuple(want_shape) != tuple(shape):
             raise error(
                 f"{prefix}tensor {name!r}: the file's shape is {_fmt_shape(shape)}, the "
                 f"destination's is {_fmt_shape(want_shape)}",
-                "STC_ERR_SHAPE_MISMATCH",
+                error_codes.SHAPE_MISMATCH,
             )
         view = _byte_view(name, buffer)
         if view.nbytes != end - begin:
             raise error(
                 f"{prefix}tensor {name!r} holds {end - begin} bytes; its destination has "
                 f"{view.nbytes}",
-                "STC_ERR_SIZE_MISMATCH",
+                error_codes.SIZE_MISMATCH,
             )
-        targets.append(_Target(name, view, begin, end - begin))
+        targets.append(_Target(name, view, begin, end - begin, view.ctypes.data))
     _check_disjoint(targets)
     targets.sort(key=lambda t: t.begin)
     return targets
@@ -169,9 +176,7 @@ def check_destinations(reader: Any, destinations: Mapping[str, Any]) -> List[_Ta
 
 def _check_disjoint(targets: Sequence[_Target]) -> None:
     """Two destinations sharing memory would race (and one would lose)."""
-    spans = sorted(
-        (t.view.ctypes.data, t.view.ctypes.data + t.nbytes, t.name) for t in targets if t.nbytes
-    )
+    spans = sorted((t.address, t.address + t.nbytes, t.name) for t in targets if t.nbytes)
     for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
         if start < end:
             raise ValueError(
@@ -249,6 +254,7 @@ def load_into(
     max_workers: Optional[int] = None,
     chunk_size: Optional[int] = None,
     direct_fd: Optional[int] = None,
+    drop_cache: bool = False,
 ) -> None:
     """Fills each destination with its tensor's bytes from ``reader``.
 
@@ -258,13 +264,14 @@ def load_into(
     ``chunk_size`` is the largest piece one thread copies at a time (default:
     about a quarter of each worker's share, between 1 MiB and 64 MiB);
     ``direct_fd`` (from :func:`open_direct`) reads through O_DIRECT where
-    the destination's address and the file offset allow it. If a read
-    fails, the first error is raised once the running pieces have stopped;
-    destinations may then hold part of the data.
+    the destination's address and the file offset allow it; ``drop_cache``
+    drops each tensor's pages from the page cache once copied (see
+    :func:`copy_batch`). If a read fails, the first error is raised once the
+    running pieces have stopped; destinations may then hold part of the data.
     """
     targets = check_destinations(reader, destinations)
     fill(reader, targets, max_workers=check_workers(max_workers), chunk_size=chunk_size,
-         direct_fd=direct_fd)
+         direct_fd=direct_fd, drop_cache=drop_cache)
 
 
 def fill(
@@ -274,31 +281,23 @@ def fill(
     max_workers: int,
     chunk_size: Optional[int] = None,
     direct_fd: Optional[int] = None,
+    drop_cache: bool = False,
 ) -> None:
     """The writing half of :func:`load_into`: copies the work that
     :func:`check_destinations` returned (callers that must know whether
     anything was written check first, then fill)."""
     if not targets:
         return
-    read_into = getattr(reader, "read_into", None)
-    data_start = int(getattr(reader, "data_start", 0))
-    pieces = _chunks(targets, data_start, max_workers, chunk_size)
+    if hasattr(reader, "read_batch"):
+        copy_batch(reader, [t.name for t in targets], [t.address for t in targets],
+                   [t.nbytes for t in targets], max_workers=max_workers,
+                   chunk_size=chunk_size, direct_fd=direct_fd, drop_cache=drop_cache)
+        return
+    # A byte source: one read per tensor, copied into its destination.
+    pieces = [(t, 0, t.nbytes) for t in targets]
 
-    if read_into is None:
-        # A byte source: one read per tensor, copied into its destination.
-        pieces = [(t, 0, t.nbytes) for t in targets]
-
-        def run(piece: Tuple[_Target, int, int]) -> None:
-            _copy_from_source(reader, *piece)
-    elif direct_fd is not None:
-        def run(piece: Tuple[_Target, int, int]) -> None:
-            target, offset, length = piece
-            read_into(target.name, target.view[offset:offset + length], offset,
-                      direct_fd=direct_fd)
-    else:
-        def run(piece: Tuple[_Target, int, int]) -> None:
-            target, offset, length = piece
-            read_into(target.name, target.view[offset:offset + length], offset)
+    def run(piece: Tuple[_Target, int, int]) -> None:
+        _copy_from_source(reader, *piece)
 
     workers = min(max_workers, len(pieces))
     if workers == 1:
@@ -306,6 +305,30 @@ def fill(
             run(piece)
         return
     _run_parallel(run, pieces, workers)
+
+
+def copy_batch(
+    reader: Any,
+    names: List[str],
+    addresses: List[int],
+    lengths: List[int],
+    *,
+    max_workers: int,
+    chunk_size: Optional[int] = None,
+    direct_fd: Optional[int] = None,
+    drop_cache: bool = False,
+) -> None:
+    """Copies each whole tensor ``names[i]`` of ``reader`` (an opened file)
+    to ``lengths[i]`` bytes at ``addresses[i]``, in one call of the core on
+    up to ``max_workers`` threads without the GIL. The binding checks every
+    destination before a byte moves (its size is the tensor's; it is
+    writable memory of this process, apart from the others); the caller
+    keeps the memory alive until this returns. ``drop_cache`` drops the
+    copied pages from the page cache (for a mapped file the bytes are then
+    read with pread, which leaves no page mapped)."""
+    reader.read_batch(names, addresses, lengths, threads=max_workers,
+                      chunk_size=0 if chunk_size is None else max(1, int(chunk_size)),
+                      drop_cache=drop_cache, direct_fd=-1 if direct_fd is None else direct_fd)
 
 
 def _run_parallel(run, pieces: Sequence[Any], workers: int) -> None:

@@ -1,9 +1,9 @@
 """``safe_open``: lazy, zero-copy access to the tensors of one file, for
 every framework.
 
-Floor 3 of the package. One class serves every framework: it holds a
-neutral reader and the framework's adapter, and turns each tensor the
-reader hands out into the framework's array.
+One class serves every framework: a neutral reader plus the framework's
+adapter, which turns each tensor the reader hands out into the framework's
+array.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import _display
+from . import _display, error_codes
 from ._checks import error
 from ._digests import verifying
 from ._frameworks import adapter_for, tensors_of
@@ -24,7 +24,7 @@ __all__ = ["FrameworkSlice", "safe_open", "_safe_open_handle"]
 class safe_open:
     """Opens a .safetensors file for lazy, zero-copy reading.
 
-    safe_open(filename, framework="np", device="cpu", *, backend="mmap",
+    safe_open(filename, framework="np", device="cpu", *, backend="auto",
               max_header_size=None, verify_digests=False, allow_bytes_only=False,
               storage_options=None)
 
@@ -34,12 +34,17 @@ class safe_open:
     "tf"/"tensorflow", "paddle", "mlx"; ``device`` is the framework's.
 
     The header is parsed and fully validated here; no tensor is read until
-    asked for. With ``backend="mmap"`` (the default) the first access of a
+    asked for. With ``backend="mmap"`` (what the default, ``"auto"``, picks on
+    local disks and tmpfs) the first access of a
     tensor is a view into one private, copy-on-write mapping of the file:
     writable, and writing never changes the file; a later access of the
     same tensor reads it afresh from the file, so arrays of one handle never
     alias each other. ``backend="pread"`` reads tensors into
-    memory of their own instead, for untrusted or network file systems.
+    memory of their own instead, for untrusted or network file systems;
+    ``"auto"`` picks it on network and FUSE file systems (NFS, SMB, Lustre,
+    FUSE, ...), found with ``fstatfs`` on the opened file, and the
+    environment variable ``SAFETENSORS_C_BACKEND`` changes what ``"auto"``
+    means for the process (never an explicit backend).
     Arrays stay valid after :meth:`close` and after the ``with`` block.
 
     ``verify_digests=True`` checks the tensors against the SHA-256 digests
@@ -64,7 +69,7 @@ class safe_open:
         framework: str = "np",
         device: Any = "cpu",
         *,
-        backend: str = "mmap",
+        backend: str = "auto",
         max_header_size: Optional[int] = None,
         verify_digests: bool = False,
         allow_bytes_only: bool = False,
@@ -83,7 +88,7 @@ class safe_open:
 
     @classmethod
     def _from_reader(cls, reader, framework: str = "np", device: Any = "cpu",
-                     backend: str = "mmap") -> "safe_open":
+                     backend: str = "auto") -> "safe_open":
         self = cls.__new__(cls)
         self._file = None
         self._set_framework(framework, device, backend)
@@ -98,13 +103,26 @@ class safe_open:
 
     # -- lifetime -------------------------------------------------------
 
-    def _handle(self):
+    @property
+    def closed(self) -> bool:
+        """True once the handle is closed, as for a Python file object."""
+        return self._file is None
+
+    @property
+    def reader(self):
+        """The framework-neutral reader behind this handle: the C core's
+        file object for paths and descriptors, a byte-source reader for URLs
+        and other file objects (the same methods: ``keys``, ``offset_keys``,
+        ``info``, ``tensor`` returning NumPy arrays, ``filename``, ...). For
+        code that works below the frameworks, such as ``load_into``, the
+        CLI and statistics. A SafetensorError (``STC_ERR_CLOSED``) once the
+        handle is closed."""
         file = self._file
         if file is None:
             raise error(
                 "this safe_open handle is closed; arrays it returned stay valid, "
                 "but open the file again to read more",
-                "STC_ERR_CLOSED",
+                error_codes.CLOSED,
             )
         return file
 
@@ -122,32 +140,32 @@ class safe_open:
 
     def keys(self) -> List[str]:
         """Tensor names, sorted."""
-        return self._handle().keys()
+        return self.reader.keys()
 
     def offset_keys(self) -> List[str]:
         """Tensor names in the order their data appears in the file."""
-        return self._handle().offset_keys()
+        return self.reader.offset_keys()
 
     def metadata(self) -> Optional[Dict[str, str]]:
         """The file's ``__metadata__``, or None if it has none."""
-        return self._handle().metadata()
+        return self.reader.metadata()
 
     # -- tensors --------------------------------------------------------
 
     def get_tensor(self, name: str):
         """The tensor ``name`` as an array of the handle's framework."""
-        file = self._handle()
+        file = self.reader
         code, shape = file.info(name)[:2]
         self._adapter.check_code(name, code, shape)
         return self._adapter.to_array(name, code, file.tensor(name), self._placement)
 
     def get_tensors(self) -> Dict[str, Any]:
         """Every tensor, in file order."""
-        return tensors_of(self._adapter, self._placement, self._handle())
+        return tensors_of(self._adapter, self._placement, self.reader)
 
     def get_slice(self, name: str):
         """A lazy slice object: index it to read only the part you need."""
-        file = self._handle()
+        file = self.reader
         info = file.info(name)
         if self._adapter.NAME == "numpy":
             return TensorSlice(file, name, info)
@@ -159,17 +177,18 @@ class safe_open:
         return self.get_tensor(name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._handle()
+        return name in self.reader
 
     def __len__(self) -> int:
-        return len(self._handle())
+        return len(self.reader)
 
     def __repr__(self) -> str:
         if self._file is None:
             return "<safetensors_c.safe_open (closed)>"
         return (
             f"<safetensors_c.safe_open {self._file.filename!r}: {len(self._file)} tensors, "
-            f"framework={self._adapter.NAME!r}, backend={self._backend!r}>"
+            f"framework={self._adapter.NAME!r}, "
+            f"backend={getattr(self._file, 'backend', self._backend)!r}>"
         )
 
     def _repr_html_(self) -> str:
@@ -199,7 +218,7 @@ class FrameworkSlice(TensorSlice):
 
 
 def _safe_open_handle(file, framework: str = "np", device: Any = "cpu", *,
-                      backend: str = "mmap", max_header_size: Optional[int] = None) -> safe_open:
+                      backend: str = "auto", max_header_size: Optional[int] = None) -> safe_open:
     """``safe_open`` over an already open binary file object.
 
     A file object backed by a descriptor (``open(path, "rb")``) is mapped or

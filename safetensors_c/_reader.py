@@ -1,9 +1,9 @@
 """The framework-neutral reader: open a source, hand out NumPy arrays.
 
-Floor 2 of the package. :func:`open_source` turns any source into a
-*reader*: a path (mapped or read with pread by the C core), a file image in
-memory, an open binary file object, or a *byte source* (any object with
-``name``, ``size`` and ``read_at(offset, length)``; optionally
+:func:`open_source` turns any source into a *reader* that hands out
+NumPy arrays. A source is a path (mapped or read with pread by the C core),
+a file image in memory, an open binary file object, or a *byte source* (any
+object with ``name``, ``size`` and ``read_at(offset, length)``; optionally
 ``read_ranges([(offset, length), ...])``, which remote storage uses to
 coalesce and parallelise). Every source is validated by the C core, fully,
 before a single tensor byte is read.
@@ -23,18 +23,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core, _display, _dtypes, _remote
+from . import _core, _display, _dtypes, _remote, error_codes
 from ._checks import check_backend, error
 from ._core import SafetensorError
 
 __all__ = ["SliceIndexError", "TensorSlice", "as_source", "open_source"]
-
-# The C core resolves dtypes and marks packed tensors through these hooks.
-_core._set_hooks(_dtypes.numpy_dtype, _dtypes._wrap_packed)
-
-# One speculative read at the start of a byte source usually holds the whole
-# header, so that opening costs one request (two when the header is larger).
-_FIRST_READ = 256 * 1024
 
 
 class SliceIndexError(SafetensorError, IndexError):
@@ -44,18 +37,18 @@ class SliceIndexError(SafetensorError, IndexError):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.code = "STC_ERR_INDEX_OUT_OF_BOUNDS"
+        self.code = error_codes.INDEX_OUT_OF_BOUNDS
 
 
 def open_source(
     source: Any,
     *,
-    backend: str = "mmap",
+    backend: str = "auto",
     max_header_size: Optional[int] = None,
     storage_options: Optional[Dict[str, Any]] = None,
 ):
     """A validated reader for ``source`` (see the module docstring)."""
-    check_backend(backend)
+    backend = check_backend(backend)
     max_header = max_header_size or 0
     if isinstance(source, str) and _remote.is_url(source):
         return SourceReader(_remote.open_url(source, storage_options), max_header)
@@ -90,7 +83,7 @@ def as_source(filename: Any) -> Any:
     )
 
 
-def open_file_object(file: Any, *, backend: str = "mmap", max_header_size: Optional[int] = None):
+def open_file_object(file: Any, *, backend: str = "auto", max_header_size: Optional[int] = None):
     """A reader for an open binary file object.
 
     One backed by a real file descriptor is opened through it (mapped or read
@@ -98,7 +91,7 @@ def open_file_object(file: Any, *, backend: str = "mmap", max_header_size: Optio
     fsspec file, ...) is read through ``seek``/``read``: the header, then
     only the bytes of the tensors asked for.
     """
-    check_backend(backend)
+    backend = check_backend(backend)
     if _remote.is_fsspec_file(file):
         # Read by ranges through its file system, not through its read-ahead buffer.
         return SourceReader(_remote.open_fsspec_file(file), max_header_size or 0)
@@ -162,7 +155,7 @@ class FileObjectSource:
             raise error(
                 f"{self.name}: the file ended after {len(data)} of the {length} bytes at "
                 f"offset {offset} (it is shorter than when it was opened)",
-                "STC_ERR_FILE_CHANGED",
+                error_codes.FILE_CHANGED,
             )
         return data
 
@@ -180,7 +173,7 @@ class SourceReader:
         name = getattr(source, "name", None)
         self.filename = name if isinstance(name, str) else f"<{type(source).__name__}>"
         size = int(source.size)
-        head = bytes(source.read_at(0, min(size, _FIRST_READ)))
+        head = bytes(source.read_at(0, min(size, _remote.DEFAULT_PREFETCH)))
         header_len = _core.header_length(head[:64], size, max_header_size, self.filename)
         need = 8 + header_len
         if need > len(head):
@@ -222,19 +215,16 @@ class SourceReader:
                 raise error(
                     f"{self.filename}: got {len(chunk)} bytes instead of {length} at offset "
                     f"{offset}",
-                    "STC_ERR_FILE_CHANGED",
+                    error_codes.FILE_CHANGED,
                 )
         return chunks
 
     @staticmethod
     def _array(info: tuple, raw: Any) -> np.ndarray:
-        """The array of a tensor (its ``info`` tuple) over its bytes."""
-        code, shape, numpy_shape = info[:3]
+        """The array of a tensor (its ``info`` tuple) over its bytes, in
+        writable memory of its own."""
         data = raw if isinstance(raw, bytearray) else bytearray(raw)
-        array = np.frombuffer(data, dtype=_dtypes.numpy_dtype(code)).reshape(numpy_shape)
-        if code in _dtypes.PACKED_BITS:
-            return _dtypes._wrap_packed(array, code, tuple(shape))
-        return array
+        return _dtypes.array_from_bytes(info[0], info[1], data)
 
     def tensor(self, name: str) -> np.ndarray:
         info = self._file.info(name)
@@ -412,10 +402,7 @@ def _gather_units(view: _View, level: int, out: np.ndarray, budget: int, fetch) 
 def _gather_step(starts, unit, word, inner_shape, inner_strides, destination, places, fetch):
     """Reads the units starting at ``starts`` (increasing) with one fetch of
     coalesced ranges and copies them to ``destination[places]``."""
-    new_range = np.concatenate(([True], starts[1:] - (starts[:-1] + unit) > _GAP))
-    heads = np.flatnonzero(new_range)
-    lows = starts[heads]
-    highs = np.concatenate((starts[heads[1:] - 1], starts[-1:])) + unit
+    owner, lows, highs = _remote.coalesce(starts, starts + unit, _GAP)
     ranges = [(lo, hi - lo) for lo, hi in zip(lows.tolist(), highs.tolist())]
     chunks = [np.frombuffer(chunk, dtype=word) for chunk in fetch(ranges)]
     if len(starts) == 1:
@@ -423,7 +410,6 @@ def _gather_step(starts, unit, word, inner_shape, inner_strides, destination, pl
     else:
         width = word.itemsize
         packed = np.empty((len(starts), unit // width), dtype=word)
-        owner = np.cumsum(new_range) - 1
         for j, (start, k) in enumerate(zip(starts.tolist(), owner.tolist())):
             at = (start - ranges[k][0]) // width
             packed[j] = chunks[k][at:at + unit // width]
@@ -471,6 +457,16 @@ class TensorSlice:
     def get_dtype(self) -> str:
         """The format's dtype code, e.g. ``"F32"``."""
         return self._code
+
+    @property
+    def name(self) -> str:
+        """The tensor's name in the file."""
+        return self._name
+
+    @property
+    def nbytes(self) -> int:
+        """The tensor's size in the file, in bytes."""
+        return self._end - self._begin
 
     @property
     def shape(self) -> Tuple[int, ...]:

@@ -1,9 +1,9 @@
 """The framework-neutral writer, and the reference's raw-bytes API.
 
-Floor 2 of the package. Every framework module turns its arrays into
-:class:`Tensor` values (format dtype code, logical shape, an ndarray holding
-the bytes) and hands them to :func:`write`; the C core plans the layout,
-emits the header and streams the bytes, with the GIL released.
+Every framework module turns its arrays into :class:`Tensor` values
+(format dtype code, logical shape, an ndarray holding the bytes) and hands
+them to :func:`write`; the C core plans the layout, emits the header and
+streams the bytes, with the GIL released.
 
 :func:`serialize`, :func:`serialize_file`, :func:`deserialize` and
 :class:`TensorSpec` are the ``safetensors`` package's top-level functions,
@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _core, _dtypes
+from . import _core, _dtypes, error_codes
 from ._checks import check_metadata, check_tensor_name, error, fs_path
 
 __all__ = [
@@ -54,13 +54,15 @@ def write(
     and metadata are checked here; every framework module calls this.
     """
     metadata = check_metadata(metadata)
-    names, codes, shapes, arrays = [], [], [], []
-    for name, tensor in tensors.items():
-        check_tensor_name(name)
-        names.append(name)
-        codes.append(tensor.code)
-        shapes.append(tuple(int(d) for d in tensor.shape))
-        arrays.append(tensor.data)
+    names = list(tensors)
+    if "__metadata__" in tensors or not all(type(name) is str for name in names):
+        for name in names:
+            check_tensor_name(name)  # raises with the reason
+    values = list(tensors.values())
+    # The core takes any sequence of integers as a shape and checks each.
+    codes = [tensor.code for tensor in values]
+    shapes = [tensor.shape for tensor in values]
+    arrays = [tensor.data for tensor in values]
     return _core.save(names, codes, shapes, arrays, metadata, path)
 
 
@@ -134,7 +136,7 @@ class TensorSpec:
             raise error(
                 f"dtype {dtype!r} is not one a safetensors file can hold; use one of "
                 + ", ".join(_CODE_BY_DTYPE_NAME),
-                "STC_ERR_UNSUPPORTED_DTYPE",
+                error_codes.UNSUPPORTED_DTYPE,
             )
         dims = [_non_negative(d, "shape entries") for d in shape]
         if dtype == "float4_e2m1fn_x2":

@@ -48,8 +48,8 @@ from .diff import diff as diff_checkpoints
 from .numpy import load_file, save_file
 from .scan import scan
 from .stats import stats as tensor_stats
-from .sharded import (INDEX_SUFFIX, _remove_stale, _remove_unbound_index, safe_open_sharded,
-                      wants_progress)
+from .sharded import (INDEX_SUFFIX, remove_stale_shards, remove_unbound_index,
+                      safe_open_sharded, wants_progress)
 
 PROG = "safetensors-c"
 #: the exit status of a command whose output pipe was closed (128 + SIGPIPE)
@@ -125,8 +125,8 @@ def _inspect_data(path: str) -> dict:
         file = open_source(path)
         return {"file": path, "metadata": file.metadata(), "tensors": _file_rows(file)}
     with safe_open_sharded(path) as f:  # every shard's header, read once
-        rows = [row for shard, handle in f._open_shards().items()
-                for row in _file_rows(handle._handle(), shard)]
+        rows = [row for shard, handle in f.shards.items()
+                for row in _file_rows(handle.reader, shard)]
         return {"file": path, "metadata": f.index_metadata(), "tensors": rows}
 
 
@@ -258,11 +258,11 @@ def _verify_one(path: str, args) -> dict:
     OSError or ValueError for a bad file."""
     if _is_sharded(path):
         with safe_open_sharded(path) as f:  # the index against every shard's header
-            shards = f._open_shards()
+            shards = f.shards
             schemes = []
             for name, handle in shards.items():
                 try:
-                    schemes.append(_check_digests(handle._handle(), name, args))
+                    schemes.append(_check_digests(handle.reader, name, args))
                 except _Failure as exc:
                     raise _Failure(f"shard {name!r}: {exc}") from None
             count = len(f)
@@ -278,7 +278,7 @@ def _verify_one(path: str, args) -> dict:
                 + "; their digests were removed, or shards of different saves were mixed")
         return {"tensors": count, "shards": len(shards), "schemes": schemes}
     with safe_open(path, framework="np") as f:
-        scheme = _check_digests(f._handle(), path, args)
+        scheme = _check_digests(f.reader, path, args)
         count = len(f)
     return {"tensors": count, "shards": None, "schemes": [scheme]}
 
@@ -470,11 +470,11 @@ def _move_directory_into_place(staging: str, dst: str, sharded_save: bool) -> No
     names = sorted(os.listdir(staging), key=lambda name: (name.endswith(".json"), name))
     index = "model" + INDEX_SUFFIX
     if sharded_save and index in names:
-        _remove_unbound_index(os.path.join(dst, index))
+        remove_unbound_index(os.path.join(dst, index))
     for name in names:
         os.replace(os.path.join(staging, name), os.path.join(dst, name))
     if sharded_save:
-        _remove_stale(dst, "model", set(names), remove_index=index not in names)
+        remove_stale_shards(dst, "model", set(names), remove_index=index not in names)
     _sync_directory(dst)
     os.rmdir(staging)
 

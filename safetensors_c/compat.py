@@ -19,8 +19,8 @@ What the switch hands out:
   reference release whose API and format safetensors_c implements. Clients compare it to pick
   the API they call (huggingface_hub passes ``device=`` to ``load_model`` only from 0.4.3 on);
   safetensors_c's own version is ``__safetensors_c_version__``.
-- ``safetensors.torch``, ``.numpy``, ``.flax``, ``.tensorflow``, ``.paddle``, ``.mlx``: the
-  safetensors_c module of the same name, the very same object.
+- ``safetensors.<framework>`` for each framework module of safetensors_c (listed below, from
+  the framework registry): the safetensors_c module of the same name, the very same object.
 - ``safetensors._safetensors_rust``: a module of the names the reference's compiled core exports.
 """
 
@@ -37,6 +37,7 @@ import warnings
 from typing import Any
 
 import safetensors_c
+from safetensors_c._frameworks import PUBLIC_MODULES
 
 __all__ = ["REFERENCE_VERSION", "CompatWarning", "active", "install", "is_alias", "uninstall"]
 
@@ -47,15 +48,12 @@ REFERENCE_VERSION = "0.8.0"
 _TOP = "safetensors"
 _RUST = "safetensors._safetensors_rust"
 
-#: ``safetensors.<name>`` -> the safetensors_c module that stands in for it.
-_SUBMODULES = {
-    "safetensors.torch": "safetensors_c.torch",
-    "safetensors.numpy": "safetensors_c.numpy",
-    "safetensors.flax": "safetensors_c.flax",
-    "safetensors.tensorflow": "safetensors_c.tensorflow",
-    "safetensors.paddle": "safetensors_c.paddle",
-    "safetensors.mlx": "safetensors_c.mlx",
-}
+#: ``safetensors.<name>`` -> the safetensors_c module that stands in for it: one per framework
+#: module in the registry.
+_SUBMODULES = {f"{_TOP}.{name}": f"safetensors_c.{name}" for name in PUBLIC_MODULES}
+
+if __doc__:  # None under python -OO
+    __doc__ += "\nThe framework submodules: " + ", ".join(f"``{n}``" for n in _SUBMODULES) + ".\n"
 
 #: The names the reference's top-level module (and its compiled core) exports.
 _REFERENCE_NAMES = (

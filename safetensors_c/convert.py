@@ -53,7 +53,6 @@ import os
 import re
 import shutil
 import stat
-import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -61,24 +60,33 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import _dtypes, _writer
+from ._adapters.numpy import from_array as _neutral_tensor
+from ._archive import open_regular
+# The reader's names stay private here: convert's public names are its __all__.
+from ._checkpoint import (
+    Storage as _Storage,
+    describe_findings as _describe_findings,
+    element_size as _element_size,
+    flatten as _flatten,
+    map_file as _map_file,
+    materialize as _materialize,
+    numel as _numel,
+    read_tree as _read_tree,
+    select_part as _select_part,
+)
+from ._checks import fs_path
+from ._core import SafetensorError
 from ._pickle_vm import (
     ALLOWED_GLOBALS,
-    ConversionError,
-    Finding,
     STATE_METADATA_ATTRIBUTE,
-    Machine,
-    OrderedDictData,
+    ConversionError,
     PendingArray,
-    StorageType,
     TensorRef,
     UnsafePickleError,
 )
-from ._archive import ArchiveError, Source, ZipArchive, npy_header, open_regular
-from ._adapters.numpy import from_array as _neutral_tensor
-from ._checks import fs_path
 from ._terminal import escape_message, escape_name
 from .scan import MAX_PICKLE_MEMBER, ScanReport, scan, scan_buffer
-from .sharded import save_sharded
+from .sharded import MAX_INDEX_SIZE, parse_index, save_sharded
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -92,25 +100,6 @@ __all__ = [
     "safetensors_name",
     "scan",
 ]
-
-_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_MAX_DEPTH = 64
-_MAX_NODES = 5_000_000
-
-# torch dtype name -> NumPy dtype of its elements (float4 x2: one byte per element)
-_TORCH_NUMPY = {
-    "bool": "?", "uint8": "u1", "int8": "i1", "int16": "<i2", "uint16": "<u2",
-    "int32": "<i4", "uint32": "<u4", "int64": "<i8", "uint64": "<u8",
-    "float16": "<f2", "float32": "<f4", "float64": "<f8",
-    "complex64": "<c8", "complex128": "<c16", "float4_e2m1fn_x2": "u1",
-}
-
-
-def _torch_numpy_dtype(name: str) -> np.dtype:
-    if name in _TORCH_NUMPY:
-        return np.dtype(_TORCH_NUMPY[name])
-    return np.dtype(getattr(_dtypes._ml_dtypes(), name))
-
 
 # MARK: reports -------------------------------------------------------------
 
@@ -158,191 +147,7 @@ def _is_module_versions(name: str) -> bool:
         and not name.endswith("]")
 
 
-# MARK: reading the source ---------------------------------------------------
-
-
-class _Storage:
-    """A torch storage: its element dtype and, once known, its bytes."""
-
-    __slots__ = ("key", "dtype", "numel", "data")
-
-    def __init__(self, key: str, dtype: str, numel: Any) -> None:
-        self.key = key
-        self.dtype = dtype
-        self.numel = numel
-        self.data: Any = None
-
-
-def _map_file(path: str):
-    """A read-only mapping of a regular file (FIFOs, devices and sockets are refused
-    before anything is read; the descriptor checked is the one mapped)."""
-    source = Source(path)
-    if source.mapping is None:
-        raise ConversionError(f"{path}: the file is empty")
-    return source.mapping
-
-
-def _read_torch_zip(path, archive: ZipArchive, buffers):
-    """PyTorch's zip format, members found as PyTorch's reader finds them (the archive
-    name is the first member's directory; names compared ignoring case), each read
-    no further than what data.pkl declares for it."""
-    archive.check()
-    first = archive.members[0].name if archive.members else ""
-    prefix = first.split("/", 1)[0] + "/" if "/" in first else ""
-    pkl = archive.find_one(prefix + "data.pkl") if prefix else None
-    if pkl is None:
-        raise ConversionError(f"{path}: not a PyTorch zip checkpoint (no {prefix}data.pkl)")
-    order_member = archive.find_one(prefix + "byteorder")
-    if order_member is not None:
-        order = bytes(archive.read(order_member, 64)).strip()
-        if order != b"little":
-            raise ConversionError(f"{path}: big-endian PyTorch checkpoints are not supported")
-    storages: dict[str, _Storage] = {}
-
-    def persistent_load(pid):
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise ConversionError(f"{path}: unsupported persistent id {pid!r:.80}")
-        typ, key, _location, numel = pid[1:5]
-        if not isinstance(typ, StorageType) or not isinstance(key, str):
-            raise ConversionError(f"{path}: unsupported storage reference {pid!r:.80}")
-        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
-            raise ConversionError(f"{path}: storage {key!r}: bad element count {numel!r:.40}")
-        storage = storages.get(key)
-        if storage is None:
-            member = archive.find_one(prefix + "data/" + key) if "/" not in key else None
-            if member is None:
-                raise ConversionError(f"{path}: storage {key!r} is missing from the archive")
-            nbytes = numel * _element_size(typ.name)
-            if member.size != nbytes:
-                raise ArchiveError(
-                    f"{path}: member {member.name!r} holds {member.size} bytes, but data.pkl "
-                    f"declares {numel} elements of {typ.name} ({nbytes} bytes)", member.name)
-            storage = _Storage(key, typ.name, numel)
-            # stored members are views of the mapping; deflated ones are inflated up to
-            # the declared size and no further
-            storage.data = archive.read(member, nbytes, crc=member.method != 0)
-            storages[key] = storage
-        return storage
-
-    data = archive.read(pkl, MAX_PICKLE_MEMBER)
-    return _run_strict(data, pkl.name, path, persistent_load=persistent_load)
-
-
-def _read_npz(path, archive: ZipArchive) -> dict:
-    """Each member as np.load reads it: by its content, never past its npy header's size."""
-    archive.check()
-    arrays = {}
-    for member in archive.members:
-        label = f"{path}: member {member.name!r}"
-        header = npy_header(archive.head(member, 65536 + 16), label)
-        need = header.data_offset + header.nbytes
-        if member.size != need:
-            raise ArchiveError(f"{label}: its .npy header declares {need} bytes, the member "
-                               f"holds {member.size}", member.name)
-        key = member.name[:-4] if member.name.endswith(".npy") else member.name
-        if key in arrays:
-            raise ArchiveError(f"{label}: two members give the array name {key!r}",
-                               member.name)
-        arrays[key] = _npy_array(archive.read(member, need), label)
-    return arrays
-
-
-def _read_torch_legacy(path, view, pos):
-    machine_kwargs = dict(label="legacy PyTorch checkpoint")
-    proto, pos = _run_at(view, pos, **machine_kwargs)
-    sys_info, pos = _run_at(view, pos, **machine_kwargs)
-    if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
-        raise ConversionError(f"{path}: only little-endian legacy PyTorch checkpoints are supported")
-    storages: dict[str, _Storage] = {}
-
-    def persistent_load(pid):
-        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-            raise ConversionError(f"{path}: unsupported persistent id {pid!r:.80}")
-        typ, key, _location, numel, view_metadata = pid[1:]
-        if not isinstance(typ, StorageType) or not isinstance(key, str):
-            raise ConversionError(f"{path}: unsupported storage reference {pid!r:.80}")
-        if view_metadata is not None:
-            raise ConversionError(f"{path}: storage views (PyTorch < 0.4 files) are not supported")
-        return storages.setdefault(key, _Storage(key, typ.name, numel))
-
-    obj, pos = _run_strict_at(view, pos, "the legacy checkpoint's main pickle", path,
-                              persistent_load=persistent_load)
-    keys, pos = _run_at(view, pos, **machine_kwargs)
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise ConversionError(f"{path}: bad storage key list")
-    for key in keys:
-        if pos + 8 > len(view):
-            raise ConversionError(f"{path}: truncated storage {key!r}")
-        (numel,) = struct.unpack("<q", view[pos : pos + 8])
-        pos += 8
-        storage = storages.get(key)
-        if storage is None:
-            raise ConversionError(f"{path}: storage {key!r} is not used by any tensor")
-        nbytes = numel * _torch_numpy_dtype(storage.dtype).itemsize
-        if numel < 0 or pos + nbytes > len(view):
-            raise ConversionError(f"{path}: storage {key!r} runs past the end of the file")
-        storage.data = view[pos : pos + nbytes]
-        pos += nbytes
-    missing = [k for k, s in storages.items() if s.data is None]
-    if missing:
-        raise ConversionError(f"{path}: storages {missing[:5]} have no data")
-    return obj
-
-
-def _run_at(view, pos, **kwargs):
-    machine = Machine(view, pos, **kwargs)
-    return machine.run(), machine.pos
-
-
-def _run_strict_at(view, pos, label, path, **kwargs):
-    try:
-        return _run_at(view, pos, label=label, **kwargs)
-    except UnsafePickleError as exc:
-        found = [f for f in _scan_one(view, pos, label) if not f.safe]
-        detail = _describe(found) if found else str(exc)
-        raise UnsafePickleError(
-            f"{path}: {label} uses {detail}; refusing to convert (nothing was executed and "
-            f"nothing was written)",
-            exc.found,
-        ) from None
-
-
-def _run_strict(data, label, path, **kwargs):
-    return _run_strict_at(memoryview(data).cast("B"), 0, label, path, **kwargs)[0]
-
-
-def _describe(findings: list[Finding]) -> str:
-    names = []
-    for f in findings:
-        if f.kind == "global":
-            names.append(f"global {escape_name(f.name)}")
-        elif f.kind == "opcode":
-            names.append(f"opcode {f.name} ({escape_message(f.note)})" if f.note
-                         else f"opcode {f.name}")
-        else:
-            names.append(escape_name(f.name))
-    names = list(dict.fromkeys(names))
-    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-    return shown + " (not on the allow-list)"
-
-
-def _npy_array(data: Any, label: str) -> np.ndarray:
-    view = memoryview(data).cast("B")
-    header = npy_header(view, label)
-    shape, fortran, dtype = header.shape, header.fortran, header.dtype
-    if dtype.hasobject:
-        raise UnsafePickleError(
-            f"{label}: an object array (loading it would need pickle); refused", "object array"
-        )
-    count = header.count
-    start = header.data_offset
-    need = header.nbytes
-    if len(view) - start != need:
-        raise ConversionError(
-            f"{label}: the array needs {need} bytes of data, the file has {len(view) - start}"
-        )
-    flat = np.frombuffer(view[start:], dtype=dtype, count=count)
-    return flat.reshape(shape, order="F" if fortran else "C")
+# MARK: reading the source: what scan calls safe ------------------------------
 
 
 def _refuse_unless_safe(path: str, report: ScanReport) -> None:
@@ -360,7 +165,7 @@ def _refuse_unless_safe(path: str, report: ScanReport) -> None:
         where = escape_name(bad[0].where or os.path.basename(path))
         found = f"opcode {bad[0].name}" if bad[0].kind == "opcode" else bad[0].name
         raise UnsafePickleError(
-            f"{path}: {where} uses {_describe(bad)}; refusing to convert (nothing was "
+            f"{path}: {where} uses {_describe_findings(bad)}; refusing to convert (nothing was "
             f"executed and nothing was written)", found)
     raise ConversionError(f"{path}: cannot be analysed completely, so it is not converted: "
                           f"{shown}")
@@ -373,155 +178,15 @@ def _read_source(path: str, mm, buffers, name: str | None):
     stem = name or os.path.splitext(os.path.basename(path))[0]
     try:
         report = scan_buffer(view, path)
-        kind = report.kind
-        if kind == "safetensors" and report.verdict == "safe":
+        if report.kind == "safetensors" and report.verdict == "safe":
             raise ConversionError(f"{path}: already a .safetensors file; nothing to convert")
         _refuse_unless_safe(path, report)
-        if kind == "pytorch zip":
-            return kind, _read_torch_zip(path, ZipArchive(view, path), buffers)
-        if kind == "npz":
-            return kind, _read_npz(path, ZipArchive(view, path))
-        if kind == "zip":
-            raise ConversionError(
-                f"{path}: a zip archive that is neither a PyTorch checkpoint nor .npz")
-        if kind == "npy":
-            return kind, {stem: _npy_array(view, path)}
-        if kind == "pytorch tar":
-            raise ConversionError(
-                f"{path}: a PyTorch checkpoint in the legacy tar format (PyTorch before "
-                f"0.1.10); converting it is not supported")
-        if kind not in ("pickle", "joblib", "pytorch legacy"):
-            raise ConversionError(
-                f"{path}: not a PyTorch checkpoint, pickle, joblib, .npy or .npz file "
-                f"(found: {kind})")
-        first, pos = _run_strict_at(view, 0, "pickle", path, buffers=buffers)
-        if first == _TORCH_LEGACY_MAGIC and type(first) is int:
-            return "pytorch legacy", _read_torch_legacy(path, view, pos)
-        if isinstance(first, (PendingArray, TensorRef)):
-            first = {stem: first}
-        return kind, first
+        return _read_tree(path, view, report.kind, buffers, stem, MAX_PICKLE_MEMBER)
     except MemoryError:
         raise ConversionError(f"{path}: not enough memory to read it") from None
 
 
-
-def _element_size(tdtype: str) -> int:
-    return _torch_numpy_dtype(tdtype).itemsize
-
-
-def _numel(shape: tuple) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count
-
-
-def _materialize(ref: TensorRef, name: str) -> np.ndarray:
-    storage = ref.storage
-    if not isinstance(storage, _Storage) or storage.data is None:
-        raise ConversionError(f"tensor {name!r}: its storage is missing")
-    tdtype = ref.dtype or storage.dtype
-    dtype = _torch_numpy_dtype(tdtype)
-    data = memoryview(storage.data).cast("B")
-    size, stride, offset = ref.size, ref.stride, ref.offset
-    if len(size) != len(stride):
-        raise ConversionError(f"tensor {name!r}: size and stride differ in length")
-    if 0 in size:
-        array = np.empty(size, dtype=dtype)
-    else:
-        last = offset + sum((s - 1) * st for s, st in zip(size, stride))
-        if (last + 1) * dtype.itemsize > data.nbytes:
-            raise ConversionError(
-                f"tensor {name!r}: its view (offset {offset}, size {list(size)}, stride "
-                f"{list(stride)}) reaches past its storage of {data.nbytes} bytes"
-            )
-        # as_strided goes through the array interface, which cannot name the
-        # ml_dtypes types: stride a same-sized integer type and view it back.
-        carrier = dtype if dtype.type.__module__ != "ml_dtypes" else np.dtype(f"<u{dtype.itemsize}")
-        flat = np.frombuffer(data, dtype=carrier, count=data.nbytes // dtype.itemsize)
-        array = np.lib.stride_tricks.as_strided(
-            flat[offset:], shape=size, strides=tuple(st * dtype.itemsize for st in stride),
-            writeable=False,
-        )
-        if carrier is not dtype:
-            array = array.view(dtype)
-    if tdtype == "float4_e2m1fn_x2":
-        if not size:
-            raise ConversionError(f"tensor {name!r}: a 0-d float4_e2m1fn_x2 tensor")
-        array = _dtypes.packed(np.ascontiguousarray(array), "F4", size[:-1] + (2 * size[-1],))
-    return array
-
-
-class _Attribute:
-    """An attribute restored on a container (a state_dict's ``_metadata``)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-def _flatten(tree: Any, kind: str = ""):
-    """Walks the object tree: (found, scalars, skipped).
-
-    ``found`` maps each flattened name to a :class:`TensorRef` (not read
-    yet) or an ndarray. ``scalars`` holds the plain values met on the way,
-    and each state_dict's ``_metadata`` as ``"<prefix>._metadata"``.
-    """
-    found: dict[str, Any] = {}
-    scalars: dict[str, Any] = {}
-    skipped: list[str] = []
-    nodes = 0
-    pending = [("", tree, 0)]
-    while pending:
-        prefix, value, depth = pending.pop()
-        nodes += 1
-        if nodes > _MAX_NODES:
-            raise ConversionError("the checkpoint's object tree is too large (shared containers?)")
-        if depth > _MAX_DEPTH:
-            raise ConversionError(
-                f"the checkpoint nests deeper than {_MAX_DEPTH} levels at {prefix!r} "
-                f"(a cycle?)"
-            )
-        if isinstance(value, _Attribute):
-            if prefix in found or prefix in scalars:
-                skipped.append(prefix)  # a key of the same name wins over the attribute
-            else:
-                scalars[prefix] = value.value
-            continue
-        if isinstance(value, dict):
-            items = []
-            for key, item in value.items():
-                if isinstance(key, bool) or not isinstance(key, (str, int)):
-                    skipped.append(f"{prefix}[{key!r:.40}]")
-                    continue
-                items.append((f"{prefix}.{key}" if prefix else str(key), item, depth + 1))
-            if isinstance(value, OrderedDictData) and value.state_metadata is not None:
-                name = STATE_METADATA_ATTRIBUTE
-                name = f"{prefix}.{name}" if prefix else name
-                items.append((name, _Attribute(value.state_metadata), depth + 1))
-            pending.extend(reversed(items))
-            continue
-        if isinstance(value, (list, tuple)):
-            items = [(f"{prefix}.{i}" if prefix else str(i), item, depth + 1)
-                     for i, item in enumerate(value)]
-            pending.extend(reversed(items))
-            continue
-        if isinstance(value, (PendingArray, TensorRef, np.ndarray)):
-            if prefix in found or prefix in scalars:
-                raise ConversionError(f"two values flatten to the same name {prefix!r}")
-            if isinstance(value, PendingArray) and value.array is None:
-                raise ConversionError(f"array {prefix!r} was never filled in")
-            # The object itself is what a pickle memoizes: the same one twice is an alias.
-            found[prefix] = value
-            continue
-        if value is None or isinstance(value, (str, int, float, bool)):
-            if prefix in found or prefix in scalars:
-                raise ConversionError(f"two values flatten to the same name {prefix!r}")
-            scalars[prefix or "value"] = value
-            continue
-        skipped.append(prefix)
-    return found, scalars, skipped
+# MARK: what is written ---------------------------------------------------------
 
 
 def _view_key(value: Any) -> tuple:
@@ -625,37 +290,6 @@ def _check_expansion(path: str, found: dict[str, Any], allow_expansion: bool) ->
     return total
 
 
-def _select(path: str, tree: Any, select: str) -> tuple[Any, list[str]]:
-    """The part of ``tree`` at the dotted path ``select``; and the names left out."""
-    if not isinstance(select, str) or not select:
-        raise TypeError("select must be a non-empty str, e.g. 'model' or 'state_dict'")
-    node, walked, others = tree, [], []
-    for part in select.split("."):
-        if isinstance(node, dict):
-            key = part if part in node else None
-            if key is None and part.isdigit() and int(part) in node:
-                key = int(part)  # optimizer states are keyed by parameter index
-            if key is None:
-                shown = ", ".join(repr(str(k)) for k in list(node)[:10])
-                raise ConversionError(
-                    f"{path}: no {part!r} in {'.'.join(walked) or 'the checkpoint'} "
-                    f"(its keys: {shown})"
-                )
-            prefix = ".".join(walked + [""])
-            others += [f"{prefix}{k}" for k in node if k != key]
-            node = node[key]
-        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
-            prefix = ".".join(walked + [""])
-            others += [f"{prefix}{i}" for i in range(len(node)) if i != int(part)]
-            node = node[int(part)]
-        else:
-            raise ConversionError(
-                f"{path}: {'.'.join(walked) or 'the checkpoint'} has no part {part!r}"
-            )
-        walked.append(part)
-    return node, others
-
-
 def read_checkpoint(
     src,
     *,
@@ -681,8 +315,8 @@ def read_checkpoint(
     kind, tree = _read_source(path, mm, buffers, name)
     others: list[str] = []
     if select is not None:
-        tree, others = _select(path, tree, select)
-    found, scalars, skipped = _flatten(tree, kind)
+        tree, others = _select_part(path, tree, select)
+    found, scalars, skipped = _flatten(tree)
     skipped = others + skipped
     aliases = _split_aliases(found)
     _check_expansion(path, found, allow_expansion)
@@ -867,7 +501,6 @@ def convert(
 
 # MARK: sharded .bin checkpoints ---------------------------------------------------
 
-_MAX_INDEX_BYTES = 64 << 20
 #: Single-file weights a model directory may hold (a variant such as ``.fp16`` included).
 _SINGLE_WEIGHTS = re.compile(r"(diffusion_)?pytorch_model(\.[A-Za-z0-9_]+)?\.bin")
 #: Files copied next to the converted weights when the output is another directory.
@@ -901,44 +534,25 @@ def _is_regular(path: str) -> bool:
 
 
 def _read_bin_index(index_path: str) -> tuple[dict[str, str], dict]:
-    """(weight_map, metadata) of a ``*.bin.index.json``, checked."""
+    """(weight_map, metadata) of a ``*.bin.index.json``, checked by the validator
+    of every index (:func:`safetensors_c.sharded.parse_index`); its shard names
+    must be plain file names in its directory."""
     if not _is_regular(index_path):
         raise ConversionError(f"{index_path}: the index is not a regular file")
     fd, _info = open_regular(index_path)  # fstat of the descriptor read: no FIFO, no device
     with os.fdopen(fd, "rb") as f:
-        raw = f.read(_MAX_INDEX_BYTES + 1)
-    if len(raw) > _MAX_INDEX_BYTES:
-        raise ConversionError(f"{index_path}: the index is larger than {_MAX_INDEX_BYTES} bytes")
-
-    def no_duplicates(pairs):
-        out = {}
-        for key, value in pairs:
-            if key in out:
-                raise ConversionError(f"{index_path}: the index repeats the key {key!r}")
-            out[key] = value
-        return out
-
+        raw = f.read(MAX_INDEX_SIZE + 1)
     try:
-        index = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConversionError(f"{index_path}: the index is not valid JSON ({exc})") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-    ):
-        raise ConversionError(
-            f'{index_path}: expected {{"weight_map": {{tensor name: shard file}}}}'
-        )
-    meta = index.get("metadata") or {}
-    if not isinstance(meta, dict):
-        raise ConversionError(f'{index_path}: "metadata" must be an object')
+        weight_map, meta = parse_index(raw, index_path)
+    except SafetensorError as exc:
+        raise ConversionError(str(exc)) from None
     for shard in set(weight_map.values()):
         if (not shard or shard in (".", "..") or "/" in shard or "\\" in shard
                 or "\x00" in shard):
             raise ConversionError(
                 f"{index_path}: shard name {shard!r} is not a file name in the index's directory"
             )
-    return weight_map, meta
+    return weight_map, meta or {}
 
 
 def _locate_bin(src: str) -> tuple[str, str | None, str | None]:
@@ -1018,6 +632,7 @@ def convert_sharded(
     by_shard: dict[str, list[str]] = {}
     for tensor, shard in weight_map.items():
         by_shard.setdefault(shard, []).append(tensor)
+    _check_shards_present(index_path, directory, by_shard)
     declared = index_meta.get("total_size")
     total = declared if isinstance(declared, int) and declared > 0 else sum(
         os.path.getsize(os.path.join(directory, s)) for s in by_shard
@@ -1030,30 +645,11 @@ def convert_sharded(
     scalars: dict[str, Any] = {}
     skipped: list[str] = []
     done = 0
-    for shard in sorted(by_shard):  # every shard is there before anything is written
-        if not _is_regular(os.path.join(directory, shard)):
-            raise ConversionError(f"{index_path}: shard {shard!r} is missing or not a regular file")
-        if safetensors_name(shard) == shard:
-            raise ConversionError(f"{index_path}: shard {shard!r} is not a .bin file")
     try:
         for shard in sorted(by_shard):
-            shard_path = os.path.join(directory, shard)
-            kind, tensors, shard_aliases, shard_scalars, shard_skipped = read_checkpoint(
-                shard_path, allow_expansion=allow_expansion
-            )
+            kind, tensors, shard_aliases, shard_scalars, shard_skipped = _read_shard(
+                os.path.join(directory, shard), by_shard[shard], allow_expansion)
             kinds.add(kind)
-            present = set(tensors) | set(shard_aliases)
-            expected = set(by_shard[shard])
-            if present != expected:
-                missing, extra = sorted(expected - present), sorted(present - expected)
-                detail = []
-                if missing:
-                    detail.append(f"misses {missing[:5]}")
-                if extra:
-                    detail.append(f"holds {extra[:5]} that the index does not assign to it")
-                raise ConversionError(
-                    f"{shard_path}: the shard {' and '.join(detail)}; nothing was converted"
-                )
             shard_meta = _output_metadata(kind, shard_scalars, shard_aliases, keep_scalars,
                                           shard_skipped, metadata, tensors)
             size = _tensor_bytes(tensors)
@@ -1063,7 +659,7 @@ def convert_sharded(
             written.append(target)
             done += size
             if progress is not None:
-                progress(min(done, max(total, done)), max(total, done))
+                progress(done, max(total, done))
             out_map.update({t: safetensors_name(shard) for t in tensors})
             aliases.update(shard_aliases)
             scalars.update({f"{shard}:{k}": v for k, v in shard_scalars.items()})
@@ -1076,13 +672,7 @@ def convert_sharded(
             with contextlib.suppress(OSError):
                 os.unlink(path)
         raise
-    out_index_meta = {k: v for k, v in index_meta.items() if k != "total_size"}
-    out_index_meta["total_size"] = done
-    out_index = {"metadata": out_index_meta,
-                 "weight_map": {k: out_map[k] for k in sorted(out_map)}}
-    index_out = os.path.join(dst_dir, safetensors_name(os.path.basename(index_path)))
-    _writer.write_text_atomic(index_out, json.dumps(out_index, indent=2, sort_keys=True) + "\n")
-    written.append(index_out)
+    written.append(_write_converted_index(dst_dir, index_path, index_meta, out_map, done))
     skip = {os.path.basename(index_path), *by_shard, *map(os.path.basename, written)}
     written += _copy_side_files(directory, dst_dir, copy_side_files, skip)
     if progress is not None:
@@ -1096,6 +686,47 @@ def convert_sharded(
         metadata=None,
         files=written,
     )
+
+
+def _check_shards_present(index_path: str, directory: str, by_shard: dict) -> None:
+    """Every shard is there, and a .bin, before anything is written."""
+    for shard in sorted(by_shard):
+        if not _is_regular(os.path.join(directory, shard)):
+            raise ConversionError(f"{index_path}: shard {shard!r} is missing or not a regular file")
+        if safetensors_name(shard) == shard:
+            raise ConversionError(f"{index_path}: shard {shard!r} is not a .bin file")
+
+
+def _read_shard(shard_path: str, expected_names: list[str], allow_expansion: bool):
+    """:func:`read_checkpoint` of one shard, which must hold exactly the tensors the
+    index assigns to it (an alias counts as held)."""
+    kind, tensors, aliases, scalars, skipped = read_checkpoint(
+        shard_path, allow_expansion=allow_expansion)
+    present = set(tensors) | set(aliases)
+    expected = set(expected_names)
+    if present != expected:
+        missing, extra = sorted(expected - present), sorted(present - expected)
+        detail = []
+        if missing:
+            detail.append(f"misses {missing[:5]}")
+        if extra:
+            detail.append(f"holds {extra[:5]} that the index does not assign to it")
+        raise ConversionError(
+            f"{shard_path}: the shard {' and '.join(detail)}; nothing was converted"
+        )
+    return kind, tensors, aliases, scalars, skipped
+
+
+def _write_converted_index(dst_dir: str, index_path: str, index_meta: dict,
+                           out_map: dict[str, str], total_size: int) -> str:
+    """Writes the safetensors index of a converted .bin index (last: it binds the shards)."""
+    out_index_meta = {k: v for k, v in index_meta.items() if k != "total_size"}
+    out_index_meta["total_size"] = total_size
+    out_index = {"metadata": out_index_meta,
+                 "weight_map": {k: out_map[k] for k in sorted(out_map)}}
+    index_out = os.path.join(dst_dir, safetensors_name(os.path.basename(index_path)))
+    _writer.write_text_atomic(index_out, json.dumps(out_index, indent=2, sort_keys=True) + "\n")
+    return index_out
 
 
 def _copy_side_files(directory: str, dst_dir: str, enabled: bool, skip: set) -> list[str]:
@@ -1113,17 +744,3 @@ def _copy_side_files(directory: str, dst_dir: str, enabled: bool, skip: set) -> 
             shutil.copyfileobj(src, out)
         copied.append(target)
     return copied
-
-
-# MARK: scanning --------------------------------------------------------------
-
-
-def _scan_one(view, pos: int, where: str, **kwargs) -> list[Finding]:
-    machine = Machine(view, pos, scan=True, label=where, **kwargs)
-    try:
-        machine.run()
-    except ConversionError as exc:
-        machine.findings.append(Finding("error", str(exc), machine.pos, False, "malformed"))
-    for f in machine.findings:
-        f.where = where
-    return machine.findings

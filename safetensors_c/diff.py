@@ -316,16 +316,16 @@ class _Side:
         options = dict(backend=backend, storage_options=storage_options)
         if _is_sharded(source):
             handle = safe_open_sharded(source, prefix=prefix, **options)
-            shards = handle._open_shards()
+            shards = handle.shards
             weight_map = handle.weight_map
             # Shard by shard, each in file order: the order reads are cheapest.
-            self.readers = {name: shards[weight_map[name]]._handle()
+            self.readers = {name: shards[weight_map[name]].reader
                             for name in handle.offset_keys()}
         else:
             handle = safe_open(source, **options)
-            reader = handle._handle()
+            reader = handle.reader
             self.readers = {name: reader for name in reader.offset_keys()}
-        self._handle = handle
+        self._opened = handle
         metadata = handle.metadata() or {}
         if not all_metadata:
             metadata = {k: v for k, v in metadata.items() if k not in BOOKKEEPING_METADATA}
@@ -336,7 +336,7 @@ class _Side:
         return TensorEntry(name, code, tuple(shape))
 
     def close(self) -> None:
-        self._handle.close()
+        self._opened.close()
 
 
 def _chunks(reader, name: str, size: int, step: int) -> Iterator[np.ndarray]:
@@ -458,11 +458,9 @@ def _f4_values() -> np.ndarray:
 
 def _compare_chunk(code: str, x: np.ndarray, y: np.ndarray, tally: _Tally) -> None:
     if code == "F4":
-        # Two values a byte, the first in the low nibble; each nibble of A
-        # is compared with the same nibble of B.
+        # Each value of A is compared with the same value of B.
         table = _f4_values()
-        _compare_inexact(table[x & 0x0F], table[y & 0x0F], tally)
-        _compare_inexact(table[x >> 4], table[y >> 4], tally)
+        _compare_inexact(table[_dtypes.unpack_f4(x)], table[_dtypes.unpack_f4(y)], tally)
     elif code == "BOOL":
         _compare_integers(x.view(np.uint8), y.view(np.uint8), tally)
     elif x.dtype.kind in "iu":
@@ -506,7 +504,7 @@ def _metadata_changes(a: Dict[str, str], b: Dict[str, str]) -> List[MetadataChan
             for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
 
 
-def diff(a, b, *, prefix: str = "model", backend: str = "mmap",
+def diff(a, b, *, prefix: str = "model", backend: str = "auto",
          storage_options: Optional[Dict[str, Any]] = None, all_metadata: bool = False,
          chunk_elements: int = CHUNK_ELEMENTS) -> DiffReport:
     """Compares checkpoint ``a`` with checkpoint ``b`` (see the module docstring).

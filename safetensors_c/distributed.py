@@ -1,7 +1,7 @@
 """Loading one checkpoint on many torch.distributed ranks, each reading ~1/N of it.
 
-Floor 4 of the package. With N ranks, loading the usual way makes every rank
-read every byte of the model from storage. Here the ranks share the work:
+With N ranks, loading the usual way makes every rank read every byte of
+the model from storage. Here the ranks share the work:
 
 * Every rank opens each file and validates its header (the only bytes every
   rank reads).
@@ -53,7 +53,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 import numpy as np
 
-from . import _core, _dtypes
+from . import _core, _dtypes, error_codes
 from ._checks import error
 from ._frameworks import adapter_for
 from ._into import run_parallel
@@ -171,7 +171,7 @@ def _tensors(sources: Sequence[_Source], plan: Optional[Plan], adapter: Any) -> 
             if name in seen:
                 raise error(
                     f"tensor {name!r} is in both {seen[name]} and {source.path}",
-                    "STC_ERR_INVALID_INDEX",
+                    error_codes.INVALID_INDEX,
                 )
             seen[name] = source.path
             code, shape, np_shape, begin, end = reader.info(name)
@@ -346,7 +346,7 @@ def _unpack(rank: int, step: int, raw: bytes) -> _Status:
         raise error(
             f"rank {rank} answered the ranks' agreement out of step (another version of "
             "safetensors_c, or another collective on the group at the same time?)",
-            "STC_ERR_RANK_MISMATCH",
+            error_codes.RANK_MISMATCH,
         )
     text = raw[_STATUS.size:_STATUS.size + min(length, _MESSAGE_ROOM)]
     return _Status(rank, bool(failed), files, files_digest, plan_digest,
@@ -370,7 +370,7 @@ def _share(comm: _Comm, step: int, payload: bytes) -> List[_Status]:
         raise error(
             f"rank {failed[0].rank} failed before the ranks exchanged any data{others}: "
             f"{failed[0].message}",
-            "STC_ERR_RANK_FAILED",
+            error_codes.RANK_FAILED,
         )
     return statuses
 
@@ -420,14 +420,14 @@ def _check_same(comm: _Comm, statuses: List[_Status], sources: Sequence[_Source]
     the same files (by identity) with the same resolved plan."""
     by_files = _groups([(s.files, s.files_digest) for s in statuses])
     if len(by_files) > 1:
-        raise error(_files_differ(comm, statuses, sources), "STC_ERR_RANK_MISMATCH")
+        raise error(_files_differ(comm, statuses, sources), error_codes.RANK_MISMATCH)
     by_plan = _groups([s.plan_digest for s in statuses])
     if len(by_plan) > 1:
         raise error(
             "the ranks resolved different plans (" + " vs ".join(map(_ranks, by_plan)) + "): "
             "each tensor's split dimension and every rank's byte ranges must be the same on "
             "every rank; pass every rank the same plan",
-            "STC_ERR_RANK_MISMATCH",
+            error_codes.RANK_MISMATCH,
         )
 
 
@@ -465,7 +465,7 @@ def _pread_into(path: str, fd: int, dst: np.ndarray, offset: int) -> None:
             raise error(
                 f"{path}: the file ended at byte {offset + done}; it is shorter "
                 "than when it was opened",
-                "STC_ERR_FILE_CHANGED",
+                error_codes.FILE_CHANGED,
             )
         done += got
 
@@ -589,15 +589,6 @@ def load_file(
                       max_workers=max_workers)
 
 
-def _typed(raw: np.ndarray, t: _Tensor, np_shape: Tuple[int, ...],
-           shape: Tuple[int, ...]) -> np.ndarray:
-    """The NumPy currency over raw bytes (a PackedArray for F4/F6)."""
-    array = raw.view(_dtypes.numpy_dtype(t.code)).reshape(np_shape)
-    if t.code in _dtypes.PACKED_BITS:
-        array = _dtypes._wrap_packed(array, t.code, shape)
-    return array
-
-
 class _Buffers(NamedTuple):
     shared: Any  # torch uint8: the replicated tensors
     splits: List[Any]  # torch uint8 per split: this rank's part, or its staged rows
@@ -673,12 +664,11 @@ def _exchange(comm: _Comm, tensors: Sequence[_Tensor], layout: _Layout,
             raw = shared_np[start:start + t.nbytes]
             if raw.ctypes.data % max(1, t.itemsize):
                 raw = raw.copy()
-            result[t.name] = (t.code, _typed(raw, t, t.np_shape, t.shape))
+            result[t.name] = (t.code, _dtypes.array_from_bytes(t.code, t.shape, raw))
         else:
             s, out = parts[t.name]
             c_lo, c_hi = rank_slice(s.cols, rank, world)
             d = t.dim
-            np_shape = t.np_shape[:d] + (c_hi - c_lo,) + t.np_shape[d + 1:]
             shape = t.shape[:d] + (c_hi - c_lo,) + t.shape[d + 1:]
-            result[t.name] = (t.code, _typed(out.numpy(), t, np_shape, shape))
+            result[t.name] = (t.code, _dtypes.array_from_bytes(t.code, shape, out.numpy()))
     return result

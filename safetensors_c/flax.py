@@ -6,8 +6,8 @@ The same functions as ``safetensors.flax``: :func:`save`, :func:`save_file`,
 gives JAX arrays too.
 
 Loading places arrays on the CPU. A tensor whose bytes are 64-byte aligned
-in memory (XLA's requirement) is adopted without copying: with the default
-``backend="mmap"`` the jax.Array then reads the file's private,
+in memory (XLA's requirement) is adopted without copying: with the mmap
+backend the jax.Array then reads the file's private,
 copy-on-write mapping. Any other tensor is copied once. The 64-bit dtypes
 (I64, U64, F64) load only with ``jax_enable_x64`` on; without it they raise
 SafetensorError rather than being cut to 32 bits. F4 tensors load as
@@ -25,6 +25,7 @@ import os
 from typing import Any, Dict, Optional, Union
 
 from . import _frameworks, sharded
+from ._background import SaveHandle
 from ._adapters.flax import jax
 
 __all__ = ["save", "save_file", "load", "load_file", "save_sharded", "load_sharded"]
@@ -44,11 +45,13 @@ def save_file(
     metadata: Optional[Dict[str, str]] = None,
     *,
     digests: bool = False,
-) -> None:
+    background: bool = False,
+) -> Optional[SaveHandle]:
     """Writes ``tensors`` to ``filename`` atomically (a temporary file in the
     same directory, flushed and renamed). ``digests=True`` records each
     tensor's SHA-256 (see :mod:`safetensors_c.integrity`)."""
-    _frameworks.save_file("flax", tensors, filename, metadata, digests=digests)
+    return _frameworks.save_file("flax", tensors, filename, metadata, digests=digests,
+                                 background=background)
 
 
 def load(data: bytes) -> Dict[str, Array]:
@@ -61,7 +64,7 @@ def load(data: bytes) -> Dict[str, Array]:
 def load_file(
     filename: Union[str, os.PathLike],
     *,
-    backend: str = "mmap",
+    backend: str = "auto",
     storage_options: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Array]:
     """Every tensor of ``filename`` (a path, URL or binary file), in file
@@ -72,32 +75,5 @@ def load_file(
     )
 
 
-def save_sharded(
-    tensors: Dict[str, Array],
-    directory: Union[str, os.PathLike],
-    max_shard_size: Union[int, str] = "5GB",
-    prefix: str = "model",
-    metadata: Optional[Dict[str, str]] = None,
-    *,
-    progress: Optional[bool] = None,
-) -> Dict[str, Any]:
-    """:func:`safetensors_c.sharded.save_sharded` for JAX arrays."""
-    return sharded.save_sharded(
-        tensors, directory, max_shard_size, prefix, metadata, framework="flax",
-        progress=progress,
-    )
-
-
-def load_sharded(
-    path: Union[str, os.PathLike],
-    *,
-    prefix: str = "model",
-    backend: str = "mmap",
-    progress: Optional[bool] = None,
-    max_workers: Optional[int] = None,
-) -> Dict[str, Array]:
-    """:func:`safetensors_c.sharded.load_sharded` giving JAX arrays."""
-    return sharded.load_sharded(
-        path, framework="flax", prefix=prefix, backend=backend, progress=progress,
-        max_workers=max_workers,
-    )
+save_sharded = _frameworks.bind_framework(sharded.save_sharded, "flax", __name__)
+load_sharded = _frameworks.bind_framework(sharded.load_sharded, "flax", __name__)

@@ -108,7 +108,7 @@ def verify_digests(filename, *, progress: Optional[Callable[[int, int], None]] =
     called with the bytes hashed so far after each tensor.
     """
     with safe_open(filename, framework="np") as f:
-        bad = mismatches(f._handle(), progress=progress, allow_bytes_only=allow_bytes_only)
+        bad = mismatches(f.reader, progress=progress, allow_bytes_only=allow_bytes_only)
     if bad is None:
         raise ValueError(f"{filename}: the file records no tensor digests ({DIGEST_KEY_V2})")
     return bad

@@ -18,6 +18,7 @@ import os
 from typing import Any, Dict, Optional, Union
 
 from . import _frameworks, sharded
+from ._background import SaveHandle
 from ._adapters.mlx import mx
 
 __all__ = ["save", "save_file", "load", "load_file", "save_sharded", "load_sharded"]
@@ -35,11 +36,13 @@ def save_file(
     metadata: Optional[Dict[str, str]] = None,
     *,
     digests: bool = False,
-) -> None:
+    background: bool = False,
+) -> Optional[SaveHandle]:
     """Writes ``tensors`` to ``filename`` atomically (a temporary file in the
     same directory, flushed and renamed). ``digests=True`` records each
     tensor's SHA-256 (see :mod:`safetensors_c.integrity`)."""
-    _frameworks.save_file("mlx", tensors, filename, metadata, digests=digests)
+    return _frameworks.save_file("mlx", tensors, filename, metadata, digests=digests,
+                                 background=background)
 
 
 def load(data: bytes) -> Dict[str, mx.array]:
@@ -51,7 +54,7 @@ def load(data: bytes) -> Dict[str, mx.array]:
 def load_file(
     filename: Union[str, os.PathLike],
     *,
-    backend: str = "mmap",
+    backend: str = "auto",
     storage_options: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, mx.array]:
     """Every tensor of ``filename`` (a path, URL or binary file), in file
@@ -61,32 +64,5 @@ def load_file(
     )
 
 
-def save_sharded(
-    tensors: Dict[str, mx.array],
-    directory: Union[str, os.PathLike],
-    max_shard_size: Union[int, str] = "5GB",
-    prefix: str = "model",
-    metadata: Optional[Dict[str, str]] = None,
-    *,
-    progress: Optional[bool] = None,
-) -> Dict[str, Any]:
-    """:func:`safetensors_c.sharded.save_sharded` for MLX arrays."""
-    return sharded.save_sharded(
-        tensors, directory, max_shard_size, prefix, metadata, framework="mlx",
-        progress=progress,
-    )
-
-
-def load_sharded(
-    path: Union[str, os.PathLike],
-    *,
-    prefix: str = "model",
-    backend: str = "mmap",
-    progress: Optional[bool] = None,
-    max_workers: Optional[int] = None,
-) -> Dict[str, mx.array]:
-    """:func:`safetensors_c.sharded.load_sharded` giving MLX arrays."""
-    return sharded.load_sharded(
-        path, framework="mlx", prefix=prefix, backend=backend, progress=progress,
-        max_workers=max_workers,
-    )
+save_sharded = _frameworks.bind_framework(sharded.save_sharded, "mlx", __name__)
+load_sharded = _frameworks.bind_framework(sharded.load_sharded, "mlx", __name__)

@@ -1,7 +1,9 @@
 """Load and save .safetensors files as NumPy arrays.
 
 The same functions as ``safetensors.numpy``: :func:`save`, :func:`save_file`,
-:func:`load`, :func:`load_file`.
+:func:`load`, :func:`load_file`; plus the package's own :func:`save_sharded`,
+:func:`load_sharded` and :func:`safe_open_sharded`, whose ``framework=``
+defaults to NumPy (the other framework modules bind theirs).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import _frameworks
+from ._background import SaveHandle
 from ._display import TensorDict
 from .sharded import load_sharded, safe_open_sharded, save_sharded
 
@@ -34,7 +37,8 @@ def save_file(
     metadata: Optional[Dict[str, str]] = None,
     *,
     digests: bool = False,
-) -> None:
+    background: bool = False,
+) -> Optional[SaveHandle]:
     """Writes ``tensors`` to ``filename`` atomically.
 
     The data streams from the arrays' own memory into a temporary file in
@@ -44,7 +48,8 @@ def save_file(
     :mod:`safetensors_c.integrity`), checked by ``safe_open(...,
     verify_digests=True)`` and ``safetensors-c verify``.
     """
-    _frameworks.save_file("numpy", tensors, filename, metadata, digests=digests)
+    return _frameworks.save_file("numpy", tensors, filename, metadata, digests=digests,
+                                 background=background)
 
 
 def load(data: bytes) -> Dict[str, np.ndarray]:
@@ -58,12 +63,12 @@ def load(data: bytes) -> Dict[str, np.ndarray]:
 
 
 def load_file(
-    filename, *, backend: str = "mmap", storage_options: Optional[Dict[str, Any]] = None
+    filename, *, backend: str = "auto", storage_options: Optional[Dict[str, Any]] = None
 ) -> Dict[str, np.ndarray]:
     """Opens ``filename`` (a path, URL or binary file) and returns every
     tensor, in file order.
 
-    With ``backend="mmap"`` (the default) this copies nothing: each array is
+    With ``backend="mmap"`` (the default on local disks) this copies nothing: each array is
     a writable, copy-on-write view into one mapping of the file, read from
     disk only when touched. ``backend="pread"`` reads each tensor into
     memory of its own.

@@ -26,6 +26,7 @@ import os
 from typing import Any, Dict, Optional, Union
 
 from . import _frameworks, sharded
+from ._background import SaveHandle
 from ._adapters.paddle import _CARRIER_BY_CODE, _CODE_BY_PADDLE, _PADDLE_BY_CODE, paddle
 from ._open import safe_open
 # names the reference's module has too
@@ -58,12 +59,14 @@ def save_file(
     metadata: Optional[Dict[str, str]] = None,
     *,
     digests: bool = False,
-) -> None:
+    background: bool = False,
+) -> Optional[SaveHandle]:
     """Writes ``tensors`` to ``filename`` atomically (a temporary file in the
     same directory, flushed and renamed), straight from their memory. Do not
     modify the tensors while the file is written. ``digests=True`` records
     each tensor's SHA-256 (see :mod:`safetensors_c.integrity`)."""
-    _frameworks.save_file("paddle", tensors, filename, metadata, digests=digests)
+    return _frameworks.save_file("paddle", tensors, filename, metadata, digests=digests,
+                                 background=background)
 
 
 def load(data: bytes, device: Any = "cpu") -> Dict[str, paddle.Tensor]:
@@ -77,7 +80,7 @@ def load_file(
     filename: Union[str, os.PathLike],
     device: Any = "cpu",
     *,
-    backend: str = "mmap",
+    backend: str = "auto",
     storage_options: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, paddle.Tensor]:
     """Every tensor of ``filename`` (a path, URL or binary file), in file
@@ -87,32 +90,5 @@ def load_file(
     )
 
 
-def save_sharded(
-    tensors: Dict[str, paddle.Tensor],
-    directory: Union[str, os.PathLike],
-    max_shard_size: Union[int, str] = "5GB",
-    prefix: str = "model",
-    metadata: Optional[Dict[str, str]] = None,
-    *,
-    progress: Optional[bool] = None,
-) -> Dict[str, Any]:
-    """:func:`safetensors_c.sharded.save_sharded` for paddle tensors."""
-    return sharded.save_sharded(
-        tensors, directory, max_shard_size, prefix, metadata, framework="paddle",
-        progress=progress,
-    )
-
-
-def load_sharded(
-    path: Union[str, os.PathLike],
-    device: Any = "cpu",
-    *,
-    prefix: str = "model",
-    backend: str = "mmap",
-    progress: Optional[bool] = None,
-) -> Dict[str, paddle.Tensor]:
-    """:func:`safetensors_c.sharded.load_sharded` giving paddle tensors."""
-    return sharded.load_sharded(
-        path, framework="paddle", device=device, prefix=prefix, backend=backend,
-        progress=progress,
-    )
+save_sharded = _frameworks.bind_framework(sharded.save_sharded, "paddle", __name__)
+load_sharded = _frameworks.bind_framework(sharded.load_sharded, "paddle", __name__)

@@ -34,7 +34,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _core, _display
+from . import _core, _display, error_codes
 from ._archive import (
     NPY_MAGIC,
     ZIP_EMPTY,
@@ -710,7 +710,7 @@ def _safetensors_status(view: memoryview) -> tuple[str, str]:
     try:
         handle = _core.open_buffer(view)
     except _core.SafetensorError as exc:
-        if getattr(exc, "code", None) == "STC_ERR_TRAILING_DATA":
+        if getattr(exc, "code", None) == error_codes.TRAILING_DATA:
             return "trailing", str(exc)
         return "no", str(exc)
     except (ValueError, TypeError, OverflowError, BufferError) as exc:

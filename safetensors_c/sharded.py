@@ -32,6 +32,13 @@ save, is refused instead of loading as a silent mix. Indexes without a save
 id (written by transformers, huggingface_hub or older releases) load as
 before, unless two of their shards carry different save ids (shards of two
 saves, under an index another tool rewrote): that is refused the same way.
+
+For tools that write a checkpoint's files themselves (the CLI's staged
+convert): :func:`parse_index` is the one validator of an index's bytes
+(this layout's and the ``*.bin.index.json`` that ``convert_sharded``
+reads); :func:`remove_unbound_index` and :func:`remove_stale_shards` do what
+:func:`save_sharded` does before and after it writes, so that no loader
+takes files of two saves for one checkpoint.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import urllib.parse
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 
-from . import _display, _remote, _writer, distributed
+from . import _display, _remote, _writer, distributed, error_codes
 from ._digests import add_digests
 from ._archive import NotRegularFileError, open_regular
 from ._checks import check_metadata, did_you_mean, error, fs_path, parse_size
@@ -61,6 +68,9 @@ __all__ = [
     "parse_size",
     "INDEX_SUFFIX",
     "SAVE_ID_KEY",
+    "parse_index",
+    "remove_unbound_index",
+    "remove_stale_shards",
 ]
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -229,7 +239,7 @@ def save_sharded(
     os.makedirs(directory, exist_ok=True)
     index_path = os.path.join(directory, prefix + INDEX_SUFFIX)
     if count > 1:
-        _remove_unbound_index(index_path)
+        remove_unbound_index(index_path)
     show = wants_progress(progress, sum(sizes))
     for file, shard in _progress(zip(files, shards), count, "Saving shards", show):
         part = {names[i]: neutral[names[i]] for i in shard}
@@ -237,15 +247,18 @@ def save_sharded(
         _writer.write(part, shard_metadata, os.path.join(directory, file))
     if count > 1:
         _writer.write_text_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
-    _remove_stale(directory, prefix, set(files), remove_index=count == 1)
+    remove_stale_shards(directory, prefix, set(files), remove_index=count == 1)
     return index
 
 
-def _remove_unbound_index(index_path: str) -> None:
-    """Removes an index that carries no save id (written by another tool or an
-    older release) before any shard is overwritten: if this save is cut
-    short, no index is left to present old and new shards as one checkpoint
-    (an index with a save id stays: it refuses the new shards by itself)."""
+def remove_unbound_index(index_path: str) -> None:
+    """Removes the index at ``index_path`` unless it carries a save id.
+
+    Call it before overwriting the shards of a checkpoint in place. An
+    index with no save id (written by another tool or an older release)
+    would, if the save were cut short, present old and new shards as one
+    checkpoint; with it gone, nothing does. An index with a save id stays:
+    it refuses shards of another save by itself. A missing index is fine."""
     if not os.path.lexists(index_path):
         return
     try:
@@ -256,9 +269,14 @@ def _remove_unbound_index(index_path: str) -> None:
         os.unlink(index_path)
 
 
-def _remove_stale(directory: str, prefix: str, keep: set, remove_index: bool) -> None:
-    """Removes shards of an earlier save with this prefix (and its index when
-    the new checkpoint has none), so a loader never mixes the two."""
+def remove_stale_shards(directory: str, prefix: str, keep: set, remove_index: bool) -> None:
+    """Removes what an earlier save with ``prefix`` left in ``directory``.
+
+    Call it after a save's files are in place. Every
+    ``{prefix}-NNNNN-of-NNNNN.safetensors`` whose name is not in ``keep`` is
+    removed, and, when ``remove_index`` (the new checkpoint is one file
+    with no index), ``{prefix}.safetensors.index.json`` too: so that no
+    loader mixes the two saves."""
     stale = re.compile(re.escape(prefix) + r"-\d{5}-of-\d{5}\.safetensors")
     for entry in os.scandir(directory):
         if entry.name not in keep and stale.fullmatch(entry.name) and entry.is_file():
@@ -277,7 +295,8 @@ def _reject_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     result: Dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _IndexError(f"duplicate key {key!r}")
+            raise _IndexError(f"duplicate key {key!r}: the index repeats the key {key!r}, "
+                              f"and JSON readers disagree on which value wins")
         result[key] = value
     return result
 
@@ -291,7 +310,7 @@ class _IndexError(Exception):
 
 
 def _index_error(path: str, message: str) -> SafetensorError:
-    return error(f"{path}: invalid sharded checkpoint index: {message}", "STC_ERR_INVALID_INDEX")
+    return error(f"{path}: invalid sharded checkpoint index: {message}", error_codes.INVALID_INDEX)
 
 
 def _read_regular_file(path: str, limit: int) -> bytes:
@@ -301,7 +320,7 @@ def _read_regular_file(path: str, limit: int) -> bytes:
     try:
         fd, _ = open_regular(path)
     except NotRegularFileError as exc:
-        raise error(f"{exc} as a checkpoint index", "STC_ERR_NOT_REGULAR_FILE") from None
+        raise error(f"{exc} as a checkpoint index", error_codes.NOT_REGULAR_FILE) from None
     try:
         chunks, left = [], limit
         while left > 0:
@@ -331,6 +350,24 @@ def _read_index(
             source.close()
     else:
         raw = _read_regular_file(path, MAX_INDEX_SIZE + 1)
+    return parse_index(raw, path)
+
+
+def parse_index(raw: bytes, path: str) -> Tuple[Dict[str, str], Optional[Dict[str, Any]]]:
+    """(weight_map, metadata) of the bytes of a checkpoint index, checked.
+
+    The one validator of both kinds of index: ``*.safetensors.index.json``
+    and the ``*.bin.index.json`` that :func:`safetensors_c.convert.convert_sharded`
+    reads. ``raw`` may be at most :data:`MAX_INDEX_SIZE` bytes of UTF-8
+    JSON: an object whose ``"weight_map"`` maps tensor names to shard file
+    names (strings) and whose optional ``"metadata"`` is an object, with a
+    non-negative integer ``"total_size"`` and a well-formed save id if it
+    has them. A key repeated anywhere (JSON readers disagree on which value
+    wins) and the non-JSON constants ``NaN`` and ``Infinity`` are refused.
+    ``path`` only names the index in messages. Raises SafetensorError
+    ``STC_ERR_INVALID_INDEX``. Shard names are not checked here: each
+    reader resolves them against its own directory.
+    """
     if len(raw) > MAX_INDEX_SIZE:
         raise _index_error(path, f"the file is larger than {MAX_INDEX_SIZE} bytes")
     try:
@@ -385,7 +422,7 @@ def _check_save_id(index_path: str, index_metadata: Optional[Dict[str, Any]], fi
             f"{index_path}: shard {file!r} is not from the save this index describes (it "
             f"carries {what}, the index {expected!r}): a save into this directory was "
             f"interrupted, or shards of different saves were mixed; save the checkpoint again",
-            "STC_ERR_SHARD_MISMATCH",
+            error_codes.SHARD_MISMATCH,
         )
 
 
@@ -408,7 +445,7 @@ def _check_one_save(index_path: str, index_metadata: Optional[Dict[str, Any]],
                 f"{index_path}: shards {first[0]!r} and {file!r} are from different saves "
                 f"(save ids {first[1][:80]!r} and {found[:80]!r}): shards of different saves "
                 f"were mixed; save the checkpoint again",
-                "STC_ERR_SHARD_MISMATCH",
+                error_codes.SHARD_MISMATCH,
             )
 
 
@@ -506,7 +543,7 @@ class safe_open_sharded:
     """Opens a sharded checkpoint lazily, with the methods of ``safe_open``.
 
     safe_open_sharded(path, framework="np", device="cpu", *, prefix="model",
-                      backend="mmap", storage_options=None, verify_digests=False,
+                      backend="auto", storage_options=None, verify_digests=False,
                       allow_bytes_only=False)
 
     ``path`` is the checkpoint's directory, its index file, or a single
@@ -531,7 +568,7 @@ class safe_open_sharded:
         device: Any = "cpu",
         *,
         prefix: str = "model",
-        backend: str = "mmap",
+        backend: str = "auto",
         storage_options: Optional[Dict[str, Any]] = None,
         verify_digests: bool = False,
         allow_bytes_only: bool = False,
@@ -595,7 +632,7 @@ class safe_open_sharded:
                         index_path,
                         f"tensor {name!r} is listed in shard {file!r}, which does not hold it",
                     )
-            handle = shard._handle()
+            handle = shard.reader
             total += handle.file_size - handle.data_start  # the tensors tile the data exactly
         if index_metadata is not None and "total_size" in index_metadata:
             if index_metadata["total_size"] != total:
@@ -613,7 +650,7 @@ class safe_open_sharded:
             raise error(
                 "this safe_open_sharded handle is closed; tensors it returned stay valid, "
                 "but open the checkpoint again to read more",
-                "STC_ERR_CLOSED",
+                error_codes.CLOSED,
             )
         return shards
 
@@ -623,7 +660,7 @@ class safe_open_sharded:
         if file is None:
             where = self._index_path or self._directory
             raise error(f"no tensor named {name!r} in checkpoint {where!r}"
-                        f"{did_you_mean(name, self._weight_map)}", "STC_ERR_NO_SUCH_TENSOR")
+                        f"{did_you_mean(name, self._weight_map)}", error_codes.NO_SUCH_TENSOR)
         return shards[file]
 
     def close(self) -> None:
@@ -661,6 +698,16 @@ class safe_open_sharded:
         return None if self._index_metadata is None else dict(self._index_metadata)
 
     @property
+    def closed(self) -> bool:
+        """True once the handle is closed, as for a Python file object."""
+        return self._shards is None
+
+    @property
+    def directory(self) -> str:
+        """The directory (or URL prefix) the shards are read from."""
+        return self._directory
+
+    @property
     def weight_map(self) -> Dict[str, str]:
         """Tensor name -> shard file name."""
         return dict(self._weight_map)
@@ -669,6 +716,16 @@ class safe_open_sharded:
     def shard_files(self) -> List[str]:
         """The shard file names, in order."""
         return list(self._open_shards())
+
+    @property
+    def shards(self) -> Dict[str, safe_open]:
+        """The open shard handles by shard file name, in the order of
+        :attr:`shard_files` (sorted by file name). A new dict each time;
+        the handles stay owned by this object, so closing it closes them.
+        For code that works shard by shard below this API, such as the CLI,
+        ``diff`` and ``load_model``. A SafetensorError (``STC_ERR_CLOSED``)
+        once the handle is closed."""
+        return dict(self._open_shards())
 
     # -- tensors --------------------------------------------------------
 
@@ -693,7 +750,7 @@ class safe_open_sharded:
         shards = list(self._open_shards().values())
         pieces = []
         for shard in shards:
-            reader = shard._handle()
+            reader = shard.reader
             if not getattr(reader, "mapped", False) or not hasattr(reader, "prefetch"):
                 continue
             for name in reader.offset_keys():
@@ -701,7 +758,7 @@ class safe_open_sharded:
                 for offset in range(0, end - begin, _POPULATE_PIECE):
                     length = min(_POPULATE_PIECE, end - begin - offset)
                     pieces.append((reader, name, offset, length))
-        nbytes = sum(shard._handle().file_size for shard in shards)
+        nbytes = sum(shard.reader.file_size for shard in shards)
         bar = _progress_bar(len(shards), "Loading shards", wants_progress(progress, nbytes))
         try:
             run_parallel(lambda p: p[0].prefetch(p[1], p[2], p[3]), pieces, max_workers)
@@ -753,7 +810,7 @@ def load_sharded(
     device: Any = "cpu",
     *,
     prefix: str = "model",
-    backend: str = "mmap",
+    backend: str = "auto",
     progress: Optional[bool] = None,
     storage_options: Optional[Dict[str, Any]] = None,
     max_workers: Optional[int] = None,

@@ -194,7 +194,7 @@ def _to_stats(code: str, shape: tuple, raw: tuple, histogram, span) -> TensorSta
 def _readers(source: Any, max_header_size, storage_options) -> Iterator[Tuple[Any, list]]:
     """(reader, tensor names) pairs: one for a file, one per shard of a checkpoint."""
     if isinstance(source, safe_open):
-        file = source._handle()
+        file = source.reader
         yield file, file.offset_keys()
         return
     if isinstance(source, safe_open_sharded):
@@ -215,8 +215,8 @@ def _shard_readers(handle: safe_open_sharded) -> Iterator[Tuple[Any, list]]:
     names_by_file: Dict[str, list] = {}
     for name, file in handle.weight_map.items():
         names_by_file.setdefault(file, []).append(name)
-    for file in handle.shard_files:
-        shard = handle._shard_of(names_by_file[file][0])._handle()
+    for file, opened in handle.shards.items():
+        shard = opened.reader
         order = {n: i for i, n in enumerate(shard.offset_keys())}
         yield shard, sorted(names_by_file[file], key=order.__getitem__)
 

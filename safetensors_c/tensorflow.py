@@ -7,7 +7,7 @@ framework="tf")`` (or ``"tensorflow"``) gives TF tensors too.
 
 Loading gives eager CPU tensors. A tensor whose bytes are 64-byte aligned
 in memory (TF's requirement) is adopted through DLPack without copying:
-with the default ``backend="mmap"`` it then reads the file's private,
+with the mmap backend it then reads the file's private,
 copy-on-write mapping. Any other tensor, and every float8 tensor, is copied
 once. F4 tensors load as ``float4_e2m1fn`` (one value per byte, unpacked
 from the file's two per byte, first value in the low nibble as PyTorch's
@@ -27,6 +27,7 @@ import os
 from typing import Any, Dict, Optional, Union
 
 from . import _frameworks, sharded
+from ._background import SaveHandle
 from ._adapters.tensorflow import tf
 from ._open import safe_open
 
@@ -45,11 +46,13 @@ def save_file(
     metadata: Optional[Dict[str, str]] = None,
     *,
     digests: bool = False,
-) -> None:
+    background: bool = False,
+) -> Optional[SaveHandle]:
     """Writes ``tensors`` to ``filename`` atomically (a temporary file in the
     same directory, flushed and renamed). ``digests=True`` records each
     tensor's SHA-256 (see :mod:`safetensors_c.integrity`)."""
-    _frameworks.save_file("tensorflow", tensors, filename, metadata, digests=digests)
+    return _frameworks.save_file("tensorflow", tensors, filename, metadata, digests=digests,
+                                 background=background)
 
 
 def load(data: bytes) -> Dict[str, tf.Tensor]:
@@ -63,7 +66,7 @@ def load(data: bytes) -> Dict[str, tf.Tensor]:
 def load_file(
     filename: Union[str, os.PathLike],
     *,
-    backend: str = "mmap",
+    backend: str = "auto",
     storage_options: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, tf.Tensor]:
     """Every tensor of ``filename`` (a path, URL or binary file), in file
@@ -74,30 +77,5 @@ def load_file(
     )
 
 
-def save_sharded(
-    tensors: Dict[str, tf.Tensor],
-    directory: Union[str, os.PathLike],
-    max_shard_size: Union[int, str] = "5GB",
-    prefix: str = "model",
-    metadata: Optional[Dict[str, str]] = None,
-    *,
-    progress: Optional[bool] = None,
-) -> Dict[str, Any]:
-    """:func:`safetensors_c.sharded.save_sharded` for TF tensors."""
-    return sharded.save_sharded(
-        tensors, directory, max_shard_size, prefix, metadata, framework="tensorflow",
-        progress=progress,
-    )
-
-
-def load_sharded(
-    path: Union[str, os.PathLike],
-    *,
-    prefix: str = "model",
-    backend: str = "mmap",
-    progress: Optional[bool] = None,
-) -> Dict[str, tf.Tensor]:
-    """:func:`safetensors_c.sharded.load_sharded` giving TF tensors."""
-    return sharded.load_sharded(
-        path, framework="tensorflow", prefix=prefix, backend=backend, progress=progress
-    )
+save_sharded = _frameworks.bind_framework(sharded.save_sharded, "tensorflow", __name__)
+load_sharded = _frameworks.bind_framework(sharded.load_sharded, "tensorflow", __name__)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Set, Tuple, Union
 
 try:
     import torch
@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install safetensors_c[torch]"
     ) from exc
 
-from . import _frameworks, _into, distributed, sharded
+from . import _dtypes, _frameworks, _into, distributed, sharded
 # The shared-tensor helpers keep the reference module's names: transformers,
 # accelerate and peft import them from here.
 from ._adapters.torch import (  # noqa: F401 - re-exported
@@ -47,6 +47,7 @@ from ._adapters.torch import (  # noqa: F401 - re-exported
     _storage_size,
 )
 from ._adapters.torch import check_code as _check_code
+from ._background import SaveHandle
 from ._adapters.torch import to_array as _to_array
 from ._core import SafetensorError
 from ._open import safe_open
@@ -107,13 +108,17 @@ def save_file(
     tensors: Dict[str, torch.Tensor],
     filename: Union[str, os.PathLike],
     metadata: Optional[Dict[str, str]] = None,
-) -> None:
+    *,
+    background: bool = False,
+) -> Optional[SaveHandle]:
     """Writes ``tensors`` to ``filename`` atomically, straight from their memory.
 
     Tensors on other devices are first copied to the CPU. Do not modify the
-    tensors while the file is written.
+    tensors while the file is written. With ``background=True`` the tensors
+    are snapshotted first and the file is written on a background thread;
+    the returned handle's ``wait()`` tells when it is on disk.
     """
-    _frameworks.save_file("torch", tensors, filename, metadata)
+    return _frameworks.save_file("torch", tensors, filename, metadata, background=background)
 
 
 def load(data: bytes) -> Dict[str, torch.Tensor]:
@@ -129,7 +134,7 @@ def load_file(
     filename: Union[str, os.PathLike],
     device: Union[str, int] = "cpu",
     *,
-    backend: str = "mmap",
+    backend: str = "auto",
     storage_options: Optional[Dict[str, Any]] = None,
     process_group: Any = None,
     plan: Optional[Any] = None,
@@ -176,23 +181,30 @@ def save_model(
     filename: Union[str, os.PathLike],
     metadata: Optional[Dict[str, str]] = None,
     force_contiguous: bool = True,
-) -> None:
+    *,
+    background: bool = False,
+) -> Optional[SaveHandle]:
     """Saves ``model.state_dict()``, dropping the extra names of shared tensors
     (tied weights). Each dropped name is recorded in the metadata as
     ``{dropped: kept}`` unless the caller's metadata already has that key."""
-    state_dict = model.state_dict()
+    # The model's own tensors when state_dict() would only hand out detached
+    # views of them (no hooks, no extra state): the same bytes, in the same
+    # order, without a new tensor object per value.
+    state_dict = _live_state(model)
+    if state_dict is None:
+        state_dict = model.state_dict()
     metadata = None if metadata is None else dict(metadata)
-    for kept, dropped_group in _remove_duplicate_names(state_dict).items():
+    for kept, dropped_group in _shared_names(state_dict, []).items():
         for dropped in dropped_group:
             if metadata is None:
                 metadata = {}
             if dropped not in metadata:
                 metadata[dropped] = kept
             del state_dict[dropped]
-    if force_contiguous:
+    if force_contiguous and not all(v.is_contiguous() for v in state_dict.values()):
         state_dict = {k: v.contiguous() for k, v in state_dict.items()}
     try:
-        save_file(state_dict, filename, metadata=metadata)
+        return save_file(state_dict, filename, metadata=metadata, background=background)
     except ValueError as e:
         if isinstance(e, SafetensorError):
             raise
@@ -209,24 +221,31 @@ def _destination(name: str, tensor: "torch.Tensor") -> "_into.Destination":
         raise TypeError(f"tensor {name!r}: dtype {tensor.dtype} has no safetensors equivalent")
     shape = tuple(tensor.shape)
     if code == "F4":  # torch counts pairs of values
-        shape = shape[:-1] + (shape[-1] * 2,)
+        shape = _dtypes.f4_values_shape(shape)
     flat = tensor.detach().reshape(-1)
     raw = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
     return _into.Destination(raw.numpy(), code, shape)
 
 
+def _fillable(tensor: "torch.Tensor") -> bool:
+    """Whether the C core can write a file's bytes straight into the
+    tensor's memory: dense, contiguous and in CPU memory. (Whether the
+    bytes fit, dtype and shape, is the file's side of the check.)"""
+    return tensor.layout == torch.strided and tensor.is_cpu and tensor.is_contiguous()
+
+
 def _check_into(name: str, tensor: Any) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor {name!r} must be a torch.Tensor, not {type(tensor).__name__}")
-    if tensor.device.type != "cpu":
-        raise ValueError(
-            f"tensor {name!r} is on {tensor.device}; load_into fills CPU tensors (load_file "
-            "with device=... moves tensors to other devices)"
-        )
-    if not tensor.is_contiguous():
+    if not _fillable(tensor):
+        if not tensor.is_cpu:
+            raise ValueError(
+                f"tensor {name!r} is on {tensor.device}; load_into fills CPU tensors (load_file "
+                "with device=... moves tensors to other devices)"
+            )
+        if tensor.layout != torch.strided:
+            raise ValueError(f"tensor {name!r} is {tensor.layout}; load_into needs dense tensors")
         raise ValueError(f"tensor {name!r} is not contiguous; load_into needs contiguous tensors")
-    if tensor.layout != torch.strided:
-        raise ValueError(f"tensor {name!r} is {tensor.layout}; load_into needs dense tensors")
     if _is_frozen_inference(tensor):
         raise RuntimeError(_INFERENCE_REFUSED.format(name=escape_name(name)))
 
@@ -243,12 +262,19 @@ def _is_frozen_inference(tensor: "torch.Tensor") -> bool:
     return tensor.is_inference() and not torch.is_inference_mode_enabled()
 
 
+def _path(filename: Any) -> Any:
+    """A ``bytes`` filename is a path, as for :func:`load_file` and
+    :func:`safe_open` (``load`` takes a file's bytes); anything else as given."""
+    return os.fsdecode(filename) if isinstance(filename, bytes) else filename
+
+
 def load_into(
     tensors: Mapping[str, torch.Tensor],
     filename: Union[str, os.PathLike],
     *,
-    backend: str = "mmap",
+    backend: str = "auto",
     max_workers: Optional[int] = None,
+    drop_cache: bool = False,
 ) -> None:
     """Reads each named tensor of ``filename`` straight into the given,
     preallocated CPU tensor (name -> tensor), in parallel over at most
@@ -256,8 +282,9 @@ def load_into(
     released. The file's dtype and shape must equal each tensor's: every
     name, dtype and shape is checked before any byte is written (a
     SafetensorError names the first mismatch). Tensors of the file not in
-    ``tensors`` are not read."""
-    reader = open_source(filename, backend=backend)
+    ``tensors`` are not read. With ``drop_cache=True`` each tensor's pages
+    leave the page cache once copied (see :func:`load_model`)."""
+    reader = open_source(_path(filename), backend=backend)
     destinations = {}
     for name, tensor in tensors.items():
         _check_into(name, tensor)
@@ -265,7 +292,7 @@ def load_into(
     targets = _into.check_destinations(reader, destinations)
     workers = _into.check_workers(max_workers)
     with _written_in_place(list(tensors.values())):
-        _into.fill(reader, targets, max_workers=workers)
+        _into.fill(reader, targets, max_workers=workers, drop_cache=drop_cache)
 
 
 class _written_in_place:
@@ -302,6 +329,34 @@ def _has_load_hooks(model: "torch.nn.Module") -> bool:
         ):
             return True
     return False
+
+
+def _live_state(model: "torch.nn.Module") -> Optional[Dict[str, "torch.Tensor"]]:
+    """The model's parameters and persistent buffers under their state-dict
+    names, when ``model.state_dict()`` would hand out exactly these (as
+    detached views): no module overrides ``state_dict``,
+    ``_save_to_state_dict`` or ``get_extra_state``, nor has a state-dict
+    hook. Else None, and the caller asks ``state_dict()`` itself. Walks the
+    modules as ``state_dict`` does (a shared submodule under each of its
+    names), without making a detached tensor per value."""
+    base = torch.nn.Module
+    state: Dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        cls = type(module)
+        if (cls.state_dict is not base.state_dict
+                or cls._save_to_state_dict is not base._save_to_state_dict
+                or cls.get_extra_state is not base.get_extra_state
+                or module._state_dict_hooks or module._state_dict_pre_hooks):
+            return None
+        dot = prefix + "." if prefix else ""
+        for name, value in module._parameters.items():
+            if value is not None:
+                state[dot + name] = value
+        transient = module._non_persistent_buffers_set
+        for name, value in module._buffers.items():
+            if value is not None and name not in transient:
+                state[dot + name] = value
+    return state
 
 
 def _state_is_live(model: "torch.nn.Module", model_state: Mapping[str, Any]) -> bool:
@@ -364,14 +419,61 @@ def _raise_if_strict(model, filename, strict: bool, missing: Set[str],
     )
 
 
+def _shared_names(state: Mapping[str, "torch.Tensor"],
+                  preferred_names: List[str]) -> Dict[str, List[str]]:
+    """``_remove_duplicate_names(state, preferred_names=...)`` for a model
+    of many tensors: when every tensor has a storage of its own and covers
+    all of it (the usual case, seen in a few passes over the values) there
+    is nothing to drop; otherwise only the tensors it can act on go through
+    it: those that share a storage with another and those that do not cover
+    their own (which it refuses). Every other tensor is a group of one that
+    it keeps as it is. Values that are no tensor (a module's extra state)
+    share nothing."""
+    if not all(isinstance(value, torch.Tensor) for value in state.values()):
+        state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    tensors = list(state.values())
+    try:
+        storages = [t.untyped_storage() for t in tensors]
+    except Exception:  # a tensor without storage: the general rule
+        return _remove_duplicate_names(state, preferred_names=preferred_names)
+    ptrs = [s.data_ptr() for s in storages]
+    sizes = [s.nbytes() for s in storages]
+    if (0 not in ptrs and 0 not in sizes and len(set(ptrs)) == len(ptrs)
+            and ptrs == [t.data_ptr() for t in tensors]
+            and sizes == [t.nbytes for t in tensors]):
+        return {}
+    first: Dict[int, str] = {}
+    suspects: Dict[str, torch.Tensor] = {}
+    for (name, tensor), storage, size in zip(state.items(), ptrs, sizes):
+        if not storage or not size:
+            continue  # no memory of its own (meta, empty): never grouped
+        other = first.setdefault(storage, name)
+        if other != name:
+            suspects[other] = state[other]
+            suspects[name] = tensor
+        elif tensor.data_ptr() != storage or tensor.nbytes != size:
+            suspects[name] = tensor
+    if not suspects:
+        return {}
+    return _remove_duplicate_names(suspects, preferred_names=preferred_names)
+
+
 def _add_identity_ties(model: "torch.nn.Module", to_removes: Dict[str, List[str]],
                        in_file: Set[str]) -> None:
     """Ties that storage addresses cannot show (a model on the meta device):
-    one Parameter object under several names."""
+    one Parameter object under several names (every parameter and buffer,
+    as named_parameters and named_buffers list them without removing
+    duplicates)."""
+    named = []
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        dot = prefix + "." if prefix else ""
+        named.extend((dot + k, v) for k, v in module._parameters.items() if v is not None)
+        named.extend((dot + k, v) for k, v in module._buffers.items() if v is not None)
+    if len({id(value) for _, value in named}) == len(named):
+        return
     known = set(to_removes) | {n for names in to_removes.values() for n in names}
     groups: Dict[int, List[str]] = {}
-    for name, value in list(model.named_parameters(remove_duplicate=False)) + list(
-            model.named_buffers(remove_duplicate=False)):
+    for name, value in named:
         groups.setdefault(id(value), []).append(name)
     for names in groups.values():
         if len(names) < 2 or known.intersection(names):
@@ -409,7 +511,164 @@ def _readers(filename: Any, backend: str) -> List[Any]:
     if not _is_checkpoint_directory(filename):
         return [open_source(filename, backend=backend)]
     with sharded.safe_open_sharded(filename, "pt", backend=backend) as f:
-        return [shard._handle() for shard in f._open_shards().values()]
+        return [shard.reader for shard in f.shards.values()]
+
+
+def _table(reader: Any) -> List[Tuple[str, str, Tuple[int, ...]]]:
+    """(name, dtype code, shape) of every tensor of ``reader``, in data order."""
+    if hasattr(reader, "table"):
+        return [row[:3] for row in reader.table()]
+    return [(name,) + tuple(reader.info(name)[:2]) for name in reader.offset_keys()]
+
+
+class _Plan(NamedTuple):
+    """What a load will do, worked out before anything is written."""
+
+    missing: Set[str]  # names of the model the file lacks
+    unexpected: List[str]  # names of the file the model lacks (or holds twice)
+    ties: Dict[str, List[str]]  # kept name -> the names tied to it
+    in_file: Set[str]
+    direct: List[Tuple[Any, List[str]]]  # (reader, names copied by the core into the model)
+    cast: List[Tuple[Any, str]]  # (reader, name) copied through torch (dtype, device, strides)
+    on_meta: List[str]  # names skipped: the model's tensor is on the meta device
+    problems: List[str]  # size mismatches and tensors that cannot be written
+
+
+def _plan(model: "torch.nn.Module", readers: List[Any], state: Mapping[str, "torch.Tensor"],
+          hooks: bool, through_torch: bool) -> _Plan:
+    """Names (missing, unexpected), ties and where each tensor goes, checked
+    against the model: shapes (except where the model's own hooks may reshape
+    what they are given) and, for copies, whether the tensor can be written."""
+    file_names = [name for reader in readers for name in reader.offset_keys()]
+    in_file = set(file_names)
+    ties = _shared_names(state, file_names)
+    _add_identity_ties(model, ties, in_file)
+    dropped = {name for group in ties.values() for name in group}
+    missing = {name for name in state if name not in in_file}
+    unexpected = [name for name in file_names if name not in state]
+    # A tied name absent from the file is filled through the name it shares
+    # memory with; present in the file, it is one tensor too many.
+    for name in sorted(dropped):
+        if name in missing:
+            missing.remove(name)
+        else:
+            unexpected.append(name)
+
+    direct: List[Tuple[Any, List[str]]] = []
+    cast: List[Tuple[Any, str]] = []
+    on_meta: List[str] = []
+    problems: List[str] = []
+    frozen = not torch.is_inference_mode_enabled()
+    for reader in readers:
+        rows = [row for row in _table(reader) if row[0] in state and row[0] not in dropped]
+        targets = [state[row[0]] for row in rows]
+        # The usual case in one pass: the model's tensor has the file's shape
+        # and dtype and can be written in place. Every other tensor is looked
+        # at one by one below.
+        usual = [
+            code != "F4" and target.shape == shape and not through_torch
+            and not target.is_meta and target.layout == torch.strided and target.is_cpu
+            and _CODE_BY_TORCH.get(target.dtype) == code and target.is_contiguous()
+            and not (frozen and target.is_inference())
+            for (_, code, shape), target in zip(rows, targets)
+        ]
+        names: List[str] = []
+        for (name, code, shape), target, is_usual in zip(rows, targets, usual):
+            if is_usual:
+                names.append(name)
+                continue
+            torch_shape = tuple(shape)
+            if code == "F4":  # torch counts pairs of values
+                torch_shape = _dtypes.f4_pairs_shape(torch_shape)
+            if target.shape != torch_shape:
+                if not hooks:
+                    problems.append(
+                        f"size mismatch for {escape_name(name)}: the file holds shape "
+                        f"{list(torch_shape)}, the model's tensor has shape {list(target.shape)}."
+                    )
+                continue
+            if through_torch:
+                continue
+            if target.is_meta:
+                on_meta.append(name)
+            elif _is_frozen_inference(target):
+                problems.append(_INFERENCE_REFUSED.format(name=escape_name(name)) + ".")
+            elif target.layout != torch.strided:
+                # copy_ would fail only once the other tensors are written.
+                problems.append(f"cannot copy into {escape_name(name)}: the model's tensor is "
+                                f"{target.layout}, not dense; make it a dense tensor first.")
+            elif _CODE_BY_TORCH.get(target.dtype) == code and _fillable(target):
+                names.append(name)
+            else:
+                _check_code(name, code, tuple(shape))
+                cast.append((reader, name))
+        direct.append((reader, names))
+    return _Plan(missing, unexpected, ties, in_file, direct, cast, on_meta, problems)
+
+
+def _load_through_torch(model: "torch.nn.Module", readers: List[Any], plan: _Plan,
+                        device: Any, backend: str, assign: bool) -> None:
+    """The file's tensors as a state dict, handed to ``model.load_state_dict``
+    (names already checked: strict=False)."""
+    state = {}
+    for reader in readers:
+        handle = safe_open._from_reader(reader, "pt", device, backend)
+        for name in reader.offset_keys():
+            state[name] = handle.get_tensor(name)
+    model.load_state_dict(state, strict=False, assign=assign)
+    if assign:
+        _retie(model, plan.ties, plan.in_file)
+
+
+def _held_memory(names: List[str], tensors: List["torch.Tensor"]
+                 ) -> Tuple[List[Any], List[int], List[int]]:
+    """(storages, addresses, lengths) of the tensors' bytes, each storage
+    held by the caller while the core writes without the GIL: another thread
+    may swap a tensor's storage meanwhile (``t.data = ...``, ``t.set_()``)
+    and drop the old one's last reference. Each address is checked to lie in
+    the storage held for it (a swap between reading the two is refused)."""
+    storages, addresses, lengths = [], [], []
+    for name, tensor in zip(names, tensors):
+        storage = tensor.untyped_storage()
+        address, length = tensor.data_ptr(), tensor.nbytes
+        start = storage.data_ptr()
+        if length and not (start <= address and address + length <= start + storage.nbytes()):
+            raise RuntimeError(f"tensor {escape_name(name)}: its storage changed while loading")
+        storages.append(storage)
+        addresses.append(address)
+        lengths.append(length)
+    return storages, addresses, lengths
+
+
+def _copy_direct(state: Mapping[str, "torch.Tensor"], plan: _Plan, workers: int,
+                 drop_cache: bool) -> None:
+    """The planned tensors, straight from the files into the model's memory:
+    one batch of the core per file (each with every thread: a large shard is
+    cut into chunks), then the casts through torch."""
+    written = [state[name] for _, names in plan.direct for name in names]
+    with _written_in_place(written):
+        for reader, names in plan.direct:
+            if not names:
+                continue
+            tensors = [state[name] for name in names]
+            if hasattr(reader, "read_batch"):
+                # The core writes without the GIL: another thread may swap a
+                # tensor's storage meanwhile (``t.data = ...``, ``t.set_()``)
+                # and drop the old one's last reference. Holding each storage
+                # keeps every address valid until the batch returns.
+                storages, addresses, lengths = _held_memory(names, tensors)
+                _into.copy_batch(reader, names, addresses, lengths,
+                                 max_workers=workers, drop_cache=drop_cache)
+                del storages
+            else:  # a byte source: read through Python, tensor by tensor
+                targets = _into.check_destinations(
+                    reader, {name: _destination(name, t) for name, t in zip(names, tensors)})
+                _into.fill(reader, targets, max_workers=workers)
+    if plan.cast:
+        with torch.no_grad():
+            for reader, name in plan.cast:
+                code = reader.info(name)[0]
+                state[name].copy_(_to_array(name, code, reader.tensor(name), None))
 
 
 def load_model(
@@ -421,18 +680,19 @@ def load_model(
     assign: bool = False,
     backend: Optional[str] = None,
     max_workers: Optional[int] = None,
+    drop_cache: bool = False,
 ) -> Tuple[Set[str], List[str]]:
     """Loads ``filename`` (a file, or a sharded checkpoint's directory or
     index) into ``model`` and returns ``(missing, unexpected)``.
 
     On the CPU, every tensor is read straight into the model's own
-    parameter or buffer (no intermediate state dict), in parallel over at
-    most ``max_workers`` threads (default: the number of CPUs) with the GIL
-    released; shapes are all checked first. A parameter whose dtype differs
-    from the file's is cast on copy, as ``load_state_dict`` does. With
-    ``assign=True`` nothing is copied: parameters and buffers become views
-    of the file's mapping (and take the file's dtypes), which suits a model
-    built on the ``meta`` device.
+    parameter or buffer (no intermediate state dict), in one call of the C
+    core that copies them all on at most ``max_workers`` threads (default:
+    the number of CPUs) with the GIL released; shapes are all checked first.
+    A parameter whose dtype differs from the file's is cast on copy, as
+    ``load_state_dict`` does. With ``assign=True`` nothing is copied:
+    parameters and buffers become views of the file's mapping (and take the
+    file's dtypes), which suits a model built on the ``meta`` device.
 
     Tied weights that the file stores once (see :func:`save_model`) are
     restored. With ``strict``, names missing from the file or unknown to the
@@ -463,104 +723,44 @@ def load_model(
 
     ``backend`` defaults to ``"pread"`` when tensors are copied into the
     model (reading from the page cache straight into the parameters beats
-    faulting a mapping in page by page, warm and cold), and to ``"mmap"``
+    faulting a mapping in page by page, warm and cold), and to ``"auto"``
     for ``assign=True`` and for ``load_state_dict``, which keep or copy
     views of the file. Either can be asked for explicitly.
+
+    ``drop_cache=True`` drops each tensor's pages from the page cache once
+    it is copied into the model, so that loading a checkpoint larger than
+    the free memory does not push the rest of the machine's working set out
+    of the cache (the bytes are then read with pread even with
+    ``backend="mmap"``). It applies to the tensors the core copies; those
+    cast or moved through torch (another dtype or device, loading hooks) are
+    not dropped, and ``assign=True``, whose tensors are the cached pages,
+    refuses it (ValueError).
     """
-    on_cpu = _resolve_device(device) is None
+    if drop_cache and assign:
+        raise ValueError("drop_cache=True drops the pages of copied tensors, and assign=True "
+                         "copies nothing: its tensors are views of the cached file")
+    filename = _path(filename)
+    through_torch = assign or _resolve_device(device) is not None
     hooks = _has_load_hooks(model)
-    model_state = model.state_dict()
-    through_torch = assign or not on_cpu or hooks or not _state_is_live(model, model_state)
+    through_torch = through_torch or hooks
+    state = None if through_torch else _live_state(model)
+    if state is None:
+        state = model.state_dict()
+        through_torch = through_torch or not _state_is_live(model, state)
     if backend is None:
-        backend = "mmap" if through_torch else "pread"
+        backend = "auto" if through_torch else "pread"
     readers = _readers(filename, backend)
-    file_names = [name for reader in readers for name in reader.offset_keys()]
-    in_file = set(file_names)
-    to_removes = _remove_duplicate_names(model_state, preferred_names=file_names)
-    _add_identity_ties(model, to_removes, in_file)
-    dropped = {name for group in to_removes.values() for name in group}
-    missing = {name for name in model_state if name not in in_file}
-    unexpected = [name for name in file_names if name not in model_state]
-    # A tied name absent from the file is filled through the name it shares
-    # memory with; present in the file, it is one tensor too many.
-    for name in sorted(dropped):
-        if name in missing:
-            missing.remove(name)
-        else:
-            unexpected.append(name)
-
-    # Everything that can refuse the load is checked before anything is
-    # written, on every path: shapes (except where the model's own hooks may
-    # reshape what they are given), then names.
-    plans: List[Tuple[Any, Dict[str, Any]]] = []
-    cast: List[Tuple[Any, str]] = []
-    on_meta: List[str] = []
-    problems = []
-    for reader in readers:
-        direct: Dict[str, Any] = {}
-        for name in reader.offset_keys():
-            if name not in model_state or name in dropped:
-                continue
-            target = model_state[name]
-            code, shape = reader.info(name)[:2]
-            torch_shape = tuple(shape)
-            if code == "F4":  # torch counts pairs of values
-                torch_shape = torch_shape[:-1] + (torch_shape[-1] // 2,)
-            if tuple(target.shape) != torch_shape:
-                if not hooks:
-                    problems.append(
-                        f"size mismatch for {escape_name(name)}: the file holds shape "
-                        f"{list(torch_shape)}, the model's tensor has shape {list(target.shape)}."
-                    )
-                continue
-            if through_torch:
-                continue
-            if target.is_meta:
-                on_meta.append(name)
-            elif _is_frozen_inference(target):
-                problems.append(_INFERENCE_REFUSED.format(name=escape_name(name)) + ".")
-            elif target.layout != torch.strided:
-                # copy_ would fail only once the other tensors are written.
-                problems.append(f"cannot copy into {escape_name(name)}: the model's tensor is "
-                                f"{target.layout}, not dense; make it a dense tensor first.")
-            elif (_CODE_BY_TORCH.get(target.dtype) == code and target.device.type == "cpu"
-                    and target.layout == torch.strided and target.is_contiguous()):
-                direct[name] = _destination(name, target)
-            else:
-                _check_code(name, code, tuple(shape))
-                cast.append((reader, name))
-        plans.append((reader, direct))
-    if problems:
-        raise _size_mismatch(model, problems)
-    _raise_if_strict(model, filename, strict, missing, unexpected)
-
+    plan = _plan(model, readers, state, hooks, through_torch)
+    if plan.problems:
+        raise _size_mismatch(model, plan.problems)
+    _raise_if_strict(model, filename, strict, plan.missing, plan.unexpected)
     if through_torch:
-        state = {}
-        for reader in readers:
-            handle = safe_open._from_reader(reader, "pt", device, backend)
-            for name in reader.offset_keys():
-                state[name] = handle.get_tensor(name)
-        model.load_state_dict(state, strict=False, assign=assign)
-        if assign:
-            _retie(model, to_removes, in_file)
-        return missing, unexpected
-
-    if on_meta:
-        _warn_meta(on_meta)
-    # Shards one after the other, each with the whole pool: a large shard
-    # is cut into chunks, so the pool stays busy either way.
-    work = [(reader, _into.check_destinations(reader, direct)) for reader, direct in plans]
-    workers = _into.check_workers(max_workers)
-    written = [model_state[name] for _, direct in plans for name in direct]
-    with _written_in_place(written):
-        for reader, targets in work:
-            _into.fill(reader, targets, max_workers=workers)
-    if cast:
-        with torch.no_grad():
-            for reader, name in cast:
-                code = reader.info(name)[0]
-                model_state[name].copy_(_to_array(name, code, reader.tensor(name), None))
-    return missing, unexpected
+        _load_through_torch(model, readers, plan, device, backend, assign)
+        return plan.missing, plan.unexpected
+    if plan.on_meta:
+        _warn_meta(plan.on_meta)
+    _copy_direct(state, plan, _into.check_workers(max_workers), drop_cache)
+    return plan.missing, plan.unexpected
 
 
 def _warn_meta(names: List[str]) -> None:
@@ -579,38 +779,8 @@ def _warn_meta(names: List[str]) -> None:
 # ---------------------------------------------------------------------------
 # MARK: sharded checkpoints
 
-def save_sharded(
-    tensors: Dict[str, torch.Tensor],
-    directory: Union[str, os.PathLike],
-    max_shard_size: Union[int, str] = "5GB",
-    prefix: str = "model",
-    metadata: Optional[Dict[str, str]] = None,
-    *,
-    progress: Optional[bool] = None,
-) -> Dict[str, Any]:
-    """:func:`safetensors_c.sharded.save_sharded` for torch tensors."""
-    return sharded.save_sharded(
-        tensors, directory, max_shard_size, prefix, metadata, framework="pt", progress=progress
-    )
-
-
-def load_sharded(
-    path: Union[str, os.PathLike],
-    device: Union[str, int] = "cpu",
-    *,
-    prefix: str = "model",
-    backend: str = "mmap",
-    progress: Optional[bool] = None,
-    max_workers: Optional[int] = None,
-    process_group: Any = None,
-    plan: Optional[Any] = None,
-) -> Dict[str, torch.Tensor]:
-    """:func:`safetensors_c.sharded.load_sharded` giving torch tensors
-    (``process_group``/``plan``: see :func:`load_file`)."""
-    return sharded.load_sharded(
-        path, framework="pt", device=device, prefix=prefix, backend=backend, progress=progress,
-        max_workers=max_workers, process_group=process_group, plan=plan,
-    )
+save_sharded = _frameworks.bind_framework(sharded.save_sharded, "pt", __name__)
+load_sharded = _frameworks.bind_framework(sharded.load_sharded, "pt", __name__)
 
 
 # ---------------------------------------------------------------------------

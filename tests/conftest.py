@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
 import ml_dtypes  # noqa: E402
 
 import safetensors_c  # noqa: E402
+import safetensors_c.numpy  # noqa: E402
 
 BACKENDS = ("mmap", "pread")
 
@@ -58,6 +59,14 @@ RANK = [
     "F64", "I64", "U64",
 ]
 assert len(RANK) == 22
+
+
+def pytest_configure(config):
+    # Registered here, not in pyproject.toml: the wheel run (tests/wheel_check.sh) copies
+    # only tests/ and deselects these with -m "not source_tree".
+    config.addinivalue_line(
+        "markers", "source_tree: reads the checkout (csrc/, docs/, README.md, benchmarks/, "
+        "pyproject.toml), which an installed wheel does not carry")
 
 
 def header_bytes(header) -> bytes:
@@ -149,6 +158,19 @@ def sample_file(tmp_path, sample_tensors):
     path = tmp_path / "sample.safetensors"
     safetensors_c.save_file(sample_tensors, path, metadata={"format": "np"})
     return path
+
+@pytest.fixture
+def remote_checkpoint(tmp_path):
+    """(file bytes, tensors) of the file the loopback HTTP servers serve:
+    a small tensor in the speculative first read, one far beyond it."""
+    tensors = {
+        "a": np.arange(1000, dtype=np.float32),
+        "far": np.arange(200_000, dtype=np.float64),  # 1.6 MB: beyond the first read
+    }
+    path = tmp_path / "h.safetensors"
+    safetensors_c.numpy.save_file(tensors, str(path))
+    return path.read_bytes(), tensors
+
 
 # Each framework's tests (tests/frameworks/) run in a pytest process of their
 # own, launched by tests/test_frameworks.py: some frameworks crash when

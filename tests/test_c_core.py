@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.source_tree  # builds and runs the core's C tests from tests/c and csrc/
 C_TESTS = ROOT / "tests" / "c"
 CORE = ROOT / "csrc" / "core"
 

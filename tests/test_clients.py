@@ -226,6 +226,7 @@ def test_huggingface_hub_version_check_passes():
     """, switch="1"))
 
 
+@pytest.mark.source_tree  # builds wheels from the checkout
 @pytest.mark.parametrize("editable", [False, True], ids=["wheel", "editable"])
 def test_built_wheels_carry_the_startup_hook(tmp_path, editable):
     # What `pip install .` and `pip install -e .` install: the PEP 517 / PEP 660 wheels.

@@ -25,7 +25,7 @@ from conftest import build, entry
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from remote_servers.nginx import Nginx, nginx_binary  # noqa: E402
+from remote_servers.nginx import serving_nginx  # noqa: E402
 
 diff = safetensors_c.diff
 # The module (its attribute on the package is the function of the same name).
@@ -428,14 +428,7 @@ def test_peak_memory_is_a_few_chunks_not_a_tensor(many_tensors):
 # MARK: over http ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def nginx(tmp_path_factory):
-    binary = nginx_binary()
-    if binary is None:
-        pytest.skip("nginx is not installed (apt-get install -y nginx-light)")
-    base = tmp_path_factory.mktemp("nginx")
-    server = Nginx(binary, base).start()
-    root = server.root
+def _fill_nginx_root(root) -> None:
     _save(root / "a.safetensors", _many(), {"format": "np"})
     changed = _many()
     changed["layer.2.w"][0, 0] = 100.0
@@ -446,10 +439,11 @@ def nginx(tmp_path_factory):
     big = {"x": rng.standard_normal(1 << 21).astype(np.float32)}  # 8 MiB
     _save(root / "big_a.safetensors", big)
     _save(root / "big_b.safetensors", {"x": big["x"] + 0.5})
-    try:
-        yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory):
+    yield from serving_nginx(tmp_path_factory.mktemp("nginx"), _fill_nginx_root)
 
 
 def test_urls_files_and_sharded_over_http(nginx, tmp_path):

@@ -42,7 +42,7 @@ def _data_start(raw: bytes) -> int:
 
 def _offsets(path, name):
     with safe_open(path) as f:
-        reader = f._handle()
+        reader = f.reader
         begin, end = reader.info(name)[3:5]
         return reader.data_start + begin, reader.data_start + end
 

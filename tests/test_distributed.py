@@ -7,11 +7,6 @@ columns of row-parallel ones); the gathered slices equal the full load.
 
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-import time
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -19,19 +14,13 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-import torch.multiprocessing as mp  # noqa: E402
-
 import safetensors_c.torch as ct  # noqa: E402
 from safetensors_c.sharded import safe_open_sharded  # noqa: E402
 
+from rank_processes import free_port, process_group, spawn_ranks  # noqa: E402
+
 WORLD = 2
-TIMEOUT = 20  # seconds, for the whole spawn
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TIMEOUT = 20  # seconds a collective may wait; the whole spawn gets 10 more
 
 
 def shard_dim(name: str) -> int:
@@ -40,12 +29,7 @@ def shard_dim(name: str) -> int:
 
 
 def worker(rank: int, port: int, checkpoint: str, out: str) -> None:
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-        timeout=datetime.timedelta(seconds=TIMEOUT),
-    )
-    try:
+    with process_group(rank, WORLD, port, TIMEOUT):
         mine = {}
         with safe_open_sharded(checkpoint, framework="pt") as f:
             for name in f.keys():
@@ -65,8 +49,6 @@ def worker(rank: int, port: int, checkpoint: str, out: str) -> None:
         if rank == 0:
             ct.save_file(gathered, out)
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_tensor_parallel_load_equals_full_load(tmp_path):
@@ -81,19 +63,7 @@ def test_tensor_parallel_load_equals_full_load(tmp_path):
     assert len(list(checkpoint.glob("model-*.safetensors"))) > 1
 
     out = tmp_path / "gathered.safetensors"
-    context = mp.spawn(
-        worker, args=(free_port(), str(checkpoint), str(out)), nprocs=WORLD, join=False
-    )
-    deadline = time.monotonic() + TIMEOUT + 10
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail("distributed workers did not finish in time")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-                process.join(5)
+    spawn_ranks(worker, (free_port(), str(checkpoint), str(out)), WORLD, deadline=TIMEOUT + 10)
 
     gathered = ct.load_file(out)
     full = ct.load_sharded(checkpoint, progress=False)

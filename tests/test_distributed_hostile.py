@@ -17,14 +17,10 @@ still in step: a good load on every rank returns the right values.
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import shutil
-import socket
 import time
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -32,11 +28,12 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-import torch.multiprocessing as mp  # noqa: E402
-
 import safetensors_c.torch as ct  # noqa: E402
 from safetensors_c import distributed  # noqa: E402
 from safetensors_c.integrity import save_file_with_digests  # noqa: E402
+
+from rank_processes import (free_port, process_group, read_reports, spawn_ranks,  # noqa: E402
+                            write_report)
 
 WORLD = 2
 # A rank left waiting in a collective would wait this long: far beyond the
@@ -47,12 +44,6 @@ PROMPT = 30  # seconds from the call to the error on every rank: "within seconds
 
 MISMATCH = "STC_ERR_RANK_MISMATCH"
 FAILED = "STC_ERR_RANK_FAILED"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tensors(seed: int):
@@ -192,62 +183,36 @@ SCENARIOS = {f.__name__: f for f in (
 
 
 def worker(rank, port, scenario, args, out_dir):
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-        timeout=datetime.timedelta(seconds=GROUP_TIMEOUT),
-    )
-    report = {}
-    try:
-        start = time.monotonic()
+    with process_group(rank, WORLD, port, GROUP_TIMEOUT):
+        report = {}
         try:
-            got = SCENARIOS[scenario](rank, args)
-            report["loaded"] = sorted(got)
-            if scenario == "agree":
-                want = expected(args["shared"], args["plan"], rank)
-                want.update(expected(args["versions"][0], args["plan"], rank))
-                report["wrong"] = wrong(got, want)
+            start = time.monotonic()
+            try:
+                got = SCENARIOS[scenario](rank, args)
+                report["loaded"] = sorted(got)
+                if scenario == "agree":
+                    want = expected(args["shared"], args["plan"], rank)
+                    want.update(expected(args["versions"][0], args["plan"], rank))
+                    report["wrong"] = wrong(got, want)
+            except Exception as exc:
+                report["error"] = {"type": type(exc).__name__,
+                                   "code": getattr(exc, "code", None), "message": str(exc)}
+            report["seconds"] = time.monotonic() - start
+            # The group is still in step: the same good load on every rank.
+            plan = {"a": 0, "sq": 1}
+            got = distributed.load_file(args["good"], plan=plan)
+            report["after"] = wrong(got, expected(args["good"], plan, rank))
         except Exception as exc:
-            report["error"] = {"type": type(exc).__name__, "code": getattr(exc, "code", None),
-                               "message": str(exc)}
-        report["seconds"] = time.monotonic() - start
-        # The group is still in step: the same good load on every rank.
-        plan = {"a": 0, "sq": 1}
-        got = distributed.load_file(args["good"], plan=plan)
-        report["after"] = wrong(got, expected(args["good"], plan, rank))
-    except Exception as exc:
-        report["worker"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-            json.dump(report, fh)
-        dist.destroy_process_group()
+            report["worker"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            write_report(out_dir, rank, report)
 
 
 def run(scenario, args, out_dir):
     """Every rank's report; fails unless every rank exited by itself, with
     code 0 (no signal death, no crash), within DEADLINE."""
-    context = mp.get_context("spawn")
-    port = free_port()
-    procs = [context.Process(target=worker, args=(r, port, scenario, args, str(out_dir)))
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + DEADLINE
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    stuck = [r for r, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join(10)
-    assert not stuck, f"ranks {stuck} still running after {DEADLINE} s"
-    codes = [p.exitcode for p in procs]
-    assert all(code is not None and code >= 0 for code in codes), f"died by a signal: {codes}"
-    assert codes == [0] * WORLD, codes
-    reports = []
-    for r in range(WORLD):
-        with open(os.path.join(out_dir, f"rank{r}.json")) as fh:
-            reports.append(json.load(fh))
+    spawn_ranks(worker, (free_port(), scenario, args, str(out_dir)), WORLD, deadline=DEADLINE)
+    reports = read_reports(str(out_dir), WORLD)
     for rep in reports:
         assert "worker" not in rep, reports
         assert rep["after"] == [], reports
@@ -347,11 +312,27 @@ def failed_elsewhere(error, rank, text):
     assert text in error["message"], error
 
 
-def test_a_plan_raising_on_one_rank_reaches_every_rank(files, tmp_path):
-    zero, one = run("plan_raises", files, tmp_path)
-    assert one["error"] == {"type": "ValueError", "code": None,
-                            "message": "no dimension for 'sq' on this rank"}, one
-    failed_elsewhere(zero["error"], 1, "ValueError: no dimension for 'sq' on this rank")
+# scenario, the rank that raised, what it raised, what every other rank hears
+RAISED_ON_ONE_RANK = [
+    ("plan_raises", 1,
+     {"type": "ValueError", "code": None, "message": "no dimension for 'sq' on this rank"},
+     "ValueError: no dimension for 'sq' on this rank"),
+    ("finding_fails", 0,
+     {"type": "FileNotFoundError", "code": None,
+      "message": "no index in this rank's checkpoint directory"},
+     "FileNotFoundError: no index in this rank's checkpoint"),
+]
+
+
+@pytest.mark.parametrize("scenario, failing, raised, heard", RAISED_ON_ONE_RANK,
+                         ids=[case[0] for case in RAISED_ON_ONE_RANK])
+def test_an_error_raised_on_one_rank_reaches_every_rank(files, tmp_path, scenario, failing,
+                                                        raised, heard):
+    # A plan that raises on rank 1 only; finding the files (the function
+    # load_files runs inside the agreement) failing on rank 0 only.
+    reports = run(scenario, files, tmp_path)
+    assert reports[failing]["error"] == raised, reports[failing]
+    failed_elsewhere(reports[1 - failing]["error"], failing, heard)
 
 
 def test_the_message_carried_between_ranks_is_bounded(files, tmp_path):
@@ -371,13 +352,6 @@ def test_a_file_missing_on_one_rank_reaches_every_rank(files, tmp_path):
     assert "no-such-file.safetensors" in zero["error"]["message"], zero
     failed_elsewhere(one["error"], 0, "FileNotFoundError")
     assert "no-such-file.safetensors" in one["error"]["message"], one
-
-
-def test_finding_the_files_failing_on_one_rank_reaches_every_rank(files, tmp_path):
-    zero, one = run("finding_fails", files, tmp_path)
-    assert zero["error"] == {"type": "FileNotFoundError", "code": None,
-                             "message": "no index in this rank's checkpoint directory"}, zero
-    failed_elsewhere(one["error"], 0, "FileNotFoundError: no index in this rank's checkpoint")
 
 
 def test_a_read_failing_on_one_rank_reaches_every_rank(files, tmp_path):

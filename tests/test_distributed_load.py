@@ -13,12 +13,9 @@ fails). The file rank 0 saves again holds exactly what it loaded.
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import socket
+from typing import NamedTuple, Optional
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -26,23 +23,19 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-import torch.multiprocessing as mp  # noqa: E402
-
 import safetensors_c.torch as ct  # noqa: E402
 from safetensors_c import distributed  # noqa: E402
 from safetensors_c._core import SafetensorError  # noqa: E402
+from safetensors_c._reader import open_source  # noqa: E402
+
+from rank_processes import (free_port, process_group, read_reports, spawn_ranks,  # noqa: E402
+                            write_report)
 
 TIMEOUT = 60  # seconds, for the collectives of one spawn
 HAS_IO = os.path.exists("/proc/self/io") and hasattr(os, "posix_fadvise")
 # Bytes a rank may read beyond its share: each file's header (the core
 # reads it whole) rounded to pages, plus the pages cut between ranks.
 PAGE = 4096
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_bytes() -> int:
@@ -136,34 +129,29 @@ def load_case(rank, world, case):
 
 
 def worker(rank, world, port, cases, out_dir):
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-        timeout=datetime.timedelta(seconds=TIMEOUT),
-    )
-    reports = {}
-    try:
-        # A first load of a small file, unmeasured: whatever it imports or
-        # reads from disk for the first time is not charged to the cases.
-        warmup = os.path.join(out_dir, "warmup.safetensors")
-        if rank == 0:
-            ct.save_file({"w": torch.arange(10), "x": torch.ones(3, 3)}, warmup)
-        dist.barrier()
-        distributed.load_files([warmup], plan={"x": 1})
-        ct.load_file(warmup, process_group=dist.group.WORLD)
-        for key, case in cases.items():
-            reports[key] = load_case(rank, world, case)
-    except BaseException as exc:
-        reports["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-            json.dump(reports, fh)
-        dist.destroy_process_group()
+    with process_group(rank, world, port, TIMEOUT):
+        reports = {}
+        try:
+            # A first load of a small file, unmeasured: whatever it imports or
+            # reads from disk for the first time is not charged to the cases.
+            # It holds every dtype of the cases: some are read through modules
+            # imported on first use (bfloat16 through ml_dtypes), which a fresh
+            # machine reads from storage.
+            warmup = os.path.join(out_dir, "warmup.safetensors")
+            if rank == 0:
+                ct.save_file({"w": torch.arange(10), "x": torch.ones(3, 3)}, warmup)
+            dist.barrier()
+            distributed.load_files([warmup], plan={"x": 1})
+            ct.load_file(warmup, process_group=dist.group.WORLD)
+            for key, case in cases.items():
+                reports[key] = load_case(rank, world, case)
+        except BaseException as exc:
+            reports["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            write_report(out_dir, rank, reports)
 
 
 def _offset_keys(path):
-    from safetensors_c._reader import open_source
-
     return open_source(path).offset_keys()
 
 
@@ -171,7 +159,8 @@ _RUNS = {}
 
 
 def run(world, checkpoint, tmp_path_factory):
-    """One spawn per world size runs every case; later tests reuse it."""
+    """One spawn per world size runs every case; later tests reuse it:
+    (every rank's reports, the cases)."""
     if world in _RUNS:
         return _RUNS[world]
     out_dir = str(tmp_path_factory.mktemp(f"world{world}"))
@@ -182,23 +171,31 @@ def run(world, checkpoint, tmp_path_factory):
                     "resave": os.path.join(out_dir, "resaved_sharded.safetensors")},
         "plan": {"files": checkpoint["shards"], "plan": PLAN},
     }
-    mp.spawn(worker, args=(world, free_port(), cases, out_dir), nprocs=world, join=True)
-    reports = []
-    for r in range(world):
-        with open(os.path.join(out_dir, f"rank{r}.json")) as fh:
-            reports.append(json.load(fh))
-    _RUNS[world] = (reports, out_dir)
+    spawn_ranks(worker, (world, free_port(), cases, out_dir), world)
+    _RUNS[world] = (read_reports(out_dir, world), cases)
     return _RUNS[world]
 
 
-def case_reports(world, key, checkpoint, tmp_path_factory):
-    reports, out_dir = run(world, checkpoint, tmp_path_factory)
+class CaseResult(NamedTuple):
+    reports: list  # each rank's report of the case, rank 0 first
+    files: list  # the files the case loaded
+    data: int  # their data bytes
+    header: int  # their headers' bytes, each rounded up to pages
+    resaved: Optional[str]  # where rank 0 saved what it loaded (cases without a plan)
+
+
+def case_result(world, key, checkpoint, tmp_path_factory) -> CaseResult:
+    """The case's reports, after checking that every rank loaded the right values."""
+    reports, cases = run(world, checkpoint, tmp_path_factory)
     for rep in reports:
         assert "error" not in rep, rep
     for rep in reports:
         assert rep[key]["bad"] == [], rep[key]
         assert rep[key]["missing"] == [], rep[key]
-    return [rep[key] for rep in reports], out_dir
+    files = cases[key]["files"]
+    data, header = data_and_header_sizes(files)
+    return CaseResult([rep[key] for rep in reports], files, data, header,
+                      cases[key].get("resave"))
 
 
 def assert_storage_reads(reports, data, world, slack, total_slack=None):
@@ -232,8 +229,6 @@ def assert_resaved(path):
 
 
 def data_and_header_sizes(files):
-    from safetensors_c._reader import open_source
-
     data = header = 0
     for f in files:
         r = open_source(f)
@@ -257,40 +252,35 @@ def checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_full_load_equals_single_process(checkpoint, tmp_path_factory, world):
-    files = [checkpoint["single"]]
-    reports, out_dir = case_reports(world, "single", checkpoint, tmp_path_factory)
-    data, header = data_and_header_sizes(files)
+    case = case_result(world, "single", checkpoint, tmp_path_factory)
     if HAS_IO:
         # Its ~1/N share (cuts fall on pages), the header, a page each side.
-        assert_storage_reads(reports, data, world, header + 2 * PAGE,
-                             total_slack=world * (header + 3 * PAGE))
-    assert_resaved(os.path.join(out_dir, "resaved.safetensors"))
+        assert_storage_reads(case.reports, case.data, world, case.header + 2 * PAGE,
+                             total_slack=world * (case.header + 3 * PAGE))
+    assert_resaved(case.resaved)
 
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_sharded_load_equals_single_process(checkpoint, tmp_path_factory, world):
-    files = checkpoint["shards"]
-    reports, out_dir = case_reports(world, "sharded", checkpoint, tmp_path_factory)
-    data, header = data_and_header_sizes(files)
+    case = case_result(world, "sharded", checkpoint, tmp_path_factory)
     if HAS_IO:
         # Pages at each shard's edges may be read by two ranks.
-        assert_storage_reads(reports, data, world, header + 2 * PAGE * (len(files) + 1))
-    assert_resaved(os.path.join(out_dir, "resaved_sharded.safetensors"))
+        assert_storage_reads(case.reports, case.data, world,
+                             case.header + 2 * PAGE * (len(case.files) + 1))
+    assert_resaved(case.resaved)
 
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_tensor_parallel_plan(checkpoint, tmp_path_factory, world):
-    files = checkpoint["shards"]
-    reports, _ = case_reports(world, "plan", checkpoint, tmp_path_factory)
-    data, header = data_and_header_sizes(files)
+    case = case_result(world, "plan", checkpoint, tmp_path_factory)
     if HAS_IO:
         # Every tensor split its own way: each piece may add a page each side.
-        slack = header + 2 * PAGE * (len(checkpoint["tensors"]) + len(files) + world)
-        for rep in reports:
-            assert rep["read_bytes"] <= data // world + slack, rep
+        slack = case.header + 2 * PAGE * (len(checkpoint["tensors"]) + len(case.files) + world)
+        for rep in case.reports:
+            assert rep["read_bytes"] <= case.data // world + slack, rep
         # Between them the ranks read every data byte from storage at least once.
-        total = sum(r["read_bytes"] for r in reports)
-        assert total >= data, (total, data, reports)
+        total = sum(r["read_bytes"] for r in case.reports)
+        assert total >= case.data, (total, case.data, case.reports)
 
 
 def test_without_an_initialized_group(checkpoint):
@@ -317,33 +307,26 @@ BAD_PLANS = [
 
 
 def bad_plan_worker(rank, world, port, path, out_dir):
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=TIMEOUT))
-    messages = []
-    try:
-        for plan, _ in BAD_PLANS:
-            try:
-                distributed.load_file(path, plan=plan)
-                messages.append("no error")
-            except (SafetensorError, TypeError) as exc:
-                messages.append(f"{type(exc).__name__}: {exc}")
-        # The group is still usable: a good load after the bad ones.
-        got = distributed.load_file(path)
-        messages.append(f"loaded {len(got)}")
-    finally:
-        dist.destroy_process_group()
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-            json.dump(messages, fh)
+    with process_group(rank, world, port, TIMEOUT):
+        messages = []
+        try:
+            for plan, _ in BAD_PLANS:
+                try:
+                    distributed.load_file(path, plan=plan)
+                    messages.append("no error")
+                except (SafetensorError, TypeError) as exc:
+                    messages.append(f"{type(exc).__name__}: {exc}")
+            # The group is still usable: a good load after the bad ones.
+            got = distributed.load_file(path)
+            messages.append(f"loaded {len(got)}")
+        finally:
+            write_report(out_dir, rank, messages)
 
 
 def test_bad_plans_fail_on_every_rank(checkpoint, tmp_path):
     out_dir = str(tmp_path)
-    mp.spawn(bad_plan_worker, args=(2, free_port(), checkpoint["single"], out_dir),
-             nprocs=2, join=True)
-    for r in range(2):
-        with open(os.path.join(out_dir, f"rank{r}.json")) as fh:
-            messages = json.load(fh)
+    spawn_ranks(bad_plan_worker, (2, free_port(), checkpoint["single"], out_dir), 2)
+    for messages in read_reports(out_dir, 2):
         for (_, want), got in zip(BAD_PLANS, messages):
             assert got.startswith(want), (got, want)
         assert messages[-1] == f"loaded {len(checkpoint['tensors'])}"

@@ -1,6 +1,9 @@
-"""Runs each framework's tests (tests/frameworks/test_<name>.py) in a pytest
-process of its own: frameworks that crash when imported together (paddle
-after tensorflow) each get a clean interpreter.
+"""Runs each framework's tests in a pytest process of its own: frameworks that
+crash when imported together (paddle after tensorflow) each get a clean
+interpreter. A framework's process runs the shared suite
+(tests/frameworks/test_every_framework.py, with STC_FRAMEWORK naming the
+framework) and the tests only that framework has
+(tests/frameworks/test_<name>.py).
 
 A framework that is not installed is skipped here; the test extras install
 all of them, so CI runs every suite.
@@ -34,16 +37,20 @@ def _installed(module: str) -> bool:
         return False
 
 
+SHARED = ROOT / "tests" / "frameworks" / "test_every_framework.py"
+
+
 @pytest.mark.parametrize("suite", sorted(SUITES))
 def test_framework_suite(suite):
-    path = ROOT / "tests" / "frameworks" / f"test_{suite}.py"
-    if not path.exists():
-        pytest.fail(f"{path} is missing")
+    own = ROOT / "tests" / "frameworks" / f"test_{suite}.py"
+    for path in (SHARED, own):
+        if not path.exists():
+            pytest.fail(f"{path} is missing")
     if not _installed(SUITES[suite]):
         pytest.skip(f"{SUITES[suite]} is not installed (pip install -e '.[test]' installs it)")
-    env = dict(os.environ, STC_FRAMEWORK_SUITE="1")
+    env = dict(os.environ, STC_FRAMEWORK_SUITE="1", STC_FRAMEWORK=suite)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(SHARED), str(own)],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -42,7 +42,7 @@ def test_roundtrip_and_key_format(tmp_path):
     stored = load_file(path)
     with safe_open(path) as f:
         for name, array in stored.items():
-            code, shape = f._handle().info(name)[:2]
+            code, shape = f.reader.info(name)[:2]
             byte_digest = hashlib.sha256(array.tobytes()).hexdigest()
             assert digests[name] == tensor_record_digest(name, code, shape, byte_digest)
     assert verify_digests(path) == []
@@ -53,7 +53,7 @@ def test_tampered_byte_names_the_tensor(tmp_path):
     path = tmp_path / "m.safetensors"
     save_file_with_digests(TENSORS, path)
     with safe_open(path) as f:
-        file = f._handle()
+        file = f.reader
         _code, _shape, _np, begin, _end = file.info("c")
         start = file.data_start
     raw = bytearray(path.read_bytes())

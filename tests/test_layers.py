@@ -12,27 +12,31 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "safetensors_c"
+pytestmark = pytest.mark.source_tree  # lints the checkout's sources and csrc/
 
 # Floor of each module: a module may import only modules of lower floors.
 FLOORS = {
-    "_core": 0,
-    "_dtypes": 1, "_checks": 1, "_pickle_vm": 1, "_terminal": 1,
-    "_display": 2, "_remote": 2, "_digests": 2,
-    "_reader": 3, "_writer": 3, "_archive": 3, "_into": 3,
-    "_frameworks": 4,
-    "_open": 5,
-    "distributed": 5,
-    "integrity": 6, "sharded": 6, "scan": 6,
-    "convert": 7, "diff": 7, "stats": 7,
-    "numpy": 8, "torch": 8, "flax": 8, "tensorflow": 8, "paddle": 8, "mlx": 8,
-    "cli": 9, "__init__": 9,
+    "_core": 0, "error_codes": 0,
+    "_dtypes": 1, "_checks": 1, "_pickle_rebuild": 1, "_terminal": 1, "_sources": 1,
+    # the HTTP source stands on _sources, under _remote (its entry points)
+    "_http": 2,
+    "_display": 3, "_remote": 3, "_digests": 3, "_pickle_vm": 3,
+    "_reader": 4, "_writer": 4, "_archive": 4, "_into": 4, "_background": 5,
+    "_checkpoint": 5,
+    "_frameworks": 6,
+    "_open": 7,
+    "distributed": 7,
+    "integrity": 8, "sharded": 8, "scan": 8,
+    "convert": 9, "diff": 9, "stats": 9,
+    "numpy": 10, "torch": 10, "flax": 10, "tensorflow": 10, "paddle": 10, "mlx": 10,
+    "cli": 11, "__init__": 11,
     # compat hands out the whole package as `safetensors` (`import safetensors_c`): above it.
-    "compat": 10,
-    "__main__": 10,
+    "compat": 12,
+    "__main__": 12,
 }
 # _adapters.<framework>: above the neutral reader and writer, loaded by the
 # registry (_frameworks) by module path, below every feature.
-ADAPTER_FLOOR = 4
+ADAPTER_FLOOR = 5
 
 
 def floor_of(module: str) -> int:

@@ -269,13 +269,13 @@ def test_file_object_with_fileno_is_mapped(tmp_path, big_image):
     with open(path, "rb") as raw:
         raw.seek(5)
         with _safe_open_handle(raw, "np") as handle:
-            assert handle._handle().mapped
+            assert handle.reader.mapped
             np.testing.assert_array_equal(handle.get_tensor("b"), tensors["b"])
             assert str(path) in repr(handle)
         assert raw.tell() == 5  # its position is not used
     with open(path, "rb") as raw:
         with _safe_open_handle(raw, "np", backend="pread") as handle:
-            assert not handle._handle().mapped
+            assert not handle.reader.mapped
             np.testing.assert_array_equal(handle.get_slice("a")[3], tensors["a"][3])
 
 

@@ -37,8 +37,6 @@ WHEEL_RUN = os.environ.get("STC_WHEEL_RUN") == "1"
 STARTUP_FILES = ("safetensors_c_compat.pth", "_safetensors_c_startup.py")
 BUILD_TIMEOUT = 600
 
-needs_source = pytest.mark.skipif(
-    not SOURCE_TREE, reason="needs the source checkout (the wheel run copies only tests/)")
 
 # What a copy of the checkout leaves out: build products and caches.
 IGNORED = shutil.ignore_patterns(
@@ -101,7 +99,7 @@ def wheel_metadata(path):
 # ---- the version ---------------------------------------------------------------------------
 
 
-@needs_source
+@pytest.mark.source_tree
 def test_version_has_one_source():
     config = pyproject()
     project = config["project"]
@@ -122,7 +120,7 @@ def test_version_is_the_installed_distributions():
     assert safetensors_c.__version__ == importlib.metadata.version("safetensors_c")
 
 
-@needs_source
+@pytest.mark.source_tree
 def test_changelog_records_this_version_and_an_unreleased_section():
     headings = [line for line in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8").splitlines()
                 if line.startswith("## ")]
@@ -133,7 +131,7 @@ def test_changelog_records_this_version_and_an_unreleased_section():
 # ---- the wheel -----------------------------------------------------------------------------
 
 
-@needs_source
+@pytest.mark.source_tree
 def test_wheel_carries_every_module_stub_and_startup_file(wheel):
     names = wheel_names(wheel)
     expected = set(source_files("*.py")) | set(source_files("*.pyi")) | {
@@ -145,14 +143,14 @@ def test_wheel_carries_every_module_stub_and_startup_file(wheel):
     assert len(extensions) == 1, sorted(names)
 
 
-@needs_source
+@pytest.mark.source_tree
 def test_wheel_holds_only_the_package_and_its_startup_files(wheel):
     tops = {name.split("/", 1)[0] for name in wheel_names(wheel)}
     assert tops == {"safetensors_c", f"safetensors_c-{safetensors_c.__version__}.dist-info",
                     *STARTUP_FILES}
 
 
-@needs_source
+@pytest.mark.source_tree
 def test_wheel_metadata(wheel):
     metadata = wheel_metadata(wheel)
     assert metadata["Name"] == "safetensors_c"
@@ -168,7 +166,7 @@ def test_wheel_metadata(wheel):
 # ---- the sdist -----------------------------------------------------------------------------
 
 
-@needs_source
+@pytest.mark.source_tree
 def test_sdist_carries_what_a_build_needs(sdist):
     with tarfile.open(sdist) as t:
         prefix = f"safetensors_c-{safetensors_c.__version__}/"
@@ -186,7 +184,7 @@ def test_sdist_carries_what_a_build_needs(sdist):
 # ---- twine ---------------------------------------------------------------------------------
 
 
-@needs_source
+@pytest.mark.source_tree
 @pytest.mark.skipif(importlib.util.find_spec("twine") is None, reason="twine is not installed")
 def test_twine_check_passes(wheel, sdist):
     result = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(wheel),
@@ -205,7 +203,7 @@ EXPECTED_IDENTIFIERS = {
 }
 
 
-@needs_source
+@pytest.mark.source_tree
 def test_cibuildwheel_configuration_names_the_wheels_users_expect():
     config = pyproject()["tool"]["cibuildwheel"]
     assert config["build"].split() == ["cp310-*", "cp311-*", "cp312-*", "cp313-*"]
@@ -215,7 +213,7 @@ def test_cibuildwheel_configuration_names_the_wheels_users_expect():
     assert (ROOT / "tests" / "wheel_smoke.py").is_file()
 
 
-@needs_source
+@pytest.mark.source_tree
 @pytest.mark.skipif(shutil.which("cibuildwheel") is None, reason="cibuildwheel is not installed")
 @pytest.mark.parametrize("platform", sorted(EXPECTED_IDENTIFIERS))
 def test_cibuildwheel_builds_exactly_the_expected_identifiers(platform):

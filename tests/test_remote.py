@@ -40,7 +40,7 @@ from safetensors_c.numpy import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from remote_servers.hostile import HostileServer, VirtualFile  # noqa: E402
-from remote_servers.nginx import Nginx, make_certificate, nginx_binary  # noqa: E402
+from remote_servers.nginx import serving_nginx  # noqa: E402
 
 P = _remote.DEFAULT_PREFETCH
 MiB = 1 << 20
@@ -85,23 +85,16 @@ def _span(path, name):
     return 8 + n + begin, 8 + n + end
 
 
-@pytest.fixture(scope="module")
-def nginx(tmp_path_factory):
-    binary = nginx_binary()
-    if binary is None:
-        pytest.skip("nginx is not installed (apt-get install -y nginx-light)")
-    base = tmp_path_factory.mktemp("nginx")
-    server = Nginx(binary, base, tls=make_certificate(base)).start()
-    root = server.root
+def _fill_nginx_root(root) -> None:
     save_file(_tensors_big(), str(root / "big.safetensors"), metadata={"format": "np"})
     save_file(_tensors_many(), str(root / "many.safetensors"))
     save_file({"x": np.arange(10, dtype=np.float32)}, str(root / "small.safetensors"))
     safetensors_c.save_sharded(_tensors_sharded(), str(root / "sharded"), max_shard_size=600_000)
-    server.log()
-    try:
-        yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory):
+    yield from serving_nginx(tmp_path_factory.mktemp("nginx"), _fill_nginx_root, tls=True)
 
 
 def _ranges(entries):
@@ -418,17 +411,6 @@ def test_without_fsspec_urls_name_the_extra(tmp_path):
 # MARK: the hostile server
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
-    tensors = {
-        "a": np.arange(1000, dtype=np.float32),
-        "far": np.arange(200_000, dtype=np.float64),  # 1.6 MB: beyond the first read
-    }
-    path = tmp_path / "h.safetensors"
-    save_file(tensors, str(path))
-    return path.read_bytes(), tensors
-
-
 FAST = {"timeout": 1.0}
 
 # mode -> (exception type, message part); the failure is on the tensor read
@@ -452,8 +434,8 @@ MISBEHAVIOURS = {
 
 
 @pytest.mark.parametrize("mode", sorted(MISBEHAVIOURS))
-def test_misbehaviour_on_a_tensor_read(checkpoint, mode):
-    data, tensors = checkpoint
+def test_misbehaviour_on_a_tensor_read(remote_checkpoint, mode):
+    data, tensors = remote_checkpoint
     kind, message = MISBEHAVIOURS[mode]
     with HostileServer(VirtualFile(data), mode, after=1) as server:
         started = time.monotonic()
@@ -470,8 +452,8 @@ def test_misbehaviour_on_a_tensor_read(checkpoint, mode):
 
 
 @pytest.mark.parametrize("mode", ["ignore-range", "wrong-range", "no-range", "short", "stall"])
-def test_misbehaviour_on_open(checkpoint, mode):
-    data, _ = checkpoint
+def test_misbehaviour_on_open(remote_checkpoint, mode):
+    data, _ = remote_checkpoint
     kind, message = MISBEHAVIOURS[mode]
     if mode == "wrong-range":
         message = "sent Content-Range 'bytes 1-"
@@ -481,8 +463,8 @@ def test_misbehaviour_on_open(checkpoint, mode):
     assert message in str(info.value)
 
 
-def test_good_server_gives_the_local_result(checkpoint):
-    data, tensors = checkpoint
+def test_good_server_gives_the_local_result(remote_checkpoint):
+    data, tensors = remote_checkpoint
     with HostileServer(VirtualFile(data)) as server:
         _assert_equal(load_file(server.url), tensors)
         ranges = [r for _, _, r in server.requests]
@@ -491,10 +473,10 @@ def test_good_server_gives_the_local_result(checkpoint):
 
 
 @pytest.mark.parametrize("mode", ["chunked", "drop-idle"])
-def test_valid_variants_are_accepted(checkpoint, mode):
+def test_valid_variants_are_accepted(remote_checkpoint, mode):
     # Chunked 206 answers are valid HTTP; a keep-alive connection the server
     # closed is replaced (within the retry bound) without an error.
-    data, tensors = checkpoint
+    data, tensors = remote_checkpoint
     with HostileServer(VirtualFile(data), mode) as server:
         source = _remote.open_url(server.url, block_size=64 << 10, max_concurrency=1)
         with safetensors_c.safe_open(source, framework="np") as f:
@@ -503,7 +485,7 @@ def test_valid_variants_are_accepted(checkpoint, mode):
     assert len(server.requests) == source.requests
 
 
-def test_header_length_claiming_gigabytes(checkpoint):
+def test_header_length_claiming_gigabytes(remote_checkpoint):
     # The first 8 bytes claim a 5 GiB header in a "file" of 10 GiB that is
     # never materialised: refused after the first request, in little memory.
     head = struct.pack("<Q", 5 << 30) + b"{" + b" " * 100
@@ -520,7 +502,7 @@ def test_header_length_claiming_gigabytes(checkpoint):
     assert peak < 8 * MiB
 
 
-def test_whole_file_answer_to_a_range_is_not_read(checkpoint):
+def test_whole_file_answer_to_a_range_is_not_read(remote_checkpoint):
     # A 10 GiB 200 OK answer: refused from its status line, body not read.
     with HostileServer(VirtualFile(b"\0" * 64, size=10 << 30), "ignore-range") as server:
         tracemalloc.start()
@@ -534,8 +516,8 @@ def test_whole_file_answer_to_a_range_is_not_read(checkpoint):
     assert server.bytes_sent < 64 * MiB
 
 
-def test_storage_options_reach_the_server(checkpoint):
-    data, tensors = checkpoint
+def test_storage_options_reach_the_server(remote_checkpoint):
+    data, tensors = remote_checkpoint
     options = {"headers": {"X-Token": "abc"}, "client_kwargs": {"auth": ("user", "pw")}}
     with HostileServer(VirtualFile(data)) as server:
         _assert_equal(load_file(server.url, storage_options=options), tensors)
@@ -563,8 +545,8 @@ def test_empty_and_tiny_remote_files():
             safetensors_c.safe_open(server.url, framework="np")
 
 
-def test_concurrent_readers_share_one_source(checkpoint):
-    data, tensors = checkpoint
+def test_concurrent_readers_share_one_source(remote_checkpoint):
+    data, tensors = remote_checkpoint
     far_start = P  # "far" reaches past the first read: each get_tensor is one request
     with HostileServer(VirtualFile(data)) as server:
         source = _remote.open_url(server.url)
@@ -618,8 +600,8 @@ def test_plan_bounds_the_number_of_requests():
     assert _remote.plan_reads([(5, 0)]) == ([], [])
 
 
-def test_read_ranges_returns_each_range(checkpoint):
-    data, _ = checkpoint
+def test_read_ranges_returns_each_range(remote_checkpoint):
+    data, _ = remote_checkpoint
     with HostileServer(VirtualFile(data)) as server:
         source = _remote.open_url(server.url, block_size=4096, max_concurrency=3)
         asks = [(len(data) - 10, 10), (P - 5, 10), (0, 8), (300_000, 50_000), (300_010, 7), (9, 0)]

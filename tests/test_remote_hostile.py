@@ -54,17 +54,6 @@ SECRETS = {
 AUTHORIZATION = "Basic dXNlcjpwdw=="  # auth=("user", "pw")
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
-    tensors = {
-        "a": np.arange(1000, dtype=np.float32),
-        "far": np.arange(200_000, dtype=np.float64),  # 1.6 MB: beyond the first read
-    }
-    path = tmp_path / "h.safetensors"
-    save_file(tensors, str(path))
-    return path.read_bytes(), tensors
-
-
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     tls = make_certificate(tmp_path_factory.mktemp("tls"))
@@ -93,8 +82,8 @@ def _secret_headers(headers: dict) -> set:
 # MARK: redirects and credentials
 
 
-def test_https_to_http_redirect_is_refused_with_a_code(checkpoint, certificate):
-    data, _ = checkpoint
+def test_https_to_http_redirect_is_refused_with_a_code(remote_checkpoint, certificate):
+    data, _ = remote_checkpoint
     with HostileServer(VirtualFile(data)) as plain, \
             HostileServer(VirtualFile(data), "redirect", tls=certificate) as secure:
         secure.location = plain.url
@@ -109,8 +98,8 @@ def test_https_to_http_redirect_is_refused_with_a_code(checkpoint, certificate):
         assert secure.headers[0]["Authorization"] == AUTHORIZATION  # where it was sent
 
 
-def test_https_to_http_with_opt_in_sends_no_credential(checkpoint, certificate):
-    data, tensors = checkpoint
+def test_https_to_http_with_opt_in_sends_no_credential(remote_checkpoint, certificate):
+    data, tensors = remote_checkpoint
     with HostileServer(VirtualFile(data)) as plain, \
             HostileServer(VirtualFile(data), "redirect", tls=certificate) as secure:
         secure.location = plain.url
@@ -126,8 +115,8 @@ def test_https_to_http_with_opt_in_sends_no_credential(checkpoint, certificate):
         assert len(secure.requests) == 1
 
 
-def test_redirect_to_another_port_drops_every_caller_header(checkpoint):
-    data, tensors = checkpoint
+def test_redirect_to_another_port_drops_every_caller_header(remote_checkpoint):
+    data, tensors = remote_checkpoint
     with HostileServer(VirtualFile(data)) as other, \
             HostileServer(VirtualFile(data), "redirect") as origin:
         origin.location = other.url
@@ -143,8 +132,8 @@ def test_redirect_to_another_port_drops_every_caller_header(checkpoint):
             assert _secret_headers(sent) == set(), sent
 
 
-def test_a_forwarded_header_follows_the_redirect(checkpoint):
-    data, tensors = checkpoint
+def test_a_forwarded_header_follows_the_redirect(remote_checkpoint):
+    data, tensors = remote_checkpoint
     with HostileServer(VirtualFile(data)) as other, \
             HostileServer(VirtualFile(data), "redirect") as origin:
         origin.location = other.url
@@ -157,8 +146,8 @@ def test_a_forwarded_header_follows_the_redirect(checkpoint):
             assert sent["X-Trace"] == "trace-1"  # named as safe to forward
 
 
-def test_credentials_in_the_url_stay_with_its_origin(checkpoint):
-    data, tensors = checkpoint
+def test_credentials_in_the_url_stay_with_its_origin(remote_checkpoint):
+    data, tensors = remote_checkpoint
     with HostileServer(VirtualFile(data)) as other, \
             HostileServer(VirtualFile(data), "redirect") as origin:
         origin.location = other.url
@@ -168,8 +157,8 @@ def test_credentials_in_the_url_stay_with_its_origin(checkpoint):
         assert all("Authorization" not in sent for sent in other.headers)
 
 
-def test_a_header_named_safe_is_forwarded_and_only_it(checkpoint):
-    data, _ = checkpoint
+def test_a_header_named_safe_is_forwarded_and_only_it(remote_checkpoint):
+    data, _ = remote_checkpoint
     with HostileServer(VirtualFile(data)) as other, \
             HostileServer(VirtualFile(data), "redirect") as origin:
         origin.location = other.url
@@ -182,8 +171,8 @@ def test_a_header_named_safe_is_forwarded_and_only_it(checkpoint):
         assert _secret_headers(other.headers[0]) == {"Authorization", "Cookie"}
 
 
-def test_redirects_on_the_same_origin_keep_the_headers(checkpoint):
-    data, tensors = checkpoint
+def test_redirects_on_the_same_origin_keep_the_headers(remote_checkpoint):
+    data, tensors = remote_checkpoint
     with HostileServer(VirtualFile(data), "redirect-chain:3") as server:
         options = {"headers": SECRETS, "auth": ("user", "pw")}
         _equal(load_file(server.url, storage_options=options), tensors)
@@ -195,8 +184,8 @@ def test_redirects_on_the_same_origin_keep_the_headers(checkpoint):
 
 
 @pytest.mark.parametrize("mode", ["redirect-chain:6", "redirect-loop"])
-def test_redirect_chains_are_bounded(checkpoint, mode):
-    data, _ = checkpoint
+def test_redirect_chains_are_bounded(remote_checkpoint, mode):
+    data, _ = remote_checkpoint
     with HostileServer(VirtualFile(data), mode) as server:
         with pytest.raises(_remote.RemoteError) as info:
             safetensors_c.safe_open(server.url, framework="np", storage_options=FAST)
@@ -205,8 +194,8 @@ def test_redirect_chains_are_bounded(checkpoint, mode):
     assert len(server.requests) == 6
 
 
-def test_redirect_to_another_scheme_is_refused(checkpoint):
-    data, _ = checkpoint
+def test_redirect_to_another_scheme_is_refused(remote_checkpoint):
+    data, _ = remote_checkpoint
     with HostileServer(VirtualFile(data), "redirect") as server:
         server.location = "file:///etc/passwd"
         with pytest.raises(_remote.RemoteError) as info:
@@ -232,8 +221,8 @@ def test_the_documented_deadline():
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 @pytest.mark.parametrize("mode", ENDLESS)
-def test_an_endless_answer_ends_at_the_deadline(checkpoint, certificate, mode, tls):
-    data, _ = checkpoint
+def test_an_endless_answer_ends_at_the_deadline(remote_checkpoint, certificate, mode, tls):
+    data, _ = remote_checkpoint
     options = dict(FAST)
     if tls:
         options["ssl"] = _client_ssl(certificate)
@@ -253,8 +242,8 @@ def test_an_endless_answer_ends_at_the_deadline(checkpoint, certificate, mode, t
     assert len(server.requests) == 1  # a missed deadline is not retried
 
 
-def test_a_trickled_tensor_read_ends_at_its_deadline(checkpoint):
-    data, _ = checkpoint
+def test_a_trickled_tensor_read_ends_at_its_deadline(remote_checkpoint):
+    data, _ = remote_checkpoint
     with HostileServer(VirtualFile(data), "trickle-body", after=1, delay=0.1) as server:
         source = _remote.open_url(server.url, FAST, block_size=8192)
         with safetensors_c.safe_open(source, framework="np") as f:
@@ -270,8 +259,8 @@ def test_a_trickled_tensor_read_ends_at_its_deadline(checkpoint):
 
 
 @pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 1e12, 0, -1, 0.0, 86401])
-def test_bad_timeouts_are_a_value_error_before_any_request(checkpoint, timeout):
-    data, _ = checkpoint
+def test_bad_timeouts_are_a_value_error_before_any_request(remote_checkpoint, timeout):
+    data, _ = remote_checkpoint
     with HostileServer(VirtualFile(data)) as server:
         with pytest.raises(ValueError, match="timeout must be a finite number of seconds above 0"):
             safetensors_c.safe_open(server.url, framework="np",
@@ -289,8 +278,8 @@ def test_bad_timeouts_are_a_value_error_before_any_request(checkpoint, timeout):
     ({"forward_headers": 5}, TypeError, "must be a list of header names"),
     ({"forward_headers": [b"X"]}, TypeError, "must be a list of header names"),
 ])
-def test_bad_storage_options_before_any_request(checkpoint, options, kind, message):
-    data, _ = checkpoint
+def test_bad_storage_options_before_any_request(remote_checkpoint, options, kind, message):
+    data, _ = remote_checkpoint
     with HostileServer(VirtualFile(data)) as server:
         with pytest.raises(kind, match=message):
             safetensors_c.safe_open(server.url, framework="np", storage_options=options)
@@ -298,16 +287,16 @@ def test_bad_storage_options_before_any_request(checkpoint, options, kind, messa
 
 
 @pytest.mark.parametrize("option", ["block_size", "prefetch", "coalesce_gap"])
-def test_source_sizes_are_bounded_before_any_request(checkpoint, option):
-    data, _ = checkpoint
+def test_source_sizes_are_bounded_before_any_request(remote_checkpoint, option):
+    data, _ = remote_checkpoint
     with HostileServer(VirtualFile(data)) as server:
         with pytest.raises(ValueError, match=rf"{option} must be between \d+ and 1073741824"):
             _remote.open_url(server.url, **{option: 1 << 40})
     assert server.requests == []
 
 
-def test_a_timeout_of_a_day_is_accepted(checkpoint):
-    data, tensors = checkpoint
+def test_a_timeout_of_a_day_is_accepted(remote_checkpoint):
+    data, tensors = remote_checkpoint
     with HostileServer(VirtualFile(data)) as server:
         _equal(load_file(server.url, storage_options={"timeout": 86400}), tensors)
 
@@ -390,8 +379,8 @@ def test_a_large_tensor_still_arrives_whole(tmp_path):
     ("lm-change", "Last-Modified Mon, 01 Jan 2024 00:00:00 GMT -> Tue, 02 Jan 2024"),
     ("lm-drop", "Last-Modified Mon, 01 Jan 2024 00:00:00 GMT -> none"),
 ])
-def test_a_later_answer_must_name_the_same_version(checkpoint, mode, message):
-    data, _ = checkpoint
+def test_a_later_answer_must_name_the_same_version(remote_checkpoint, mode, message):
+    data, _ = remote_checkpoint
     with HostileServer(VirtualFile(data), mode) as server:
         with safetensors_c.safe_open(server.url, framework="np", storage_options=FAST) as f:
             with pytest.raises(_remote.RemoteError) as info:
@@ -405,8 +394,8 @@ def test_a_later_answer_must_name_the_same_version(checkpoint, mode, message):
 # MARK: a good server still works
 
 
-def test_a_good_https_server_with_every_option(checkpoint, certificate):
-    data, tensors = checkpoint
+def test_a_good_https_server_with_every_option(remote_checkpoint, certificate):
+    data, tensors = remote_checkpoint
     with HostileServer(VirtualFile(data), "redirect-chain:2", tls=certificate) as server:
         options = {
             "ssl": _client_ssl(certificate), "timeout": 5, "headers": SECRETS,
@@ -420,10 +409,10 @@ def test_a_good_https_server_with_every_option(checkpoint, certificate):
             assert sent["Authorization"] == AUTHORIZATION  # one origin throughout
 
 
-def test_a_good_server_keeps_its_connections(checkpoint):
+def test_a_good_server_keeps_its_connections(remote_checkpoint):
     # The deadline watchdog closes nothing that finished in time: one
     # keep-alive connection serves every request of a sequential reader.
-    data, tensors = checkpoint
+    data, tensors = remote_checkpoint
     with HostileServer(VirtualFile(data)) as server:
         source = _remote.open_url(server.url, FAST, block_size=64 << 10, max_concurrency=1)
         with safetensors_c.safe_open(source, framework="np") as f:

@@ -326,26 +326,35 @@ def test_symlinked_checkpoint_directory_works(tmp_path):
     assert sorted(load_sharded(tmp_path / "linked", progress=False)) == ["a", "b"]
 
 
-def test_unlisted_tensor_in_a_shard_is_refused(tmp_path):
+# what s2.safetensors holds instead of two_shards' {"b"} (None: that), the
+# index's weight map, and the refusal
+SHARDS_AND_INDEX_DISAGREE = {
+    "unlisted-tensor": (
+        {"b": np.zeros(8, np.uint8), "evil": np.ones(1, np.uint8)},
+        {"a": "s1.safetensors", "b": "s2.safetensors"},
+        "shard 's2.safetensors' holds tensor 'evil', which the index's weight_map does not list",
+    ),
+    "listed-tensor-missing": (
+        None,
+        {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s2.safetensors"},
+        "tensor 'c' is listed in shard 's2.safetensors', which does not hold it",
+    ),
+    "tensor-in-two-shards": (
+        {"a": np.zeros(4, np.uint8), "b": np.zeros(8, np.uint8)},
+        {"a": "s1.safetensors", "b": "s2.safetensors"},
+        "tensor 'a' is in two shards: 's1.safetensors'.*and 's2.safetensors'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHARDS_AND_INDEX_DISAGREE))
+def test_an_index_its_shards_disagree_with_is_refused(tmp_path, case):
+    second_shard, weight_map, refusal = SHARDS_AND_INDEX_DISAGREE[case]
     d = two_shards(tmp_path)
-    safetensors_c.save_file({"b": np.zeros(8, np.uint8), "evil": np.ones(1, np.uint8)},
-                            d / "s2.safetensors")
-    write_index(d, {"a": "s1.safetensors", "b": "s2.safetensors"})
-    assert_refused(d, "shard 's2.safetensors' holds tensor 'evil', which the index's weight_map does not list")
-
-
-def test_listed_tensor_missing_from_its_shard_is_refused(tmp_path):
-    d = two_shards(tmp_path)
-    write_index(d, {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s2.safetensors"})
-    assert_refused(d, "tensor 'c' is listed in shard 's2.safetensors', which does not hold it")
-
-
-def test_same_tensor_in_two_shards_is_refused(tmp_path):
-    d = two_shards(tmp_path)
-    safetensors_c.save_file({"a": np.zeros(4, np.uint8), "b": np.zeros(8, np.uint8)},
-                            d / "s2.safetensors")
-    write_index(d, {"a": "s1.safetensors", "b": "s2.safetensors"})
-    assert_refused(d, "tensor 'a' is in two shards: 's1.safetensors'.*and 's2.safetensors'")
+    if second_shard is not None:
+        safetensors_c.save_file(second_shard, d / "s2.safetensors")
+    write_index(d, weight_map)
+    assert_refused(d, refusal)
 
 
 def test_missing_shard_file(tmp_path):

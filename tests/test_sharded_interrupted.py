@@ -26,6 +26,7 @@ from safetensors_c.cli import main
 from safetensors_c.sharded import SAVE_ID_KEY, load_sharded, safe_open_sharded, save_sharded
 
 INDEX = "model.safetensors.index.json"
+TESTS = os.path.dirname(os.path.abspath(__file__))  # for the child's import of rank_processes
 DEADLINE = 120  # seconds; only a hang would come near it
 
 
@@ -36,6 +37,26 @@ def shard_name(i, n=4):
 def tensors(step):
     """Four tensors of 4000 bytes, whose values say which save wrote them."""
     return {f"w{i}": np.full(1000, step * 10 + i, np.float32) for i in range(4)}
+
+
+def save(step, directory):
+    """save_sharded(tensors(step)) into four shards of one tensor each; its index."""
+    return save_sharded(tensors(step), directory, max_shard_size=4000, progress=False)
+
+
+def first_values(loaded):
+    """Each tensor's first value: step * 10 + its number, for the save that wrote it."""
+    return {name: int(a[0]) for name, a in loaded.items()}
+
+
+def set_index_save_id(directory, save_id):
+    """Rewrites the index with another save id (None: without one, as other tools write it)."""
+    index = json.loads((directory / INDEX).read_text())
+    if save_id is None:
+        del index["metadata"][SAVE_ID_KEY]
+    else:
+        index["metadata"][SAVE_ID_KEY] = save_id
+    (directory / INDEX).write_text(json.dumps(index))
 
 
 _CHILD = textwrap.dedent("""
@@ -78,20 +99,35 @@ def save_killed_after(directory, step, shards_written):
         child.stdout.close()
 
 
+def saved_with_a_foreign_index(tmp_path):
+    """A complete save (step 1) whose index carries no save id, as other tools
+    write it: it still loads."""
+    directory = tmp_path / "ckpt"
+    save(1, directory)
+    set_index_save_id(directory, None)
+    assert load_sharded(directory, progress=False).keys() == tensors(1).keys()
+    return directory
+
+
 @pytest.fixture
 def interrupted(tmp_path):
     """A complete save (step 1), overwritten by a save (step 2) killed after
     two of its four shards."""
     directory = tmp_path / "ckpt"
-    save_sharded(tensors(1), directory, max_shard_size=4000, progress=False)
+    save(1, directory)
     assert sorted(os.listdir(directory)) == [shard_name(i) for i in (1, 2, 3, 4)] + [INDEX]
     save_killed_after(directory, 2, 2)
     return directory
 
 
-def assert_mix_refused(info, shard):
+def assert_mix_refused(shard, call, *args, **kwargs):
+    """``call(*args, **kwargs)`` refuses the checkpoint as a mix of saves,
+    naming ``shard``."""
+    with pytest.raises(SafetensorError) as info:
+        call(*args, **kwargs)
     assert info.value.code == "STC_ERR_SHARD_MISMATCH"
     assert f"shard {shard!r} is not from the save this index describes" in str(info.value)
+    return info.value
 
 
 def test_the_child_really_left_a_mix(interrupted):
@@ -105,15 +141,9 @@ def test_the_child_really_left_a_mix(interrupted):
 
 
 def test_load_sharded_refuses_an_interrupted_overwrite(interrupted):
-    with pytest.raises(SafetensorError) as info:
-        load_sharded(interrupted, progress=False)
-    assert_mix_refused(info, shard_name(1))
-    with pytest.raises(SafetensorError) as info:
-        load_sharded(interrupted, backend="pread", progress=False)
-    assert_mix_refused(info, shard_name(1))
-    with pytest.raises(SafetensorError) as info:
-        safe_open_sharded(interrupted / INDEX)
-    assert_mix_refused(info, shard_name(1))
+    assert_mix_refused(shard_name(1), load_sharded, interrupted, progress=False)
+    assert_mix_refused(shard_name(1), load_sharded, interrupted, backend="pread", progress=False)
+    assert_mix_refused(shard_name(1), safe_open_sharded, interrupted / INDEX)
 
 
 def test_verify_refuses_an_interrupted_overwrite(interrupted, capsys):
@@ -125,31 +155,23 @@ def test_verify_refuses_an_interrupted_overwrite(interrupted, capsys):
 
 
 def test_a_complete_save_over_the_mix_loads(interrupted):
-    save_sharded(tensors(3), interrupted, max_shard_size=4000, progress=False)
+    save(3, interrupted)
     loaded = load_sharded(interrupted, progress=False)
-    assert {name: int(a[0]) for name, a in loaded.items()} == {
-        "w0": 30, "w1": 31, "w2": 32, "w3": 33}
+    assert first_values(loaded) == {"w0": 30, "w1": 31, "w2": 32, "w3": 33}
     assert main(["verify", "--quiet", str(interrupted)]) == 0
 
 
 def test_killed_after_every_shard_but_before_the_index(tmp_path):
     directory = tmp_path / "ckpt"
-    save_sharded(tensors(1), directory, max_shard_size=4000, progress=False)
+    save(1, directory)
     save_killed_after(directory, 2, 4)  # every new shard, the old index
-    with pytest.raises(SafetensorError) as info:
-        load_sharded(directory, progress=False)
-    assert_mix_refused(info, shard_name(1))
+    assert_mix_refused(shard_name(1), load_sharded, directory, progress=False)
 
 
 def test_an_index_without_a_save_id_is_removed_before_shards_are_overwritten(tmp_path):
     # An index another tool wrote cannot refuse new shards: the save removes
     # it first, so the interrupted directory is no checkpoint at all.
-    directory = tmp_path / "ckpt"
-    save_sharded(tensors(1), directory, max_shard_size=4000, progress=False)
-    index = json.loads((directory / INDEX).read_text())
-    del index["metadata"][SAVE_ID_KEY]
-    (directory / INDEX).write_text(json.dumps(index))
-    assert load_sharded(directory, progress=False).keys() == tensors(1).keys()  # still loads
+    directory = saved_with_a_foreign_index(tmp_path)
     save_killed_after(directory, 2, 2)
     assert not (directory / INDEX).exists()
     with pytest.raises(FileNotFoundError, match="no sharded checkpoint here"):
@@ -161,60 +183,48 @@ def test_an_index_without_a_save_id_is_removed_before_shards_are_overwritten(tmp
 
 def test_a_shard_copied_from_another_save_is_refused(tmp_path, capsys):
     save_a, save_b = tmp_path / "a", tmp_path / "b"
-    save_sharded(tensors(1), save_a, max_shard_size=4000, progress=False)
-    save_sharded(tensors(2), save_b, max_shard_size=4000, progress=False)
+    save(1, save_a)
+    save(2, save_b)
     shutil.copyfile(save_a / shard_name(3), save_b / shard_name(3))
-    with pytest.raises(SafetensorError) as info:
-        load_sharded(save_b, progress=False)
-    assert_mix_refused(info, shard_name(3))
-    with pytest.raises(SafetensorError) as info:
-        safe_open_sharded(save_b, framework="np", verify_digests=False)
-    assert_mix_refused(info, shard_name(3))
+    assert_mix_refused(shard_name(3), load_sharded, save_b, progress=False)
+    assert_mix_refused(shard_name(3), safe_open_sharded, save_b, framework="np",
+                       verify_digests=False)
     assert main(["verify", str(save_b)]) == 1
     assert f"shard '{shard_name(3)}'" in capsys.readouterr().err
 
 
 def test_a_shard_without_a_save_id_under_an_index_with_one_is_refused(tmp_path):
     directory = tmp_path / "ckpt"
-    save_sharded(tensors(1), directory, max_shard_size=4000, progress=False)
+    save(1, directory)
     safetensors_c.save_file({"w1": tensors(1)["w1"]}, directory / shard_name(2))
-    with pytest.raises(SafetensorError, match="carries no save id") as info:
-        load_sharded(directory, progress=False)
-    assert_mix_refused(info, shard_name(2))
+    error = assert_mix_refused(shard_name(2), load_sharded, directory, progress=False)
+    assert "carries no save id" in str(error)
 
 
 def test_indexes_without_a_save_id_still_load(tmp_path):
     # As transformers and huggingface_hub write them: no save id anywhere,
     # or in the shards only.
-    directory = tmp_path / "ckpt"
-    save_sharded(tensors(1), directory, max_shard_size=4000, progress=False)
-    index = json.loads((directory / INDEX).read_text())
-    del index["metadata"][SAVE_ID_KEY]
-    (directory / INDEX).write_text(json.dumps(index))
-    assert load_sharded(directory, progress=False).keys() == tensors(1).keys()
+    directory = saved_with_a_foreign_index(tmp_path)
     for i in (1, 2, 3, 4):
         part = safetensors_c.load_file(directory / shard_name(i))
         safetensors_c.save_file(part, directory / shard_name(i), metadata={"format": "pt"})
     loaded = load_sharded(directory, progress=False)
-    assert {name: int(a[0]) for name, a in loaded.items()} == {
-        "w0": 10, "w1": 11, "w2": 12, "w3": 13}
+    assert first_values(loaded) == {"w0": 10, "w1": 11, "w2": 12, "w3": 13}
 
 
 @pytest.mark.parametrize("save_id", ["", "ABCDEF" * 6, 12, "0" * 31, ["x"]])
 def test_a_malformed_save_id_in_the_index_is_refused(tmp_path, save_id):
     directory = tmp_path / "ckpt"
-    save_sharded(tensors(1), directory, max_shard_size=4000, progress=False)
-    index = json.loads((directory / INDEX).read_text())
-    index["metadata"][SAVE_ID_KEY] = save_id
-    (directory / INDEX).write_text(json.dumps(index))
+    save(1, directory)
+    set_index_save_id(directory, save_id)
     with pytest.raises(SafetensorError, match="must be 32 lowercase hex digits") as info:
         load_sharded(directory, progress=False)
     assert info.value.code == "STC_ERR_INVALID_INDEX"
 
 
 def test_every_shard_and_the_index_carry_one_fresh_save_id(tmp_path):
-    first = save_sharded(tensors(1), tmp_path, max_shard_size=4000, progress=False)
-    second = save_sharded(tensors(1), tmp_path, max_shard_size=4000, progress=False)
+    first = save(1, tmp_path)
+    second = save(1, tmp_path)
     assert first["metadata"][SAVE_ID_KEY] != second["metadata"][SAVE_ID_KEY]
     for i in (1, 2, 3, 4):
         with safetensors_c.safe_open(tmp_path / shard_name(i)) as f:
@@ -225,29 +235,25 @@ def test_every_shard_and_the_index_carry_one_fresh_save_id(tmp_path):
 
 
 _DISTRIBUTED_CHILD = textwrap.dedent("""
-    import socket, sys
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from rank_processes import free_port, process_group
     import torch.distributed as dist
     from safetensors_c import SafetensorError, sharded
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                            world_size=1)
-    try:
-        sharded.load_sharded(sys.argv[1], process_group=dist.group.WORLD)
-    except SafetensorError as exc:
-        print(exc.code, exc)
-    else:
-        print("loaded")
-    finally:
-        dist.destroy_process_group()
+    with process_group(0, 1, free_port(), timeout=120):
+        try:
+            sharded.load_sharded(sys.argv[1], process_group=dist.group.WORLD)
+        except SafetensorError as exc:
+            print(exc.code, exc)
+        else:
+            print("loaded")
 """)
 
 
 def test_the_distributed_load_refuses_an_interrupted_overwrite(interrupted):
     pytest.importorskip("torch.distributed")
-    result = subprocess.run([sys.executable, "-c", _DISTRIBUTED_CHILD, str(interrupted)],
+    result = subprocess.run([sys.executable, "-c", _DISTRIBUTED_CHILD, str(interrupted), TESTS],
                             capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("STC_ERR_SHARD_MISMATCH "), result.stdout

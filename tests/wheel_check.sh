@@ -138,20 +138,15 @@ quiet env CC=/bin/false CXX=/bin/false "$VENV/bin/python" -m pip install \
 mkdir -p "$WORK/run"
 tar -C "$ROOT" --exclude=__pycache__ --exclude=./tests/c/build --exclude=./tests/fuzz/build \
     -cf - tests | tar -xf - -C "$WORK/run"
-# Tests that need the source tree itself, not the package, are left to the normal run:
-#  - test_c_core.py builds and runs the core's C tests from tests/c and csrc/;
-#  - test_layers.py lints the package's source files and csrc/;
-#  - test_benchmarks_smoke.py runs the scripts in benchmarks/;
-#  - test_clients.py::test_built_wheels_carry_the_startup_hook builds wheels from the checkout;
-#  - test_packaging.py's build checks skip themselves (no pyproject.toml), and its
-#    STC_WHEEL_RUN check asserts that the package under test is the installed wheel.
-SOURCE_ONLY=(--ignore=tests/test_c_core.py --ignore=tests/test_layers.py
-    --ignore=tests/test_benchmarks_smoke.py
-    --deselect=tests/test_clients.py::test_built_wheels_carry_the_startup_hook)
+# Tests that read the checkout itself (csrc/, docs/, README.md, benchmarks/, pyproject.toml),
+# not the installed package, carry the `source_tree` marker and are left to the normal run:
+# the C core's own tests, the layering and error-code lints, the docs examples, the benchmark
+# smoke runs and the builds from source. Lints of the package's Python files read the
+# installed package (safetensors_c.__file__) and run here.
 [ "$#" -gt 0 ] || set -- -x
 status=0
 (cd "$WORK/run" && PATH="$VENV/bin:$PATH" STC_WHEEL_RUN=1 "$VENV/bin/python" -m pytest \
-    -q -p no:cacheprovider --rootdir "$WORK/run" "${SOURCE_ONLY[@]}" tests "$@") || status=$?
+    -q -p no:cacheprovider --rootdir "$WORK/run" -m "not source_tree" tests "$@") || status=$?
 [ "$status" = 0 ] || fail "pytest against the installed wheel exited with status $status"
 finish_step
 echo "wheel_check: OK"

@@ -74,3 +74,13 @@ stc_status stc__tensor_nbytes(stc_dtype dtype, const uint64_t *shape, size_t ndi
     *out = bits / 8;
     return STC_OK;
 }
+
+unsigned stc__packed_code(stc_dtype dtype, const uint8_t *data, uint64_t index) {
+    if (dtype == STC_F4) {
+        unsigned byte = data[index / 2];
+        return index % 2 ? byte >> 4 : byte & 0xFu;
+    }
+    const uint8_t *group = data + index / 4 * 3;
+    uint32_t word = (uint32_t)group[0] | (uint32_t)group[1] << 8 | (uint32_t)group[2] << 16;
+    return (word >> (6 * (index % 4))) & 0x3Fu;
+}

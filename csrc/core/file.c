@@ -31,24 +31,7 @@ struct stc_file {
     uint32_t *by_offset;
 };
 
-/* MARK: - Small I/O helpers */
-
-/* pread until len bytes are read; *got tells how many when the file ended. */
-static int pread_full(int fd, void *dst, size_t len, uint64_t offset, size_t *got) {
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = pread(fd, (char *)dst + done, len - done, (off_t)(offset + done));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            *got = done;
-            return errno;
-        }
-        if (n == 0) break;
-        done += (size_t)n;
-    }
-    *got = done;
-    return 0;
-}
+/* MARK: - Small helpers */
 
 static uint64_t read_le64(const uint8_t *p) {
     uint64_t v = 0;
@@ -115,7 +98,7 @@ static stc_status load_header_text(stc_file *f, uint64_t header_len, stc_error *
         memcpy(f->header_text, f->base + 8, (size_t)header_len);
     } else {
         size_t got = 0;
-        int err = pread_full(f->fd, f->header_text, (size_t)header_len, 8, &got);
+        int err = stc__pread_full(f->fd, f->header_text, (size_t)header_len, 8, &got);
         if (err) return stc__fail_errno(error, "cannot read the header", err);
         if (got != header_len)
             return stc__fail(error, STC_ERR_FILE_CHANGED, "the file shrank while being opened",
@@ -248,10 +231,12 @@ static stc_status open_descriptor(stc_file *f, const stc_open_options *options,
                          NULL, 0);
     f->file_size = (uint64_t)sb.st_size;
     f->mtime = sb.st_mtim;
+    /* Asked of the descriptor read, not of a path that may have moved. */
+    if (f->backend == STC_BACKEND_AUTO) f->backend = stc__backend_of_fd(f->fd);
 
     uint8_t head[64];
     size_t head_len = 0;
-    int err = pread_full(f->fd, head, sizeof head, 0, &head_len);
+    int err = stc__pread_full(f->fd, head, sizeof head, 0, &head_len);
     if (err) return stc__fail_errno(error, "cannot read the file", err);
     uint64_t size_seen = head_len < sizeof head ? head_len : f->file_size;
     stc_status st = open_header(f, head, head_len, size_seen, options, error);
@@ -267,7 +252,8 @@ static stc_status new_file_for(const stc_open_options *options, stc_file **out,
     stc_file *f = new_file(a);
     if (!f) return out_of_memory(error);
     f->backend = options ? options->backend : STC_BACKEND_MMAP;
-    if (f->backend != STC_BACKEND_MMAP && f->backend != STC_BACKEND_PREAD) {
+    if (f->backend != STC_BACKEND_MMAP && f->backend != STC_BACKEND_PREAD &&
+        f->backend != STC_BACKEND_AUTO) {
         stc_close(f);
         return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "unknown backend", STC_NO_OFFSET,
                          NULL, 0);
@@ -443,6 +429,8 @@ int stc_data_writable(const stc_file *f) { return f->base != NULL && f->writable
 
 int stc_is_mapped(const stc_file *f) { return f->mapped_len != 0; }
 
+stc_backend stc_file_backend(const stc_file *f) { return f->backend; }
+
 int stc__file_fd(const stc_file *f) { return f->fd; }
 
 size_t stc_tensor_index(const stc_file *f, const stc_tensor *t) {
@@ -490,7 +478,7 @@ static stc_status outside_data(stc_error *error) {
 static stc_status pread_data(const stc_file *f, uint64_t offset, size_t len, void *dst,
                              stc_error *error) {
     size_t got = 0;
-    int err = pread_full(f->fd, dst, len, f->data_start + offset, &got);
+    int err = stc__pread_full(f->fd, dst, len, f->data_start + offset, &got);
     if (err) return stc__fail_errno(error, "cannot read tensor data", err);
     if (got != len)
         return stc__fail(error, STC_ERR_FILE_CHANGED,

@@ -61,6 +61,13 @@ stc_status stc__fail_errno(stc_error *error, const char *message, int err);
 stc_status stc__tensor_nbytes(stc_dtype dtype, const uint64_t *shape, size_t ndim,
                               uint64_t *out);
 
+/* The code (its 4 or 6 bits) of value `index` of packed data of dtype F4,
+ * F6_E2M3 or F6_E3M2: the one statement of the packed bit order (dtype.c).
+ * F4 packs two values a byte, the first in the low nibble; F6 packs four
+ * values in three bytes, value i of a group in bits 6i..6i+5 of the
+ * group's little-endian 24-bit word. */
+unsigned stc__packed_code(stc_dtype dtype, const uint8_t *data, uint64_t index);
+
 /* MARK: - Sorting (sort.c) */
 
 typedef bool (*stc__less_fn)(const void *ctx, uint32_t a, uint32_t b);
@@ -183,6 +190,19 @@ stc_status stc__validate_layout(const stc__header *header, uint64_t data_len,
 /* If the first bytes of a file identify another format (pickle, zip, Git
  * LFS pointer, HTML, ...), a message that names it; otherwise NULL. */
 const char *stc__sniff_foreign_format(const uint8_t *head, size_t len);
+
+/* MARK: - Reading a descriptor (io.c) */
+
+/* preads len bytes of fd at offset into dst, retrying after EINTR and after
+ * short reads, until all are read or the file ends. *got is always set to the
+ * bytes read (fewer than len when the file ended first, or before an error).
+ * Returns 0, or the errno of the failed pread. */
+int stc__pread_full(int fd, void *dst, size_t len, uint64_t offset, size_t *got);
+
+/* The backend STC_BACKEND_AUTO resolves to for the file fd is open on: the
+ * verdict of stc_backend_for_filesystem on its fstatfs f_type, or
+ * STC_BACKEND_MMAP when fstatfs fails or the system has no f_type. */
+stc_backend stc__backend_of_fd(int fd);
 
 /* MARK: - The open descriptor (file.c) */
 

@@ -25,6 +25,8 @@ struct stc_output {
     int fd;
     uint64_t written;  /* bytes written so far */
     uint64_t flushed;  /* bytes whose write-back has been started */
+    uint8_t *pending;  /* small writes gathered here, GATHER_SIZE bytes */
+    size_t pending_len;
     char *target;    /* as given */
     char *temporary; /* in the same directory */
     char *directory; /* "." when the target has no slash */
@@ -35,6 +37,16 @@ struct stc_output {
  * being copied and the final fsync has little left to do: a durable save
  * costs about max(copy, disk), not their sum. */
 #define WRITEBACK_STEP ((uint64_t)32 << 20)
+
+/* Writes smaller than SMALL_WRITE are gathered into one buffer of
+ * GATHER_SIZE bytes and handed to the kernel together: a file of 100,000
+ * small tensors costs a few hundred write() calls, not 100,000. Larger
+ * writes go straight from the caller's memory, after what was gathered
+ * before them, so no large tensor is ever copied twice. The buffer stays
+ * under malloc's usual mmap threshold (128 KiB): a larger one would be
+ * mapped and unmapped by every save, and glibc would raise its threshold. */
+#define GATHER_SIZE ((size_t)96 << 10)
+#define SMALL_WRITE ((size_t)24 << 10)
 
 static char *copy_string(const stc_allocator *a, const char *s, size_t n) {
     char *c = stc__malloc(a, n + 1);
@@ -49,6 +61,7 @@ static void release(stc_output *o) {
     stc__free(a, o->target);
     stc__free(a, o->temporary);
     stc__free(a, o->directory);
+    stc__free(a, o->pending);
     stc__free(a, o);
 }
 
@@ -93,7 +106,8 @@ stc_status stc_output_open(const char *path, const stc_allocator *allocator, stc
     o->target = copy_string(a, path, len);
     o->directory = slash ? copy_string(a, path, dir_len ? dir_len : 1) : copy_string(a, ".", 1);
     if (slash && dir_len == 0) dir_len = 1; /* the root directory "/" */
-    if (!o->target || !o->directory) {
+    o->pending = stc__malloc(a, GATHER_SIZE);
+    if (!o->target || !o->directory || !o->pending) {
         release(o);
         return stc__fail(error, STC_ERR_NO_MEMORY, "out of memory", STC_NO_OFFSET, NULL, 0);
     }
@@ -129,7 +143,8 @@ static void start_writeback(stc_output *o) {
 #endif
 }
 
-stc_status stc_output_write(stc_output *o, const void *data, size_t len, stc_error *error) {
+/* Hands len bytes to the kernel, retrying short writes and EINTR. */
+static stc_status write_all(stc_output *o, const void *data, size_t len, stc_error *error) {
     const char *p = data;
     while (len > 0) {
         size_t chunk = len < WRITEBACK_STEP ? len : (size_t)WRITEBACK_STEP;
@@ -146,6 +161,26 @@ stc_status stc_output_write(stc_output *o, const void *data, size_t len, stc_err
     return STC_OK;
 }
 
+static stc_status flush_pending(stc_output *o, stc_error *error) {
+    size_t n = o->pending_len;
+    o->pending_len = 0; /* after a failure the output is only good for abort */
+    return n ? write_all(o, o->pending, n, error) : STC_OK;
+}
+
+stc_status stc_output_write(stc_output *o, const void *data, size_t len, stc_error *error) {
+    if (len >= SMALL_WRITE) {
+        stc_status st = flush_pending(o, error);
+        return st != STC_OK ? st : write_all(o, data, len, error);
+    }
+    if (len > GATHER_SIZE - o->pending_len) {
+        stc_status st = flush_pending(o, error);
+        if (st != STC_OK) return st;
+    }
+    memcpy(o->pending + o->pending_len, data, len);
+    o->pending_len += len;
+    return STC_OK;
+}
+
 static stc_status sync_directory(const stc_output *o, stc_error *error) {
     int fd = open(o->directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return stc__fail_errno(error, "cannot open the target's directory", errno);
@@ -159,7 +194,8 @@ static stc_status sync_directory(const stc_output *o, stc_error *error) {
 }
 
 stc_status stc_output_commit(stc_output *o, stc_error *error) {
-    stc_status st = STC_OK;
+    stc_status st = flush_pending(o, error);
+    if (st != STC_OK) goto fail;
     if (fsync(o->fd) != 0) {
         st = stc__fail_errno(error, "cannot flush the file to disk", errno);
         goto fail;

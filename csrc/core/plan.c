@@ -11,7 +11,6 @@
 #include "internal.h"
 
 #include <assert.h>
-#include <stdio.h>
 #include <string.h>
 
 struct stc_plan {
@@ -35,10 +34,12 @@ typedef struct buffer {
 
 static void put(buffer *b, const void *bytes, size_t n) {
     if (b->failed) return;
-    if (n > SIZE_MAX - b->len ||
-        !stc__grow(b->a, (void **)&b->data, &b->capacity, b->len + n, 1)) {
-        b->failed = true;
-        return;
+    if (n > b->capacity - b->len) { /* len <= capacity always */
+        if (n > SIZE_MAX - b->len ||
+            !stc__grow(b->a, (void **)&b->data, &b->capacity, b->len + n, 1)) {
+            b->failed = true;
+            return;
+        }
     }
     memcpy(b->data + b->len, bytes, n);
     b->len += n;
@@ -46,10 +47,19 @@ static void put(buffer *b, const void *bytes, size_t n) {
 
 static void put_str(buffer *b, const char *s) { put(b, s, strlen(s)); }
 
+/* A string literal, its length known at compile time. */
+#define PUT_LITERAL(b, s) put((b), (s), sizeof(s) - 1)
+
+/* Decimal digits, written back to front: a header holds three numbers per
+ * tensor, and snprintf's format parsing was a tenth of a many-tensor save. */
 static void put_u64(buffer *b, uint64_t v) {
-    char digits[24];
-    int n = snprintf(digits, sizeof digits, "%llu", (unsigned long long)v);
-    put(b, digits, (size_t)n);
+    char digits[20];
+    size_t i = sizeof digits;
+    do {
+        digits[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(b, digits + i, sizeof digits - i);
 }
 
 static void put_json_string(buffer *b, const char *s, size_t len) {
@@ -160,7 +170,7 @@ static void emit_header(buffer *b, const stc_plan *p, const stc_tensor_spec *spe
     put(b, "{", 1);
     bool first = true;
     if (has_metadata) {
-        put_str(b, "\"__metadata__\":{");
+        PUT_LITERAL(b, "\"__metadata__\":{");
         for (size_t i = 0; i < metadata_count; i++) {
             const stc_string_pair *m = &metadata[meta_order[i]];
             if (i) put(b, ",", 1);
@@ -177,19 +187,19 @@ static void emit_header(buffer *b, const stc_plan *p, const stc_tensor_spec *spe
         if (!first) put(b, ",", 1);
         first = false;
         put_json_string(b, s->name, s->name_len);
-        put_str(b, ":{\"dtype\":\"");
+        PUT_LITERAL(b, ":{\"dtype\":\"");
         put_str(b, stc_dtype_name(s->dtype));
-        put_str(b, "\",\"shape\":[");
+        PUT_LITERAL(b, "\",\"shape\":[");
         for (size_t d = 0; d < s->ndim; d++) {
             if (d) put(b, ",", 1);
             put_u64(b, s->shape[d]);
         }
-        put_str(b, "],\"data_offsets\":[");
+        PUT_LITERAL(b, "],\"data_offsets\":[");
         put_u64(b, offset);
         put(b, ",", 1);
         offset += p->nbytes[p->order[i]];
         put_u64(b, offset);
-        put_str(b, "]}");
+        PUT_LITERAL(b, "]}");
     }
     put(b, "}", 1);
     while (!b->failed && (b->len - 8) % 8 != 0) put(b, " ", 1);
@@ -240,15 +250,23 @@ stc_status stc_plan_create(const stc_tensor_spec *specs, size_t count,
     if ((st = check_metadata(metadata, metadata_count, error)) != STC_OK) goto fail;
 
     sort_ctx ctx = {specs};
-    stc__sort_indices(by_name, scratch, count, name_less, &ctx);
+    stc__sort_indices(p->order, scratch, count, file_order_less, &ctx);
+    /* Equal names are neighbours in file order when every tensor has the
+     * same dtype (the usual case); otherwise they are found in name order. */
+    const uint32_t *named = p->order;
+    for (size_t i = 1; i < count && named == p->order; i++) {
+        if (specs[i].dtype != specs[0].dtype) {
+            stc__sort_indices(by_name, scratch, count, name_less, &ctx);
+            named = by_name;
+        }
+    }
     for (size_t i = 1; i < count; i++) {
-        const stc_tensor_spec *s = &specs[by_name[i]], *prev = &specs[by_name[i - 1]];
+        const stc_tensor_spec *s = &specs[named[i]], *prev = &specs[named[i - 1]];
         if (stc__compare_bytes(s->name, s->name_len, prev->name, prev->name_len) == 0) {
             st = spec_error(error, STC_ERR_INVALID_ARGUMENT, "two tensors have the same name", s);
             goto fail;
         }
     }
-    stc__sort_indices(p->order, scratch, count, file_order_less, &ctx);
 
     for (size_t i = 0; i < metadata_count; i++) meta_order[i] = (uint32_t)i;
     stc__sort_indices(meta_order, scratch, metadata_count, key_less, metadata);
@@ -261,6 +279,18 @@ stc_status stc_plan_create(const stc_tensor_spec *specs, size_t count,
         }
     }
 
+    /* One allocation for the usual header: each entry's fixed text and
+     * numbers take well under 96 bytes beside its name (escapes may need
+     * more: the buffer still grows). */
+    size_t estimate = 64;
+    for (size_t i = 0; i < count && estimate < SIZE_MAX / 4; i++)
+        estimate += specs[i].name_len + 96 + 21 * specs[i].ndim;
+    for (size_t i = 0; i < metadata_count && estimate < SIZE_MAX / 4; i++)
+        estimate += metadata[i].key_len + metadata[i].value_len + 8;
+    if (!stc__grow(a, (void **)&b.data, &b.capacity, estimate, 1)) {
+        st = no_memory(error);
+        goto fail;
+    }
     emit_header(&b, p, specs, metadata, meta_order, metadata_count, has_metadata);
     if (b.failed) {
         st = no_memory(error);

@@ -165,20 +165,10 @@ static void load_values(const source *src, uint64_t first, size_t n, double *out
         for (size_t i = 0; i < n; i++) out[i] = complex_modulus(src->data + (first + i) * 8);
         break;
     case STC_F4:
-        for (size_t i = 0; i < n; i++) {
-            uint64_t v = first + i;
-            unsigned byte = src->data[v / 2];
-            out[i] = src->table[(v % 2) ? byte >> 4 : byte & 0xFu];
-        }
-        break;
     case STC_F6_E2M3:
     case STC_F6_E3M2:
-        for (size_t i = 0; i < n; i++) {
-            uint64_t v = first + i;
-            const uint8_t *g = src->data + v / 4 * 3;
-            uint32_t word = (uint32_t)g[0] | (uint32_t)g[1] << 8 | (uint32_t)g[2] << 16;
-            out[i] = src->table[(word >> (6 * (v % 4))) & 0x3Fu];
-        }
+        for (size_t i = 0; i < n; i++)
+            out[i] = src->table[stc__packed_code(src->dtype, src->data, first + i)];
         break;
     default: /* the 8-bit float types */
         for (size_t i = 0; i < n; i++) out[i] = src->table[src->data[first + i]];

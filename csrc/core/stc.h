@@ -182,8 +182,24 @@ typedef enum stc_backend {
     STC_BACKEND_MMAP = 0,
     /* No mapping: the header is read with pread and tensor bytes are read on
      * request into caller memory. For untrusted or network file systems. */
-    STC_BACKEND_PREAD = 1
+    STC_BACKEND_PREAD = 1,
+    /* Chosen at opening from the file system the opened descriptor is on
+     * (fstatfs's f_type, see stc_backend_for_filesystem): STC_BACKEND_PREAD
+     * on network, cluster and FUSE file systems, where every page fault of a
+     * mapping is a round trip; STC_BACKEND_MMAP elsewhere, and when fstatfs
+     * fails. stc_file_backend tells which one a file got. Memory images and
+     * header-only files ignore it as they ignore the others. */
+    STC_BACKEND_AUTO = 2
 } stc_backend;
+
+/* The backend STC_BACKEND_AUTO picks for a file system whose statfs f_type
+ * is fs_type (a magic number of linux/magic.h; only its low 32 bits count,
+ * so a sign-extended f_type gives the same verdict):
+ * STC_BACKEND_PREAD for NFS, SMB/CIFS, FUSE (sshfs, s3fs, gcsfuse, virtiofs
+ * ...), 9p, Ceph, Lustre, GPFS, BeeGFS, OrangeFS, PanFS, AFS, Coda and NCP;
+ * STC_BACKEND_MMAP for every other value (local disks, tmpfs, overlayfs,
+ * unknown). Pure; thread-safe. */
+stc_backend stc_backend_for_filesystem(uint64_t fs_type);
 
 typedef struct stc_open_options {
     stc_backend backend;
@@ -304,6 +320,11 @@ int stc_data_writable(const stc_file *file);
 /* 1 if the file is read through a memory mapping that another process could
  * shrink (STC_BACKEND_MMAP on a real file), else 0. */
 int stc_is_mapped(const stc_file *file);
+
+/* The backend file was opened with, STC_BACKEND_AUTO resolved to the one it
+ * chose (never STC_BACKEND_AUTO itself): STC_BACKEND_MMAP for memory images,
+ * STC_BACKEND_PREAD for header-only files. */
+stc_backend stc_file_backend(const stc_file *file);
 
 /* Checks, with one fstat of the open descriptor, that the mapped file is
  * still the one that was opened: the size and the modification time
@@ -432,6 +453,74 @@ stc_status stc_read_tensor_direct(const stc_file *file, const stc_tensor *tensor
 stc_status stc_prefetch_tensor(const stc_file *file, const stc_tensor *tensor,
                                uint64_t byte_offset, size_t len, int populate,
                                stc_error *error);
+
+/* One copy of a batch: len bytes of `tensor` (one of the file's own), from
+ * byte_offset bytes into it, to dst (len bytes of memory the caller owns).
+ * With from_file set, a mapped file's bytes are read from the file with
+ * pread (as stc_read_file), never from the mapping, whose pages may hold
+ * writes made through a view handed out earlier. */
+typedef struct stc_copy {
+    const stc_tensor *tensor;
+    uint64_t byte_offset;
+    size_t len;
+    void *dst;
+    int from_file;
+} stc_copy;
+
+/* How stc_read_batch runs. Zero-initialised fields mean the defaults, except
+ * direct_fd, which must be -1 for none. */
+typedef struct stc_batch_options {
+    /* The most threads that copy, the calling thread included (0 or 1: the
+     * calling thread only; at most STC_BATCH_MAX_THREADS). Fewer start when
+     * the batch is small: one per chunk at most. */
+    unsigned threads;
+    /* The most bytes one thread takes at a time: many small copies together,
+     * or one slice of a larger copy, cut where the file offset is a multiple
+     * of 4096. 0: about a quarter of each thread's share, between
+     * STC_BATCH_MIN_CHUNK and STC_BATCH_MAX_CHUNK. Rounded down to 4096. */
+    size_t chunk_size;
+    /* As for stc_read_tensor_direct: a descriptor of this very file opened
+     * with O_DIRECT (checked once, by size, device and inode, before any
+     * byte is written), or -1; align is its block size (0: 4096). */
+    int direct_fd;
+    size_t align;
+    /* 1: once copied, each range's pages are dropped from the page cache
+     * (posix_fadvise POSIX_FADV_DONTNEED, whole pages, so the pages shared
+     * with a neighbouring range go too and may be read twice from storage).
+     * The bytes are then read from the file with pread, never through the
+     * mapping: mapped pages stay cached whatever the advice says. Once every
+     * thread has stopped, every copied range is dropped once more (pages
+     * that kernel read-ahead brought back after a thread dropped them), with
+     * the header's pages when the first tensor is copied: the kernel drops a
+     * large folio only whole. A few pages per CPU that the kernel has not
+     * yet put on its lists, and folios shared with bytes not copied, can
+     * stay. Does nothing for memory images. */
+    int drop_cache;
+} stc_batch_options;
+
+#define STC_BATCH_MAX_THREADS 64
+#define STC_BATCH_MIN_CHUNK ((size_t)1 << 20)
+#define STC_BATCH_MAX_CHUNK ((size_t)64 << 20)
+
+/* Runs `count` copies (each bounded by its tensor, as stc_read_tensor_into)
+ * on up to options->threads threads, with no allocation and no global
+ * state. Every copy is checked first (its tensor is the file's, its range
+ * lies inside the tensor, dst is not NULL when len > 0) and the direct
+ * descriptor with it: any failure there returns before a byte is written.
+ * options may be NULL (the calling thread, no direct reads). Copies may be
+ * in any order; copying in file order reads the storage sequentially.
+ * Destinations must not overlap each other or the file's own memory.
+ *
+ * A read that fails midway (STC_ERR_FILE_CHANGED when the file ends early,
+ * STC_ERR_IO) stops every thread from taking more work; the first error is
+ * returned once all have stopped. The destinations are then partly written:
+ * those copied so far hold the file's bytes, the others what they held.
+ * For a mapped file, the caller checks stc_check_unchanged first.
+ * *direct_bytes (when not NULL) tells how many bytes came through direct_fd.
+ * Safe to call from several threads on one file. */
+stc_status stc_read_batch(const stc_file *file, const stc_copy *copies, size_t count,
+                          const stc_batch_options *options, size_t *direct_bytes,
+                          stc_error *error);
 
 /* MARK: - Writing */
 

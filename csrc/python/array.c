@@ -8,28 +8,219 @@
 
 /* MARK: - Dtypes */
 
-PyArray_Descr *descr_for(module_state *st, stc_dtype dtype) {
-    if (st->descrs[dtype]) return st->descrs[dtype];
-    /* First use of this dtype: ask the package, which knows NumPy's and
-     * ml_dtypes' names and imports ml_dtypes only when it is needed. */
-    if (!st->resolve_dtype) {
-        PyErr_SetString(PyExc_RuntimeError, "safetensors_c._core used before initialisation");
-        return NULL;
+/* The framework-neutral name of each dtype's element type, as NumPy,
+ * ml_dtypes, torch, JAX and TensorFlow spell it (F4: one value a byte); the
+ * package's _dtypes.DTYPE_NAMES is this table (dtype_names()). The F6 types
+ * have no name anywhere. from_ml: the NumPy dtype comes from ml_dtypes. */
+static const struct {
+    const char *name;
+    bool from_ml;
+} dtype_names[STC_DTYPE_COUNT] = {
+    [STC_BOOL] = {"bool", false},
+    [STC_F4] = {"float4_e2m1fn", false},
+    [STC_F6_E2M3] = {NULL, false},
+    [STC_F6_E3M2] = {NULL, false},
+    [STC_U8] = {"uint8", false},
+    [STC_I8] = {"int8", false},
+    [STC_F8_E5M2] = {"float8_e5m2", true},
+    [STC_F8_E4M3] = {"float8_e4m3fn", true},
+    [STC_F8_E8M0] = {"float8_e8m0fnu", true},
+    [STC_F8_E4M3FNUZ] = {"float8_e4m3fnuz", true},
+    [STC_F8_E5M2FNUZ] = {"float8_e5m2fnuz", true},
+    [STC_I16] = {"int16", false},
+    [STC_U16] = {"uint16", false},
+    [STC_F16] = {"float16", false},
+    [STC_BF16] = {"bfloat16", true},
+    [STC_I32] = {"int32", false},
+    [STC_U32] = {"uint32", false},
+    [STC_F32] = {"float32", false},
+    [STC_C64] = {"complex64", false},
+    [STC_F64] = {"float64", false},
+    [STC_I64] = {"int64", false},
+    [STC_U64] = {"uint64", false},
+};
+
+static bool is_packed(stc_dtype dtype) { return stc_dtype_bits(dtype) % 8 != 0; }
+
+PyObject *stcpy_dtype_names_dict(void) {
+    PyObject *dict = PyDict_New();
+    for (int i = 0; dict && i < STC_DTYPE_COUNT; i++) {
+        if (!dtype_names[i].name) continue;
+        PyObject *name = PyUnicode_FromString(dtype_names[i].name);
+        if (!name || PyDict_SetItemString(dict, stc_dtype_name((stc_dtype)i), name) < 0)
+            Py_CLEAR(dict);
+        Py_XDECREF(name);
     }
-    PyObject *descr = PyObject_CallFunction(st->resolve_dtype, "s", stc_dtype_name(dtype));
-    if (!descr) return NULL;
-    if (!PyArray_DescrCheck(descr)) {
-        Py_DECREF(descr);
-        PyErr_SetString(PyExc_TypeError, "resolve_dtype must return a numpy.dtype");
-        return NULL;
+    return dict;
+}
+
+/* The NumPy dtype an element type loads as: uint8 bytes for the packed
+ * ones, ml_dtypes' types (imported at their first use) for BF16 and F8,
+ * NumPy's own for the rest. A new reference, or NULL with an exception. */
+static PyArray_Descr *resolve_descr(stc_dtype dtype) {
+    PyArray_Descr *descr = NULL;
+    if (is_packed(dtype)) return PyArray_DescrFromType(NPY_UINT8);
+    PyObject *spec;
+    if (dtype_names[dtype].from_ml) {
+        PyObject *ml = PyImport_ImportModule("ml_dtypes");
+        if (!ml) {
+            if (PyErr_ExceptionMatches(PyExc_ImportError)) {
+                PyErr_SetString(PyExc_ImportError, "BF16 and F8 tensors need the ml_dtypes "
+                                                   "package: pip install ml_dtypes");
+            }
+            return NULL;
+        }
+        spec = PyObject_GetAttrString(ml, dtype_names[dtype].name);
+        Py_DECREF(ml);
+    } else {
+        spec = PyUnicode_FromString(dtype_names[dtype].name);
     }
-    st->descrs[dtype] = (PyArray_Descr *)descr;
+    if (!spec) return NULL;
+    int ok = PyArray_DescrConverter(spec, &descr);
+    Py_DECREF(spec);
+    return ok ? descr : NULL;
+}
+
+PyArray_Descr *stcpy_descr_for(module_state *st, stc_dtype dtype) {
+    if (!st->descrs[dtype]) st->descrs[dtype] = resolve_descr(dtype);
     return st->descrs[dtype];
 }
 
-/* MARK: - Shapes */
+/* MARK: - PackedArray */
 
-static bool is_packed(stc_dtype dtype) { return stc_dtype_bits(dtype) % 8 != 0; }
+/* The rule every packed dtype follows: values fill whole groups of bytes,
+ * lcm(bits, 8) bits each (F4: 2 values in 1 byte; F6: 4 values in 3). */
+static void packed_group(unsigned bits, uint64_t *values, uint64_t *bytes) {
+    unsigned a = bits, b = 8;
+    while (b) {
+        unsigned r = a % b;
+        a = b;
+        b = r;
+    }
+    *values = 8 / a;
+    *bytes = bits / a;
+}
+
+static int packed_bits_of(PyObject *code) {
+    if (!PyUnicode_Check(code)) return 0;
+    Py_ssize_t len;
+    const char *text = PyUnicode_AsUTF8AndSize(code, &len);
+    stc_dtype dtype;
+    if (!text || !stc_dtype_from_name(text, (size_t)len, &dtype) || !is_packed(dtype)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return (int)stc_dtype_bits(dtype);
+}
+
+/* *out = obj.name, or NULL when obj has no such attribute. 0, or -1 with
+ * an exception. */
+static int optional_attr(PyObject *obj, const char *name, PyObject **out) {
+    *out = PyObject_GetAttrString(obj, name);
+    if (*out) return 0;
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+    PyErr_Clear();
+    return 0;
+}
+
+/* __array_finalize__: a new view keeps its source's format dtype, and its
+ * logical shape only while the shape in bytes is the same. */
+static PyObject *packed_finalize(PyObject *self, PyObject *obj) {
+    PyObject *code = NULL, *stored = NULL, *obj_shape = NULL, *self_shape = NULL;
+    PyObject *result = NULL;
+    if (optional_attr(obj, "format_dtype", &code) < 0 ||
+        optional_attr(obj, "_stored_shape", &stored) < 0)
+        goto done;
+    if (stored && stored != Py_None) {
+        if (optional_attr(obj, "shape", &obj_shape) < 0) goto done;
+        self_shape = PyObject_GetAttrString(self, "shape");
+        if (!self_shape) goto done;
+        int same = obj_shape ? PyObject_RichCompareBool(obj_shape, self_shape, Py_EQ) : 0;
+        if (same < 0) goto done;
+        if (!same) Py_SETREF(stored, Py_NewRef(Py_None));
+    }
+    if (PyObject_SetAttrString(self, "format_dtype", code ? code : Py_None) < 0 ||
+        PyObject_SetAttrString(self, "_stored_shape", stored ? stored : Py_None) < 0)
+        goto done;
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(code);
+    Py_XDECREF(stored);
+    Py_XDECREF(obj_shape);
+    Py_XDECREF(self_shape);
+    return result;
+}
+
+/* logical_shape: the stored one, else the shape in bytes with its last
+ * dimension counted in values. */
+static PyObject *packed_logical_shape(PyObject *self, void *unused) {
+    (void)unused;
+    PyObject *stored = PyObject_GetAttrString(self, "_stored_shape");
+    if (!stored || stored != Py_None) return stored;
+    Py_DECREF(stored);
+    PyObject *code = PyObject_GetAttrString(self, "format_dtype");
+    if (!code) return NULL;
+    int bits = packed_bits_of(code);
+    PyArrayObject *array = (PyArrayObject *)self;
+    int nd = PyArray_NDIM(array);
+    npy_intp *dims = PyArray_DIMS(array);
+    PyObject *result = NULL;
+    if (!bits) {
+        PyErr_SetString(PyExc_ValueError, "this PackedArray has no format dtype");
+    } else if (nd == 0 || ((uint64_t)dims[nd - 1] * 8) % (unsigned)bits != 0) {
+        PyObject *shape = PyObject_GetAttrString(self, "shape");
+        if (shape)
+            PyErr_Format(PyExc_ValueError,
+                         "cannot tell the logical shape of a %U array of shape %R; use "
+                         "safetensors_c.packed(raw, dtype, shape)", code, shape);
+        Py_XDECREF(shape);
+    } else {
+        result = PyTuple_New(nd);
+        for (int d = 0; result && d < nd; d++) {
+            uint64_t n = (uint64_t)dims[d];
+            if (d == nd - 1) n = n * 8 / (unsigned)bits;
+            PyObject *v = PyLong_FromUnsignedLongLong(n);
+            if (!v) Py_CLEAR(result);
+            else PyTuple_SET_ITEM(result, d, v);
+        }
+    }
+    Py_DECREF(code);
+    return result;
+}
+
+static PyMethodDef packed_finalize_def = {
+    "__array_finalize__", packed_finalize, METH_O, NULL};
+
+static PyGetSetDef packed_logical_shape_def = {
+    "logical_shape", packed_logical_shape, NULL,
+    "The shape in values (the last dimension of the bytes counted in values).", NULL};
+
+#define PACKED_DOC                                                                            \
+    "The raw bytes (``uint8``) of a packed sub-byte tensor: F4 or F6.\n\n"                     \
+    "``format_dtype`` is the format's code and ``logical_shape`` the shape in\n"              \
+    "values (F4 packs two values per byte, F6 four values per three bytes).\n"                \
+    "Saving a PackedArray writes it with that dtype and shape."
+
+PyObject *stcpy_make_packed_type(void) {
+    PyObject *ns = Py_BuildValue("{s:s,s:s,s:s,s:O,s:O}", "__module__", "safetensors_c",
+                                 "__qualname__", "PackedArray", "__doc__", PACKED_DOC,
+                                 "format_dtype", Py_None, "_stored_shape", Py_None);
+    if (!ns) return NULL;
+    PyObject *type = PyObject_CallFunction((PyObject *)&PyType_Type, "s(O)O", "PackedArray",
+                                           (PyObject *)&PyArray_Type, ns);
+    Py_DECREF(ns);
+    if (!type) return NULL;
+    PyObject *finalize = PyDescr_NewMethod((PyTypeObject *)type, &packed_finalize_def);
+    PyObject *logical = PyDescr_NewGetSet((PyTypeObject *)type, &packed_logical_shape_def);
+    if (!finalize || !logical || PyObject_SetAttrString(type, "__array_finalize__", finalize) < 0 ||
+        PyObject_SetAttrString(type, "logical_shape", logical) < 0)
+        Py_CLEAR(type);
+    Py_XDECREF(finalize);
+    Py_XDECREF(logical);
+    return type;
+}
+
+/* MARK: - Shapes */
 
 /* *out = a * b, if that is at most limit. */
 static bool mul_fits(uint64_t a, uint64_t b, uint64_t limit, uint64_t *out) {
@@ -48,7 +239,7 @@ static int beyond_numpy(module_state *st, const stc_tensor *t, const char *messa
     memcpy(error.tensor, t->name, kept);
     error.tensor_len = kept;
     error.tensor_truncated = kept < t->name_len;
-    raise_core_error(st, &error, NULL);
+    stcpy_raise_core_error(st, &error, NULL);
     return -1;
 }
 
@@ -57,7 +248,7 @@ static int beyond_numpy(module_state *st, const stc_tensor *t, const char *messa
  * dimension is divided into bytes when it fills whole bytes (F4 [.., 2k]
  * -> [.., k]; F6 [.., 4k] -> [.., 3k]), otherwise the tensor is one flat
  * run of bytes. Returns the number of dimensions, or -1 with an exception. */
-int numpy_shape(module_state *st, const stc_tensor *t, npy_intp *dims) {
+int stcpy_numpy_shape(module_state *st, const stc_tensor *t, npy_intp *dims) {
     if (t->ndim > NPY_MAXDIMS)
         return beyond_numpy(st, t, "more dimensions than a NumPy array can have (64)");
     uint64_t shape[NPY_MAXDIMS];
@@ -65,8 +256,8 @@ int numpy_shape(module_state *st, const stc_tensor *t, npy_intp *dims) {
     for (size_t d = 0; d < nd; d++) shape[d] = t->shape[d];
     unsigned bits = stc_dtype_bits(t->dtype);
     if (is_packed(t->dtype)) {
-        /* Values per whole group of bytes: 2 for F4 (1 byte), 4 for F6 (3). */
-        uint64_t group = bits == 4 ? 2 : 4, group_bytes = bits == 4 ? 1 : 3;
+        uint64_t group, group_bytes;
+        packed_group(bits, &group, &group_bytes);
         if (nd > 0 && shape[nd - 1] % group == 0) {
             shape[nd - 1] = shape[nd - 1] / group * group_bytes;
         } else {
@@ -89,7 +280,7 @@ int numpy_shape(module_state *st, const stc_tensor *t, npy_intp *dims) {
     return (int)nd;
 }
 
-PyObject *dims_tuple(const uint64_t *dims, size_t n) {
+PyObject *stcpy_dims_tuple(const uint64_t *dims, size_t n) {
     PyObject *tuple = PyTuple_New((Py_ssize_t)n);
     if (!tuple) return NULL;
     for (size_t d = 0; d < n; d++) {
@@ -103,19 +294,20 @@ PyObject *dims_tuple(const uint64_t *dims, size_t n) {
     return tuple;
 }
 
-/* Packed arrays go through the package's hook, which marks them with their
- * format dtype and logical shape so that saving them restores both. */
+/* Packed arrays become PackedArray views, marked with their format dtype
+ * and logical shape so that saving them restores both. */
 static PyObject *wrap_if_packed(module_state *st, PyObject *array, const stc_tensor *t) {
-    if (!array || !is_packed(t->dtype) || !st->wrap_packed) return array;
-    PyObject *shape = dims_tuple(t->shape, t->ndim);
-    if (!shape) {
-        Py_DECREF(array);
-        return NULL;
-    }
-    PyObject *wrapped =
-        PyObject_CallFunction(st->wrap_packed, "OsO", array, stc_dtype_name(t->dtype), shape);
-    Py_DECREF(shape);
+    if (!array || !is_packed(t->dtype)) return array;
+    PyObject *wrapped = PyArray_View((PyArrayObject *)array, NULL, st->packed_type);
     Py_DECREF(array);
+    if (!wrapped) return NULL;
+    PyObject *code = PyUnicode_FromString(stc_dtype_name(t->dtype));
+    PyObject *shape = code ? stcpy_dims_tuple(t->shape, t->ndim) : NULL;
+    if (!shape || PyObject_SetAttrString(wrapped, "format_dtype", code) < 0 ||
+        PyObject_SetAttrString(wrapped, "_stored_shape", shape) < 0)
+        Py_CLEAR(wrapped);
+    Py_XDECREF(code);
+    Py_XDECREF(shape);
     return wrapped;
 }
 
@@ -169,7 +361,7 @@ static PyObject *read_array(module_state *st, file_object *owner, const stc_tens
     Py_END_ALLOW_THREADS
     if (status != STC_OK) {
         Py_DECREF(array);
-        return raise_core_error(st, &error, owner->filename);
+        return stcpy_raise_core_error(st, &error, owner->filename);
     }
     return array;
 }
@@ -202,7 +394,7 @@ static PyObject *map_region(module_state *st, file_object *owner, uint64_t offse
     if (status != STC_OK) {
         PyMem_Free(region);
         if (status == STC_ERR_IO && error.sys_errno == ENOMEM) Py_RETURN_NONE;
-        return raise_core_error(st, &error, owner->filename);
+        return stcpy_raise_core_error(st, &error, owner->filename);
     }
     PyObject *capsule = PyCapsule_New(region, REGION_CAPSULE, release_region);
     if (!capsule) {
@@ -244,15 +436,15 @@ typedef enum array_use { USE_HAND_OUT, USE_PEEK } array_use;
 static PyObject *array_for(module_state *st, file_object *owner, const stc_tensor *t,
                            array_use use, const shared_region *shared) {
     npy_intp dims[NPY_MAXDIMS];
-    int nd = numpy_shape(st, t, dims);
+    int nd = stcpy_numpy_shape(st, t, dims);
     if (nd < 0) return NULL;
-    PyArray_Descr *descr = descr_for(st, t->dtype);
+    PyArray_Descr *descr = stcpy_descr_for(st, t->dtype);
     if (!descr) return NULL;
     uint8_t *data = stc_data(owner->file);
     PyObject *array;
     if (!data) {
         array = read_array(st, owner, t, descr, nd, dims, stc_read);
-    } else if (use == USE_PEEK ? !was_handed_out(owner, t) : hand_out(owner, t)) {
+    } else if (use == USE_PEEK ? !stcpy_was_handed_out(owner, t) : stcpy_hand_out(owner, t)) {
         /* Zero-copy: a view into the mapping (or image), kept alive by its
          * base, the owner. A peek is read-only: it is never handed out. */
         int writable = use == USE_HAND_OUT && stc_data_writable(owner->file);
@@ -264,20 +456,20 @@ static PyObject *array_for(module_state *st, file_object *owner, const stc_tenso
     return wrap_if_packed(st, array, t);
 }
 
-PyObject *tensor_to_array(module_state *st, file_object *owner, const stc_tensor *t) {
+PyObject *stcpy_tensor_to_array(module_state *st, file_object *owner, const stc_tensor *t) {
     return array_for(st, owner, t, USE_HAND_OUT, NULL);
 }
 
-PyObject *tensor_to_peek_array(module_state *st, file_object *owner, const stc_tensor *t) {
+PyObject *stcpy_tensor_to_peek_array(module_state *st, file_object *owner, const stc_tensor *t) {
     return array_for(st, owner, t, USE_PEEK, NULL);
 }
 
-PyObject *tensors_to_dict(module_state *st, file_object *owner) {
+PyObject *stcpy_tensors_to_dict(module_state *st, file_object *owner) {
     size_t n = stc_tensor_count(owner->file);
     shared_region shared = {NULL, UINT64_MAX, 0, NULL};
     for (size_t i = 0; i < n; i++) {
         const stc_tensor *t = stc_tensor_by_offset_order(owner->file, i);
-        if (t->nbytes == 0 || !was_handed_out(owner, t)) continue;
+        if (t->nbytes == 0 || !stcpy_was_handed_out(owner, t)) continue;
         if (t->begin < shared.lo) shared.lo = t->begin;
         if (t->end > shared.hi) shared.hi = t->end;
     }
@@ -331,7 +523,7 @@ static int read_i64_tuple(PyObject *seq, int64_t *out, Py_ssize_t n) {
     return 0;
 }
 
-PyObject *read_view_to_array(module_state *st, file_object *owner, const stc_tensor *t,
+PyObject *stcpy_read_view_to_array(module_state *st, file_object *owner, const stc_tensor *t,
                              uint64_t offset, PyObject *shape, PyObject *strides) {
     if (!PyTuple_Check(shape) || !PyTuple_Check(strides) ||
         PyTuple_GET_SIZE(shape) != PyTuple_GET_SIZE(strides) ||
@@ -352,7 +544,7 @@ PyObject *read_view_to_array(module_state *st, file_object *owner, const stc_ten
         }
         dims[d] = (npy_intp)ushape[d];
     }
-    PyArray_Descr *descr = descr_for(st, t->dtype);
+    PyArray_Descr *descr = stcpy_descr_for(st, t->dtype);
     if (!descr) return NULL;
     Py_INCREF(descr);
     PyObject *array = PyArray_NewFromDescr(&PyArray_Type, descr, (int)nd, dims, NULL, NULL, 0,
@@ -374,7 +566,7 @@ PyObject *read_view_to_array(module_state *st, file_object *owner, const stc_ten
     Py_END_ALLOW_THREADS
     if (status != STC_OK) {
         Py_DECREF(array);
-        return raise_core_error(st, &error, owner->filename);
+        return stcpy_raise_core_error(st, &error, owner->filename);
     }
     return array;
 }

@@ -16,7 +16,7 @@
 #include <errno.h>
 #include <stdarg.h>
 
-PyObject *raise_coded(module_state *st, const char *code, const char *format, ...) {
+PyObject *stcpy_raise_coded(module_state *st, const char *code, const char *format, ...) {
     va_list args;
     va_start(args, format);
     PyObject *message = PyUnicode_FromFormatV(format, args);
@@ -37,7 +37,7 @@ PyObject *raise_coded(module_state *st, const char *code, const char *format, ..
     return NULL;
 }
 
-PyObject *path_prefix(PyObject *filename) {
+PyObject *stcpy_path_prefix(PyObject *filename) {
     if (!filename) return PyUnicode_FromString("");
     if (!PyUnicode_Check(filename)) return PyUnicode_FromFormat("%R: ", filename);
     int kind = PyUnicode_KIND(filename);
@@ -50,7 +50,7 @@ PyObject *path_prefix(PyObject *filename) {
     return PyUnicode_FromFormat("%U: ", filename);
 }
 
-PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *filename) {
+PyObject *stcpy_raise_core_error(module_state *st, const stc_error *error, PyObject *filename) {
     switch (error->status) {
     case STC_ERR_NO_MEMORY:
         return PyErr_NoMemory();
@@ -71,7 +71,7 @@ PyObject *raise_core_error(module_state *st, const stc_error *error, PyObject *f
     default:
         break;
     }
-    PyObject *where = path_prefix(filename);
+    PyObject *where = stcpy_path_prefix(filename);
     if (!where) return NULL;
     PyObject *tensor = NULL;
     if (error->tensor_len) {

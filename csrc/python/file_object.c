@@ -7,9 +7,11 @@
  */
 #include "binding.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-static module_state *state_of_self(PyObject *self) { return state_of_type(Py_TYPE(self)); }
+static module_state *state_of_self(PyObject *self) { return stcpy_state_of_type(Py_TYPE(self)); }
 
 /* MARK: - Opening */
 
@@ -36,7 +38,12 @@ static int parse_backend(PyObject *backend, stc_backend *out) {
         *out = STC_BACKEND_PREAD;
         return 0;
     }
-    PyErr_Format(PyExc_ValueError, "backend must be \"mmap\" or \"pread\", not %R", backend);
+    if (PyUnicode_Check(backend) && PyUnicode_CompareWithASCIIString(backend, "auto") == 0) {
+        *out = STC_BACKEND_AUTO;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "backend must be \"mmap\", \"pread\" or \"auto\", not %R",
+                 backend);
     return -1;
 }
 
@@ -45,7 +52,7 @@ static int parse_backend(PyObject *backend, stc_backend *out) {
 static PyObject *finish_open(module_state *st, file_object *f, stc_status status,
                              stc_file *file, const stc_error *error, PyObject *filename) {
     if (status != STC_OK) {
-        raise_core_error(st, error, filename);
+        stcpy_raise_core_error(st, error, filename);
         Py_DECREF(f);
         return NULL;
     }
@@ -63,13 +70,13 @@ static PyObject *finish_open(module_state *st, file_object *f, stc_status status
 
 /* MARK: - Tensors handed out */
 
-int was_handed_out(const file_object *f, const stc_tensor *t) {
+int stcpy_was_handed_out(const file_object *f, const stc_tensor *t) {
     if (!f->handed_out) return 0;
     size_t i = stc_tensor_index(f->file, t);
     return (f->handed_out[i / 8] >> (i % 8)) & 1;
 }
 
-int hand_out(file_object *f, const stc_tensor *t) {
+int stcpy_hand_out(file_object *f, const stc_tensor *t) {
     if (!f->handed_out) return 1;
     size_t i = stc_tensor_index(f->file, t);
     unsigned char bit = (unsigned char)(1u << (i % 8));
@@ -78,9 +85,9 @@ int hand_out(file_object *f, const stc_tensor *t) {
     return 1;
 }
 
-PyObject *open_path(PyObject *module, PyObject *args, PyObject *kwargs) {
+PyObject *stcpy_open_path(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"filename", "backend", "max_header_size", NULL};
-    module_state *st = state_of_module(module);
+    module_state *st = stcpy_state_of_module(module);
     PyObject *path_bytes = NULL, *backend = NULL;
     unsigned long long max_header = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|OK:open", keywords, PyUnicode_FSConverter,
@@ -115,9 +122,9 @@ PyObject *open_path(PyObject *module, PyObject *args, PyObject *kwargs) {
     return finish_open(st, f, status, file, &error, f->filename);
 }
 
-PyObject *open_buffer(PyObject *module, PyObject *args, PyObject *kwargs) {
+PyObject *stcpy_open_buffer(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"data", "max_header_size", NULL};
-    module_state *st = state_of_module(module);
+    module_state *st = stcpy_state_of_module(module);
     PyObject *data;
     unsigned long long max_header = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|K:open_buffer", keywords, &data,
@@ -147,9 +154,9 @@ PyObject *open_buffer(PyObject *module, PyObject *args, PyObject *kwargs) {
     return finish_open(st, f, status, file, &error, NULL);
 }
 
-PyObject *open_fd(PyObject *module, PyObject *args, PyObject *kwargs) {
+PyObject *stcpy_open_fd(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"fd", "backend", "max_header_size", "name", NULL};
-    module_state *st = state_of_module(module);
+    module_state *st = stcpy_state_of_module(module);
     int fd;
     PyObject *backend = NULL, *name = Py_None;
     unsigned long long max_header = 0;
@@ -175,9 +182,9 @@ PyObject *open_fd(PyObject *module, PyObject *args, PyObject *kwargs) {
     return finish_open(st, f, status, file, &error, f->filename);
 }
 
-PyObject *header_length(PyObject *module, PyObject *args, PyObject *kwargs) {
+PyObject *stcpy_header_length(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"head", "file_size", "max_header_size", "name", NULL};
-    module_state *st = state_of_module(module);
+    module_state *st = stcpy_state_of_module(module);
     Py_buffer head;
     unsigned long long file_size, max_header = 0;
     PyObject *name = Py_None;
@@ -191,13 +198,13 @@ PyObject *header_length(PyObject *module, PyObject *args, PyObject *kwargs) {
                                           &error);
     PyBuffer_Release(&head);
     if (status != STC_OK)
-        return raise_core_error(st, &error, name == Py_None ? NULL : name);
+        return stcpy_raise_core_error(st, &error, name == Py_None ? NULL : name);
     return PyLong_FromUnsignedLongLong(n);
 }
 
-PyObject *open_header(PyObject *module, PyObject *args, PyObject *kwargs) {
+PyObject *stcpy_open_header(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"head", "file_size", "max_header_size", "name", NULL};
-    module_state *st = state_of_module(module);
+    module_state *st = stcpy_state_of_module(module);
     Py_buffer head;
     unsigned long long file_size, max_header = 0;
     PyObject *name = Py_None;
@@ -346,7 +353,7 @@ done:
     return result;
 }
 
-PyObject *close_names(PyObject *module, PyObject *args) {
+PyObject *stcpy_close_names(PyObject *module, PyObject *args) {
     (void)module;
     PyObject *query, *candidates;
     if (!PyArg_ParseTuple(args, "UO:close_names", &query, &candidates)) return NULL;
@@ -400,11 +407,11 @@ static const stc_tensor *lookup(module_state *st, file_object *f, PyObject *name
     }
     const stc_tensor *t = len >= 0 ? stc_find_tensor(f->file, utf8, (size_t)len) : NULL;
     if (!t) {
-        PyObject *where = path_prefix(f->filename);
+        PyObject *where = stcpy_path_prefix(f->filename);
         PyObject *hint = len >= 0 ? close_names_in_file(f->file, utf8, (size_t)len)
                                   : PyUnicode_FromString("");
         if (where && hint)
-            raise_coded(st, "STC_ERR_NO_SUCH_TENSOR", "%Uno tensor named %R in this file%U",
+            stcpy_raise_coded(st, "STC_ERR_NO_SUCH_TENSOR", "%Uno tensor named %R in this file%U",
                         where, name, hint);
         Py_XDECREF(where);
         Py_XDECREF(hint);
@@ -421,7 +428,7 @@ static PyObject *name_of(const stc_tensor *t) {
 static int check_unchanged(module_state *st, file_object *f) {
     stc_error error;
     if (stc_check_unchanged(f->file, &error) != STC_OK) {
-        raise_core_error(st, &error, f->filename);
+        stcpy_raise_core_error(st, &error, f->filename);
         return -1;
     }
     return 0;
@@ -483,7 +490,7 @@ static PyObject *file_tensor(PyObject *self, PyObject *name) {
     file_object *f = (file_object *)self;
     const stc_tensor *t = lookup(st, f, name);
     if (!t || check_unchanged(st, f) < 0) return NULL;
-    return tensor_to_array(st, f, t);
+    return stcpy_tensor_to_array(st, f, t);
 }
 
 static PyObject *file_peek(PyObject *self, PyObject *name) {
@@ -491,7 +498,7 @@ static PyObject *file_peek(PyObject *self, PyObject *name) {
     file_object *f = (file_object *)self;
     const stc_tensor *t = lookup(st, f, name);
     if (!t || check_unchanged(st, f) < 0) return NULL;
-    return tensor_to_peek_array(st, f, t);
+    return stcpy_tensor_to_peek_array(st, f, t);
 }
 
 static PyObject *file_tensors(PyObject *self, PyObject *unused) {
@@ -499,7 +506,7 @@ static PyObject *file_tensors(PyObject *self, PyObject *unused) {
     module_state *st = state_of_self(self);
     file_object *f = (file_object *)self;
     if (check_unchanged(st, f) < 0) return NULL;
-    return tensors_to_dict(st, f);
+    return stcpy_tensors_to_dict(st, f);
 }
 
 static PyObject *file_info(PyObject *self, PyObject *name) {
@@ -509,17 +516,43 @@ static PyObject *file_info(PyObject *self, PyObject *name) {
     if (!t) return NULL;
     npy_intp np_dims[NPY_MAXDIMS];
     uint64_t np_dims_u[NPY_MAXDIMS];
-    int nd = numpy_shape(st, t, np_dims);
+    int nd = stcpy_numpy_shape(st, t, np_dims);
     if (nd < 0) return NULL;
     for (int d = 0; d < nd; d++) np_dims_u[d] = (uint64_t)np_dims[d];
-    PyObject *shape = dims_tuple(t->shape, t->ndim);
-    PyObject *np_shape = shape ? dims_tuple(np_dims_u, (size_t)nd) : NULL;
+    PyObject *shape = stcpy_dims_tuple(t->shape, t->ndim);
+    PyObject *np_shape = shape ? stcpy_dims_tuple(np_dims_u, (size_t)nd) : NULL;
     if (!np_shape) {
         Py_XDECREF(shape);
         return NULL;
     }
     return Py_BuildValue("(sNNKK)", stc_dtype_name(t->dtype), shape, np_shape,
                          (unsigned long long)t->begin, (unsigned long long)t->end);
+}
+
+/* (name, dtype code, shape, begin, end) of every tensor, in data order: the
+ * whole table in one call, for callers that check many tensors. */
+static PyObject *file_table(PyObject *self, PyObject *unused) {
+    (void)unused;
+    file_object *f = (file_object *)self;
+    size_t n = stc_tensor_count(f->file);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const stc_tensor *t = stc_tensor_by_offset_order(f->file, i);
+        PyObject *name = name_of(t);
+        PyObject *shape = name ? stcpy_dims_tuple(t->shape, t->ndim) : NULL;
+        PyObject *row = shape ? Py_BuildValue("(NsNKK)", name, stc_dtype_name(t->dtype), shape,
+                                              (unsigned long long)t->begin,
+                                              (unsigned long long)t->end)
+                              : NULL;
+        if (!row) {
+            if (!shape) Py_XDECREF(name);
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, row);
+    }
+    return list;
 }
 
 static PyObject *file_read_view(PyObject *self, PyObject *args) {
@@ -530,7 +563,7 @@ static PyObject *file_read_view(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OKOO:read_view", &name, &offset, &shape, &strides)) return NULL;
     const stc_tensor *t = lookup(st, f, name);
     if (!t || check_unchanged(st, f) < 0) return NULL;
-    return read_view_to_array(st, f, t, offset, shape, strides);
+    return stcpy_read_view_to_array(st, f, t, offset, shape, strides);
 }
 
 static int file_contains(PyObject *self, PyObject *name) {
@@ -557,6 +590,12 @@ static PyObject *get_writable(PyObject *self, void *closure) {
 static PyObject *get_mapped(PyObject *self, void *closure) {
     (void)closure;
     return PyBool_FromLong(stc_is_mapped(((file_object *)self)->file));
+}
+
+static PyObject *get_backend(PyObject *self, void *closure) {
+    (void)closure;
+    stc_backend backend = stc_file_backend(((file_object *)self)->file);
+    return PyUnicode_FromString(backend == STC_BACKEND_PREAD ? "pread" : "mmap");
 }
 
 static PyObject *get_filename(PyObject *self, void *closure) {
@@ -595,7 +634,7 @@ static PyObject *file_read_into(PyObject *self, PyObject *args, PyObject *kwargs
     if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
     size_t len = (size_t)view.len;
     if (byte_offset > t->nbytes || len > t->nbytes - byte_offset) {
-        raise_coded(st, "STC_ERR_INVALID_ARGUMENT",
+        stcpy_raise_coded(st, "STC_ERR_INVALID_ARGUMENT",
                      "tensor %R holds %llu bytes: %zu bytes from byte %llu reach past its end",
                      name, (unsigned long long)t->nbytes, len, byte_offset);
         PyBuffer_Release(&view);
@@ -616,7 +655,7 @@ static PyObject *file_read_into(PyObject *self, PyObject *args, PyObject *kwargs
     void *dst = view.buf;
     /* A tensor handed out may have been written through its view: read the
      * file, not the mapping (the range was checked to lie inside t). */
-    int from_file = was_handed_out(f, t);
+    int from_file = stcpy_was_handed_out(f, t);
     /* Without the GIL: the copy or read touches only the file's C state
      * (immutable after opening, and kept alive by the reference the call
      * holds on self) and the caller's memory, pinned by the buffer export
@@ -632,8 +671,215 @@ static PyObject *file_read_into(PyObject *self, PyObject *args, PyObject *kwargs
         status = stc_read_tensor_into(f->file, t, byte_offset, len, dst, &error);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    if (status != STC_OK) return raise_core_error(st, &error, f->filename);
+    if (status != STC_OK) return stcpy_raise_core_error(st, &error, f->filename);
     return PyLong_FromSize_t(direct_bytes);
+}
+
+/* MARK: - Batches of copies into caller memory */
+
+/* One destination of read_batch, sorted by address for the checks. */
+typedef struct {
+    uintptr_t begin, end;
+    size_t index;
+} span;
+
+static int compare_spans(const void *a, const void *b) {
+    uintptr_t x = ((const span *)a)->begin, y = ((const span *)b)->begin;
+    return x < y ? -1 : x > y;
+}
+
+/* The process's writable mappings, [begin, end) pairs sorted by address with
+ * touching ones merged, read from /proc/self/maps; NULL with OSError or
+ * MemoryError. *count gets the number of pairs. The caller frees. */
+static uintptr_t *writable_regions(size_t *count) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    if (!maps) return (uintptr_t *)PyErr_SetFromErrnoWithFilename(PyExc_OSError,
+                                                                   "/proc/self/maps");
+    size_t n = 0, cap = 256;
+    uintptr_t *regions = PyMem_Malloc(2 * cap * sizeof(uintptr_t));
+    char line[512];
+    while (regions && fgets(line, sizeof line, maps)) {
+        unsigned long long begin, end;
+        char perms[5];
+        size_t len = strlen(line);
+        if (len > 0 && line[len - 1] != '\n') { /* a long path: skip the rest of its line */
+            int ch;
+            while ((ch = fgetc(maps)) != EOF && ch != '\n') {
+            }
+        }
+        if (sscanf(line, "%llx-%llx %4s", &begin, &end, perms) != 3 || perms[1] != 'w')
+            continue;
+        if (n && regions[2 * n - 1] == (uintptr_t)begin) {
+            regions[2 * n - 1] = (uintptr_t)end;
+            continue;
+        }
+        if (n == cap) {
+            cap *= 2;
+            uintptr_t *grown = PyMem_Realloc(regions, 2 * cap * sizeof(uintptr_t));
+            if (!grown) {
+                PyMem_Free(regions);
+                regions = NULL;
+                break;
+            }
+            regions = grown;
+        }
+        regions[2 * n] = (uintptr_t)begin;
+        regions[2 * n + 1] = (uintptr_t)end;
+        n++;
+    }
+    fclose(maps);
+    if (!regions) return (uintptr_t *)PyErr_NoMemory();
+    *count = n;
+    return regions;
+}
+
+/* Raises unless every span (sorted) lies inside the process's writable
+ * memory, apart from the others and from the file's own data. */
+static int check_spans(module_state *st, file_object *f, const span *spans, size_t n,
+                       PyObject *names) {
+    const uint8_t *data = stc_data(f->file);
+    uintptr_t data_begin = (uintptr_t)data;
+    uintptr_t data_end = data ? data_begin + (uintptr_t)(stc_file_size(f->file) -
+                                                         stc_data_start(f->file)) : 0;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *name = PyList_GET_ITEM(names, (Py_ssize_t)spans[i].index);
+        if (i + 1 < n && spans[i + 1].begin < spans[i].end) {
+            PyObject *other = PyList_GET_ITEM(names, (Py_ssize_t)spans[i + 1].index);
+            PyErr_Format(PyExc_ValueError,
+                         "the destinations of %R and %R share memory; give each tensor its own",
+                         name, other);
+            return -1;
+        }
+        if (data && spans[i].begin < data_end && data_begin < spans[i].end) {
+            PyErr_Format(PyExc_ValueError,
+                         "the destination of %R lies inside the file's own data", name);
+            return -1;
+        }
+    }
+    size_t regions_n = 0;
+    uintptr_t *regions = writable_regions(&regions_n);
+    if (!regions) return -1;
+    size_t r = 0;
+    for (size_t i = 0; i < n; i++) {
+        while (r < regions_n && regions[2 * r + 1] <= spans[i].begin) r++;
+        if (r == regions_n || regions[2 * r] > spans[i].begin || regions[2 * r + 1] < spans[i].end) {
+            PyObject *name = PyList_GET_ITEM(names, (Py_ssize_t)spans[i].index);
+            PyMem_Free(regions);
+            stcpy_raise_coded(st, "STC_ERR_INVALID_ARGUMENT",
+                        "the destination of %R (%zu bytes at 0x%zx) is not writable memory of "
+                        "this process", name, (size_t)(spans[i].end - spans[i].begin),
+                        (size_t)spans[i].begin);
+            return -1;
+        }
+    }
+    PyMem_Free(regions);
+    return 0;
+}
+
+/* The int at position i of a sequence from PySequence_Fast, as a size. */
+static int size_at(PyObject *seq, Py_ssize_t i, unsigned long long *out) {
+    *out = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, i));
+    return *out == (unsigned long long)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *file_read_batch(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"names", "addresses", "lengths", "threads", "chunk_size",
+                               "drop_cache", "direct_fd", "align", NULL};
+    module_state *st = state_of_self(self);
+    file_object *f = (file_object *)self;
+    PyObject *names_arg, *addresses_arg, *lengths_arg;
+    unsigned int threads = 1;
+    Py_ssize_t chunk_size = 0, align = 4096;
+    int drop_cache = 0, direct_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|$InpIn:read_batch", keywords,
+                                     &names_arg, &addresses_arg, &lengths_arg, &threads,
+                                     &chunk_size, &drop_cache, &direct_fd, &align))
+        return NULL;
+    if (!PyList_Check(names_arg)) {
+        PyErr_SetString(PyExc_TypeError, "names must be a list of str");
+        return NULL;
+    }
+    if (chunk_size < 0 || align <= 0 || (align & (align - 1)) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "chunk_size must be >= 0 and align a power of two, not %zd and %zd",
+                     chunk_size, align);
+        return NULL;
+    }
+    PyObject *addresses = PySequence_Fast(addresses_arg, "addresses must be a sequence of int");
+    PyObject *lengths = addresses ? PySequence_Fast(lengths_arg,
+                                                    "lengths must be a sequence of int") : NULL;
+    PyObject *result = NULL;
+    stc_copy *copies = NULL;
+    span *spans = NULL;
+    if (!lengths) goto done;
+    Py_ssize_t n = PyList_GET_SIZE(names_arg);
+    if (PySequence_Fast_GET_SIZE(addresses) != n || PySequence_Fast_GET_SIZE(lengths) != n) {
+        PyErr_Format(PyExc_ValueError, "%zd names, %zd addresses and %zd lengths: give one "
+                     "address and one length per name", n, PySequence_Fast_GET_SIZE(addresses),
+                     PySequence_Fast_GET_SIZE(lengths));
+        goto done;
+    }
+    copies = PyMem_Calloc((size_t)n + 1, sizeof(stc_copy));
+    spans = PyMem_Calloc((size_t)n + 1, sizeof(span));
+    if (!copies || !spans) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    size_t n_spans = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyList_GET_ITEM(names_arg, i);
+        const stc_tensor *t = lookup(st, f, name);
+        unsigned long long address, length;
+        if (!t || size_at(addresses, i, &address) < 0 || size_at(lengths, i, &length) < 0)
+            goto done;
+        if (length != t->nbytes) {
+            PyObject *where = stcpy_path_prefix(f->filename);
+            if (where)
+                stcpy_raise_coded(st, "STC_ERR_SIZE_MISMATCH",
+                            "%Utensor %R holds %llu bytes; its destination has %llu", where, name,
+                            (unsigned long long)t->nbytes, length);
+            Py_XDECREF(where);
+            goto done;
+        }
+        if (length && (address == 0 || address > UINTPTR_MAX - length)) {
+            stcpy_raise_coded(st, "STC_ERR_INVALID_ARGUMENT",
+                        "the destination of %R is not an address of this process", name);
+            goto done;
+        }
+        copies[i] = (stc_copy){.tensor = t, .len = (size_t)length, .dst = (void *)(uintptr_t)address,
+                               .from_file = stcpy_was_handed_out(f, t)};
+        if (length)
+            spans[n_spans++] = (span){(uintptr_t)address, (uintptr_t)(address + length),
+                                      (size_t)i};
+    }
+    qsort(spans, n_spans, sizeof(span), compare_spans);
+    if (check_spans(st, f, spans, n_spans, names_arg) < 0 || check_unchanged(st, f) < 0)
+        goto done;
+    stc_batch_options options = {.threads = threads, .chunk_size = (size_t)chunk_size,
+                                 .direct_fd = direct_fd, .align = (size_t)align,
+                                 .drop_cache = drop_cache};
+    stc_error error;
+    stc_status status;
+    size_t direct_bytes = 0;
+    /* Without the GIL: the core reads only the file's C state (immutable
+     * after opening; self is kept alive by this call) and writes only the
+     * destinations, which were checked above to be disjoint, writable memory
+     * of this process outside the file's data; the caller keeps the objects
+     * owning them alive for the call (the Python layer holds them). */
+    Py_BEGIN_ALLOW_THREADS
+    status = stc_read_batch(f->file, copies, (size_t)n, &options, &direct_bytes, &error);
+    Py_END_ALLOW_THREADS
+    if (status != STC_OK) {
+        stcpy_raise_core_error(st, &error, f->filename);
+        goto done;
+    }
+    result = PyLong_FromSize_t(direct_bytes);
+done:
+    PyMem_Free(copies);
+    PyMem_Free(spans);
+    Py_XDECREF(addresses);
+    Py_XDECREF(lengths);
+    return result;
 }
 
 static PyObject *file_prefetch(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -656,7 +902,7 @@ static PyObject *file_prefetch(PyObject *self, PyObject *args, PyObject *kwargs)
         if (PyErr_Occurred()) return NULL;
     }
     if (byte_offset > t->nbytes || len > t->nbytes - byte_offset) {
-        raise_coded(st, "STC_ERR_INVALID_ARGUMENT",
+        stcpy_raise_coded(st, "STC_ERR_INVALID_ARGUMENT",
                      "tensor %R holds %llu bytes: %llu bytes from byte %llu reach past its end",
                      name, (unsigned long long)t->nbytes, len, byte_offset);
         return NULL;
@@ -669,7 +915,7 @@ static PyObject *file_prefetch(PyObject *self, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     status = stc_prefetch_tensor(f->file, t, byte_offset, (size_t)len, populate, &error);
     Py_END_ALLOW_THREADS
-    if (status != STC_OK) return raise_core_error(st, &error, f->filename);
+    if (status != STC_OK) return stcpy_raise_core_error(st, &error, f->filename);
     Py_RETURN_NONE;
 }
 
@@ -705,6 +951,9 @@ static PyMethodDef file_methods[] = {
      "tensor is a view (when mapped); a tensor handed out before comes fresh from the file."},
     {"info", file_info, METH_O,
      "info($self, name, /)\n--\n\n(dtype code, shape, NumPy shape, begin, end) of a tensor."},
+    {"table", file_table, METH_NOARGS,
+     "table($self, /)\n--\n\n(name, dtype code, shape, begin, end) of every tensor, in the "
+     "order of their data in the file."},
     {"read_view", file_read_view, METH_VARARGS,
      "read_view($self, name, offset, shape, strides, /)\n--\n\n"
      "Gathers a strided view of a tensor (byte offset and strides relative to the tensor) "
@@ -715,6 +964,17 @@ static PyMethodDef file_methods[] = {
      "buffer, without the GIL. With direct_fd (a descriptor of this file opened with O_DIRECT; "
      "pread backend only) aligned blocks bypass the page cache. Returns how many bytes were "
      "read with O_DIRECT."},
+    {"read_batch", (PyCFunction)(void (*)(void))file_read_batch, METH_VARARGS | METH_KEYWORDS,
+     "read_batch($self, names, addresses, lengths, *, threads=1, chunk_size=0, "
+     "drop_cache=False, direct_fd=-1, align=4096)\n--\n\n"
+     "Copies every named tensor whole to its destination (addresses[i], lengths[i] bytes, "
+     "which must equal the tensor's size) in one call without the GIL, on up to `threads` of "
+     "the core's threads; large tensors are split between them (chunk_size: the most bytes "
+     "one thread takes at a time, 0 for the default). Every destination is checked first: "
+     "writable memory of this process (/proc/self/maps), apart from the others and from the "
+     "file's own data. The caller keeps the memory alive for the call. drop_cache drops the "
+     "copied pages from the page cache; direct_fd as for read_into. Returns how many bytes "
+     "were read with O_DIRECT."},
     {"prefetch", (PyCFunction)(void (*)(void))file_prefetch, METH_VARARGS | METH_KEYWORDS,
      "prefetch($self, name, byte_offset=0, length=None, *, populate=True)\n--\n\n"
      "Brings a mapped tensor's pages (or a range of them) into memory now: faults them in "
@@ -725,6 +985,8 @@ static PyMethodDef file_methods[] = {
 static PyGetSetDef file_getset[] = {
     {"writable", get_writable, NULL, "Whether arrays are writable views.", NULL},
     {"mapped", get_mapped, NULL, "Whether the file is memory-mapped.", NULL},
+    {"backend", get_backend, NULL,
+     "The backend the file was opened with, \"mmap\" or \"pread\" (\"auto\" resolved).", NULL},
     {"filename", get_filename, NULL, "The path opened, or None for images.", NULL},
     {"data_start", get_data_start, NULL, "File offset of the data section.", NULL},
     {"file_size", get_file_size, NULL, "Size of the file in bytes.", NULL},
@@ -741,7 +1003,7 @@ static PyType_Slot file_slots[] = {
     {0, NULL},
 };
 
-PyType_Spec file_type_spec = {
+PyType_Spec stcpy_file_type_spec = {
     .name = "safetensors_c._core._File",
     .basicsize = sizeof(file_object),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,

@@ -39,9 +39,9 @@ static int stats_from_tuple(PyObject *tuple, stc_stats *s) {
     return 0;
 }
 
-PyObject *tensor_stats(PyObject *module, PyObject *args, PyObject *kwargs) {
+PyObject *stcpy_tensor_stats(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"code", "data", "threads", NULL};
-    module_state *st = state_of_module(module);
+    module_state *st = stcpy_state_of_module(module);
     PyObject *code;
     Py_buffer view;
     unsigned int threads = 0;
@@ -62,11 +62,11 @@ PyObject *tensor_stats(PyObject *module, PyObject *args, PyObject *kwargs) {
     status = stc_stats_compute(dtype, view.buf, (size_t)view.len, threads, NULL, &result, &err);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    if (status != STC_OK) return raise_core_error(st, &err, NULL);
+    if (status != STC_OK) return stcpy_raise_core_error(st, &err, NULL);
     return stats_tuple(&result);
 }
 
-PyObject *tensor_stats_merge(PyObject *module, PyObject *args) {
+PyObject *stcpy_tensor_stats_merge(PyObject *module, PyObject *args) {
     (void)module;
     PyObject *first, *second;
     stc_stats a, b;
@@ -78,9 +78,9 @@ PyObject *tensor_stats_merge(PyObject *module, PyObject *args) {
     return stats_tuple(&a);
 }
 
-PyObject *tensor_histogram(PyObject *module, PyObject *args, PyObject *kwargs) {
+PyObject *stcpy_tensor_histogram(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"code", "data", "lo", "hi", "bins", "threads", NULL};
-    module_state *st = state_of_module(module);
+    module_state *st = stcpy_state_of_module(module);
     PyObject *code;
     Py_buffer view;
     double lo, hi;
@@ -110,7 +110,7 @@ PyObject *tensor_histogram(PyObject *module, PyObject *args, PyObject *kwargs) {
                                  counts, threads, NULL, &err);
     Py_END_ALLOW_THREADS
     if (status != STC_OK) {
-        raise_core_error(st, &err, NULL);
+        stcpy_raise_core_error(st, &err, NULL);
         goto done;
     }
     list = PyList_New(bins);

@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 import numpy as np
 
-from .. import _dtypes
+from .. import _dtypes, error_codes
 from .._checks import error
 from .._writer import Tensor
 
@@ -42,9 +42,9 @@ COPIES_READ_ONLY = True
 ALIGNMENT = 64
 _WIDE_CODES = {"I64": "int64", "U64": "uint64", "F64": "float64"}
 # The ml_dtypes codes this JAX has (float8_e8m0fnu, for one, is recent).
-_ML_CODES = {"BF16": "bfloat16", "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn",
-             "F8_E8M0": "float8_e8m0fnu", "F8_E4M3FNUZ": "float8_e4m3fnuz",
-             "F8_E5M2FNUZ": "float8_e5m2fnuz"}
+_ML_CODES = {code: _dtypes.DTYPE_NAMES[code] for code in _dtypes.ML_CODES}
+# The dtypes a saved array may have, for the message refusing any other.
+_SUPPORTED = ", ".join(_dtypes.DTYPE_NAMES.values())
 _MISSING_CODES = frozenset(code for code, name in _ML_CODES.items()
                            if not hasattr(jax.numpy, name))
 
@@ -75,20 +75,20 @@ def check_code(name: str, code: str, shape: tuple) -> None:
             f"tensor {name!r}: dtype {code} has no JAX equivalent here (the file packs "
             f"its values, and only F4 has a known layout to unpack into JAX's one value "
             f"per byte); load it with framework='np' to get the packed bytes",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
     if code in _MISSING_CODES:
         raise error(
             f"tensor {name!r}: dtype {code} has no JAX equivalent in jax {jax.__version__} "
             f"(jax.numpy.{_ML_CODES[code]} is newer); load it with framework='np' instead",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
     if code in _WIDE_CODES and not _x64_enabled():
         raise error(
             f"tensor {name!r}: dtype {code} needs 64-bit types, which JAX has only with "
             f"jax_enable_x64 (without it the values would be cut to 32 bits); call "
             f'jax.config.update("jax_enable_x64", True) first, or load with framework=\'np\'',
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
 
 
@@ -114,13 +114,11 @@ def _unpack_f4(name: str, packed: Any) -> np.ndarray:
             f"tensor {name!r}: slicing an F4 tensor is not supported for JAX arrays (the "
             f"file packs two values per byte); load it whole with get_tensor and slice "
             f"the jax.Array",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
     shape = packed.logical_shape
     raw = np.asarray(packed).reshape(-1)
-    out = _aligned_empty(raw.size * 2, np.dtype(np.uint8))
-    out[0::2] = raw & 0x0F
-    out[1::2] = raw >> 4
+    out = _dtypes.unpack_f4(raw, _aligned_empty(raw.size * 2, np.dtype(np.uint8)))
     return out.view(jax.numpy.float4_e2m1fn).reshape(shape)
 
 
@@ -171,7 +169,7 @@ def _host_array(name: str, value: Any) -> np.ndarray:
             raise error(
                 f"tensor {name!r}: a PRNG key array cannot be stored; save "
                 f"jax.random.key_data(key) and rebuild it with jax.random.wrap_key_data",
-                "STC_ERR_UNSUPPORTED_DTYPE",
+                error_codes.UNSUPPORTED_DTYPE,
             )
         try:
             if not value.is_fully_addressable:
@@ -204,10 +202,9 @@ def _pack_f4(name: str, array: np.ndarray) -> Tensor:
         raise error(
             f"tensor {name!r}: {values.size} float4_e2m1fn values cannot fill whole bytes "
             f"(F4 packs two per byte); store an even number of values",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
-    packed = (values[0::2] & 0x0F) | (values[1::2] << 4)
-    return Tensor("F4", tuple(array.shape), packed)
+    return Tensor("F4", tuple(array.shape), _dtypes.pack_f4(values))
 
 
 def from_array(name: str, value: Any) -> Tensor:
@@ -220,9 +217,8 @@ def from_array(name: str, value: Any) -> Tensor:
     if code is None:
         raise error(
             f"tensor {name!r}: dtype {array.dtype} cannot be stored in a safetensors file; "
-            "supported: bool, (u)int8-64, float16/32/64, bfloat16, complex64, float8_e5m2, "
-            "float8_e4m3fn, float8_e8m0fnu, float8_e4m3fnuz, float8_e5m2fnuz, float4_e2m1fn",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            f"supported: {_SUPPORTED}",
+            error_codes.UNSUPPORTED_DTYPE,
         )
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))

@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 import numpy as np
 
-from .. import _dtypes
+from .. import _dtypes, error_codes
 from .._checks import error
 from .._writer import Tensor
 
@@ -78,7 +78,7 @@ def check_code(name: str, code: str, shape: tuple) -> None:
         raise error(
             f"tensor {name!r}: dtype {code} has no MLX equivalent in mlx {mx.__version__}; "
             f"load it with framework='np' instead",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
 
 
@@ -128,7 +128,7 @@ def _numpy_tensor(name: str, array: np.ndarray) -> Tensor:
     if code is None:
         raise error(
             f"tensor {name!r}: dtype {array.dtype} cannot be stored in a safetensors file",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
@@ -148,7 +148,7 @@ def from_array(name: str, value: Any) -> Tensor:
         raise error(
             f"tensor {name!r}: dtype {value.dtype} cannot be stored in a safetensors file; "
             f"supported: {', '.join(str(d) for d in _MLX_BY_CODE.values())}",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
     itemsize = value.itemsize
     if value.dtype != _RAW_MLX[itemsize]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Dict, Mapping
 
 import numpy as np
 
-from .. import _dtypes
+from .. import _dtypes, error_codes
 from .._checks import error
 from .._writer import Tensor
 
@@ -35,7 +35,17 @@ def check_tensors(tensors: Any) -> None:
         )
 
 
+# The code of each plain dtype met so far (never a big-endian one: those are
+# swapped first): the common case costs one dict lookup. Bounded by the
+# number of distinct dtypes that have a code (equal dtypes share one key).
+_CODE_SEEN: Dict[np.dtype, str] = {}
+
+
 def from_array(name: str, array: Any) -> Tensor:
+    if type(array) is np.ndarray:
+        code = _CODE_SEEN.get(array.dtype)
+        if code is not None:
+            return Tensor(code, array.shape, array)
     if not isinstance(array, np.ndarray):
         raise TypeError(f"tensor {name!r}: expected a numpy.ndarray, not {type(array).__name__}")
     if isinstance(array, _dtypes.PackedArray) and array.format_dtype:
@@ -46,10 +56,12 @@ def from_array(name: str, array: Any) -> Tensor:
             f"tensor {name!r}: dtype {array.dtype} cannot be stored in a safetensors "
             f"file; supported: bool, (u)int8-64, float16/32/64, complex64, and "
             f"ml_dtypes bfloat16 and float8 types",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
+    elif type(array) is np.ndarray:
+        _CODE_SEEN[array.dtype] = code
     return Tensor(code, array.shape, array)
 
 

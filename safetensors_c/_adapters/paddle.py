@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 import numpy as np
 
+from .. import error_codes
 from .._checks import error
 from .._writer import Tensor
 
@@ -72,7 +73,7 @@ def check_code(name: str, code: str, shape: tuple) -> None:
         raise error(
             f"tensor {name!r}: dtype {code} has no Paddle equivalent in paddle "
             f"{paddle.__version__}; load it with framework='np' instead",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
 
 
@@ -258,7 +259,7 @@ def from_array(name: str, tensor: Any) -> Tensor:
         raise error(
             f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in a safetensors file; "
             f"supported: {', '.join(_DTYPES[code][0] for code in _PADDLE_BY_CODE)}",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
     if count == 0:
         return Tensor(code, shape, np.empty(0, np.uint8))

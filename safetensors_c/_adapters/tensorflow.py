@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 import numpy as np
 
-from .. import _dtypes
+from .. import _dtypes, error_codes
 from .._checks import error
 from .._writer import Tensor
 
@@ -52,32 +52,13 @@ ALIGNMENT = 64
 # ---------------------------------------------------------------------------
 # MARK: dtypes
 
-# format code -> TF dtype name; a TF build without a dtype simply lacks it.
+# format code -> TF dtype; a TF build without a dtype simply lacks it. F4 is
+# one value per byte in TF, two in the file.
 _TF_BY_CODE = {}
-for _code, _name in (
-    ("BOOL", "bool"),
-    ("U8", "uint8"),
-    ("I8", "int8"),
-    ("F8_E5M2", "float8_e5m2"),
-    ("F8_E4M3", "float8_e4m3fn"),
-    ("F8_E4M3FNUZ", "float8_e4m3fnuz"),
-    ("F8_E5M2FNUZ", "float8_e5m2fnuz"),
-    ("I16", "int16"),
-    ("U16", "uint16"),
-    ("F16", "float16"),
-    ("BF16", "bfloat16"),
-    ("I32", "int32"),
-    ("U32", "uint32"),
-    ("F32", "float32"),
-    ("C64", "complex64"),
-    ("F64", "float64"),
-    ("I64", "int64"),
-    ("U64", "uint64"),
-    ("F4", "float4_e2m1fn"),  # one value per byte in TF, two in the file
-):
+for _code, _name in _dtypes.DTYPE_NAMES.items():
     try:
         _TF_BY_CODE[_code] = tf.dtypes.as_dtype(_name)
-    except TypeError:  # pragma: no cover - older TF without float8
+    except TypeError:  # a type this TF lacks (float8_e8m0fnu; float8 in older TF)
         pass
 _CODE_BY_TF = {dtype: code for code, dtype in _TF_BY_CODE.items()}
 
@@ -92,7 +73,7 @@ def check_code(name: str, code: str, shape: tuple) -> None:
         raise error(
             f"tensor {name!r}: dtype {code} cannot be a TensorFlow tensor (TensorFlow "
             f"{tf.__version__} has no such dtype); load it with framework='np' instead",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
 
 
@@ -151,12 +132,9 @@ def _unpack_f4(name: str, packed: Any) -> np.ndarray:
             f"tensor {name!r}: slicing an F4 tensor is not supported for TensorFlow (the "
             f"file packs two values per byte); load it whole with get_tensor and slice "
             f"the tf.Tensor",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
-    raw = np.asarray(packed).reshape(-1)
-    out = np.empty(raw.size * 2, np.uint8)
-    out[0::2] = raw & 0x0F
-    out[1::2] = raw >> 4
+    out = _dtypes.unpack_f4(packed)
     return out.view(_TF_BY_CODE["F4"].as_numpy_dtype).reshape(packed.logical_shape)
 
 
@@ -166,9 +144,9 @@ def _pack_f4(name: str, values: np.ndarray) -> np.ndarray:
         raise error(
             f"tensor {name!r}: {values.size} float4_e2m1fn values cannot fill whole bytes "
             f"(F4 packs two per byte); store an even number of values",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
-    return (values[0::2] & 0x0F) | (values[1::2] << 4)
+    return _dtypes.pack_f4(values)
 
 
 def to_array(name: str, code: str, array: np.ndarray, placement: Any) -> tf.Tensor:
@@ -251,7 +229,7 @@ def from_array(name: str, value: Any) -> Tensor:
         raise error(
             f"tensor {name!r}: dtype {tensor.dtype.name} cannot be stored in a safetensors "
             f"file; supported: {', '.join(d.name for d in _TF_BY_CODE.values())}",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
     shape = tuple(int(d) for d in tensor.shape)
     if "CPU" not in tensor.device.upper():

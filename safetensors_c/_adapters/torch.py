@@ -21,6 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 import numpy as np
 
+from .. import _dtypes, error_codes
 from .._checks import error
 from .._writer import Tensor
 
@@ -31,32 +32,12 @@ LABEL = "PyTorch"
 # ---------------------------------------------------------------------------
 # MARK: dtypes
 
-# format code -> torch dtype; torch versions without a dtype simply lack the entry.
-_TORCH_BY_CODE: Dict[str, torch.dtype] = {}
-for _code, _name in (
-    ("BOOL", "bool"),
-    ("F4", "float4_e2m1fn_x2"),
-    ("U8", "uint8"),
-    ("I8", "int8"),
-    ("F8_E5M2", "float8_e5m2"),
-    ("F8_E4M3", "float8_e4m3fn"),
-    ("F8_E8M0", "float8_e8m0fnu"),
-    ("F8_E4M3FNUZ", "float8_e4m3fnuz"),
-    ("F8_E5M2FNUZ", "float8_e5m2fnuz"),
-    ("I16", "int16"),
-    ("U16", "uint16"),
-    ("F16", "float16"),
-    ("BF16", "bfloat16"),
-    ("I32", "int32"),
-    ("U32", "uint32"),
-    ("F32", "float32"),
-    ("C64", "complex64"),
-    ("F64", "float64"),
-    ("I64", "int64"),
-    ("U64", "uint64"),
-):
-    if hasattr(torch, _name):
-        _TORCH_BY_CODE[_code] = getattr(torch, _name)
+# format code -> torch dtype; torch versions without a dtype simply lack the
+# entry. torch's F4 type holds pairs of values (see _dtypes.f4_pairs_shape).
+_TORCH_NAMES = {**_dtypes.DTYPE_NAMES, "F4": "float4_e2m1fn_x2"}
+_TORCH_BY_CODE: Dict[str, torch.dtype] = {
+    code: getattr(torch, name) for code, name in _TORCH_NAMES.items() if hasattr(torch, name)
+}
 _CODE_BY_TORCH: Dict[torch.dtype, str] = {dt: code for code, dt in _TORCH_BY_CODE.items()}
 
 # The NumPy dtype of the same width that torch.from_numpy understands, by
@@ -80,7 +61,7 @@ def _check_f4_shape(name: str, shape: Tuple[int, ...]) -> None:
             f"tensor {name!r}: F4 tensor of shape {list(shape)} cannot be a torch tensor: "
             f"torch.float4_e2m1fn_x2 packs pairs of values along the last dimension, "
             f"which must be even; load it with framework='np' instead",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
 
 
@@ -90,7 +71,7 @@ def _torch_dtype(name: str, code: str) -> torch.dtype:
         raise error(
             f"tensor {name!r}: dtype {code} has no torch equivalent in torch "
             f"{torch.__version__}; load it with framework='np' (as a PackedArray) instead",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
     return dtype
 
@@ -351,6 +332,8 @@ def check_tensors(tensors) -> None:
             f"sparse tensors cannot be stored: {sparse}; convert them with .to_dense() first "
             "(the file may then be much larger)"
         )
+    if not _may_share(tensors.values()):
+        return
     failing = [names for names in _find_shared_tensors(tensors) if len(names) > 1]
     if failing:
         raise RuntimeError(
@@ -360,10 +343,36 @@ def check_tensors(tensors) -> None:
         )
 
 
+def _may_share(tensors) -> bool:
+    """False when no two of the tensors can share memory, seen in one pass:
+    each storage that has memory starts at an address of its own. (True
+    sends the caller to :func:`_find_shared_tensors`, which tells.)"""
+    starts = set()
+    count = 0
+    try:
+        for tensor in tensors:
+            start = tensor.untyped_storage().data_ptr()
+            if start:
+                starts.add(start)
+                count += 1
+    except Exception:  # a tensor without storage: the general rule
+        return True
+    return len(starts) != count
+
+
+# dtypes whose CPU tensors .numpy() hands out as an array of the same bytes.
+_NUMPY_SHARES = frozenset({torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32,
+                           torch.int64, torch.uint16, torch.uint32, torch.uint64,
+                           torch.float16, torch.float32, torch.float64, torch.complex64})
+
+
 def _bytes_of(tensor: torch.Tensor) -> np.ndarray:
     """A flat uint8 NumPy view of a contiguous CPU tensor's bytes (no copy)."""
     if tensor.nelement() == 0:
         return np.empty(0, np.uint8)
+    if tensor.dtype in _NUMPY_SHARES:  # NumPy's views cost less than torch's
+        shared = (tensor.detach() if tensor.requires_grad else tensor).numpy()
+        return shared.reshape(-1).view(np.uint8)
     flat = tensor.detach().reshape(-1)
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
@@ -385,17 +394,17 @@ def from_array(name: str, tensor: Any) -> Tensor:
         raise error(
             f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in a safetensors "
             f"file; supported: {', '.join(str(d) for d in _TORCH_BY_CODE.values())}",
-            "STC_ERR_UNSUPPORTED_DTYPE",
+            error_codes.UNSUPPORTED_DTYPE,
         )
-    shape = tuple(int(d) for d in tensor.shape)
+    shape = tuple(tensor.shape)  # torch.Size holds ints
     if code == "F4":
         if not shape:
             raise error(
                 f"tensor {name!r}: a 0-d float4_e2m1fn_x2 tensor has no logical shape "
                 "(each element is a pair of values); give it at least one dimension"
             )
-        shape = shape[:-1] + (shape[-1] * 2,)
-    if tensor.device.type != "cpu":
+        shape = _dtypes.f4_values_shape(shape)
+    if not tensor.is_cpu:
         tensor = tensor.to("cpu")
     if tensor.is_conj() or tensor.is_neg():
         tensor = tensor.resolve_conj().resolve_neg()

@@ -137,5 +137,6 @@ void run_writer_tests(void);
 void run_alloc_tests(void);
 void run_source_tests(void);
 void run_fresh_tests(void);
+void run_backend_tests(void);
 
 #endif /* STC_TEST_HARNESS_H */

@@ -179,6 +179,7 @@ int main(void) {
         {"allocation failures", run_alloc_tests},
         {"sources", run_source_tests},
         {"fresh reads, changes", run_fresh_tests},
+        {"backends", run_backend_tests},
     };
     for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
         unsigned long failures_before = g_failures;

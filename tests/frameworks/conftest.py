@@ -1,13 +1,19 @@
-"""Helpers shared by the per-framework suites; nothing here imports a framework.
+"""Helpers shared by the framework suites; nothing here imports a framework
+but the one named by ``STC_FRAMEWORK``.
 
-Each suite runs in a pytest process of its own (tests/test_frameworks.py),
-so a framework's import and global settings never leak into another's. The
-helpers reach the tests through the ``helpers`` fixture (``import conftest``
-would be ambiguous next to tests/conftest.py).
+Each framework's suite runs in a pytest process of its own
+(tests/test_frameworks.py), so a framework's import and global settings
+never leak into another's. The shared suite (test_every_framework.py) takes
+the framework as the ``fw`` parameter: the table of ``STC_FRAMEWORK``
+(framework_tables.py); ``@pytest.mark.from_table(argname, attribute)``
+parametrises a test over a list the table holds. The helpers reach the tests
+through the ``helpers`` fixture (``import conftest`` would be ambiguous next
+to tests/conftest.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -19,6 +25,32 @@ import numpy as np
 import pytest
 
 import safetensors_c
+import framework_tables
+
+
+@functools.lru_cache(maxsize=None)
+def framework_table(name):
+    return framework_tables.table(name)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "from_table(argname, attribute): parametrise over the framework table's list")
+
+
+def pytest_generate_tests(metafunc):
+    if "fw" not in metafunc.fixturenames:
+        return
+    name = os.environ.get("STC_FRAMEWORK")
+    if name not in framework_tables.TABLES:
+        raise pytest.UsageError(
+            f"STC_FRAMEWORK={name!r}: set it to one of {sorted(framework_tables.TABLES)} "
+            "(tests/test_frameworks.py does)")
+    table = framework_table(name)
+    metafunc.parametrize("fw", [table], ids=[name])
+    for mark in metafunc.definition.iter_markers("from_table"):
+        argname, attribute = mark.args
+        metafunc.parametrize(argname, getattr(table, attribute))
 
 
 def header_of(path_or_bytes) -> Tuple[int, dict]:

@@ -1,5 +1,8 @@
 """safetensors_c.flax and framework="flax"/"jax": JAX arrays on the CPU.
 
+Only what is particular to JAX: what every framework does alike is in
+test_every_framework.py, which tests/test_frameworks.py runs in the same process.
+
 Runs in a pytest process of its own (tests/test_frameworks.py). The suite
 turns jax_enable_x64 on for the whole process (JAX has 64-bit dtypes only
 then) and turns it off inside the tests that check the refusal without it.
@@ -22,8 +25,9 @@ import safetensors  # noqa: E402
 import safetensors.flax as ref_flax  # noqa: E402
 import safetensors.numpy as ref_numpy  # noqa: E402
 import safetensors_c  # noqa: E402
+import framework_tables  # noqa: E402
 import safetensors_c.flax as stc_flax  # noqa: E402
-from safetensors_c import SafetensorError, SliceIndexError, safe_open  # noqa: E402
+from safetensors_c import SafetensorError, safe_open  # noqa: E402
 from safetensors_c._adapters import flax as adapter  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
@@ -42,58 +46,18 @@ def without_x64():
 CPU = jax.devices("cpu")[0]
 ALIASES = ("flax", "jax")
 
-# Every format dtype JAX has -> its NumPy dtype (the reader's currency).
-JAX_DTYPES = {
-    "BOOL": np.dtype(np.bool_),
-    "U8": np.dtype(np.uint8),
-    "I8": np.dtype(np.int8),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
-    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
-    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
-    "I16": np.dtype("<i2"),
-    "U16": np.dtype("<u2"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I32": np.dtype("<i4"),
-    "U32": np.dtype("<u4"),
-    "F32": np.dtype("<f4"),
-    "C64": np.dtype("<c8"),
-    "F64": np.dtype("<f8"),
-    "I64": np.dtype("<i8"),
-    "U64": np.dtype("<u8"),
-}
+# Every format dtype JAX has -> its NumPy dtype (the reader's currency), with
+# the random arrays and the comparison of the shared suite's table.
+TABLE = framework_tables.table("flax")
+JAX_DTYPES = TABLE.dtypes
 # Older JAX lacks some float8 types (float8_e8m0fnu came late): those are
 # refused, tested below.
-LACKING = {code: dtype for code, dtype in JAX_DTYPES.items() if not hasattr(jnp, dtype.name)}
-for _code in LACKING:
-    del JAX_DTYPES[_code]
+LACKING = {code: dtype for code, dtype
+           in framework_tables.numpy_dtypes(framework_tables.NUMPY_NAMES).items()
+           if code not in JAX_DTYPES}
 WIDE = ("I64", "U64", "F64")
 F8 = tuple(code for code in JAX_DTYPES if code.startswith("F8"))
-
-
-def random_array(code, shape, seed=0):
-    """Any bit pattern of the dtype (NaNs included); BOOL as 0/1."""
-    dtype = JAX_DTYPES[code]
-    count = int(np.prod(shape, dtype=np.int64))
-    raw = np.random.default_rng(seed).integers(0, 256, count * dtype.itemsize, dtype=np.uint8)
-    if code == "BOOL":
-        raw &= 1
-    return raw.view(dtype).reshape(shape)
-
-
-def assert_same(actual, expected):
-    """A CPU jax.Array with the expected dtype, shape and bytes."""
-    assert isinstance(actual, jax.Array), type(actual)
-    assert actual.devices() == {CPU}
-    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert np.asarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
-
-
-def every_dtype(shape=(3, 5)):
-    return {code.lower(): random_array(code, shape, seed=i) for i, code in enumerate(JAX_DTYPES)}
+random_array, assert_same, every_dtype = TABLE.random_array, TABLE.assert_same, TABLE.every_dtype
 
 
 def as_jax(tensors):
@@ -102,18 +66,6 @@ def as_jax(tensors):
 
 # ---------------------------------------------------------------------------
 # MARK: round trips and the reference
-
-
-@pytest.mark.parametrize("code", sorted(JAX_DTYPES))
-def test_every_dtype_round_trips(tmp_path, code):
-    expected = random_array(code, (4, 3))
-    array = jnp.asarray(expected)
-    assert array.dtype == expected.dtype  # the dtype really is JAX's
-    path = tmp_path / "x.safetensors"
-    stc_flax.save_file({"x": array}, path)
-    assert safetensors_c.safe_open(path).get_slice("x").get_dtype() == code
-    assert_same(stc_flax.load_file(path)["x"], expected)
-    assert_same(stc_flax.load(stc_flax.save({"x": array}))["x"], expected)
 
 
 def test_saved_bytes_match_the_reference(tmp_path):
@@ -127,20 +79,6 @@ def test_saved_bytes_match_the_reference(tmp_path):
     ref_flax.save_file(as_jax(tensors), tmp_path / "ref.safetensors", metadata={"format": "flax"})
     ours_file, ref_file = tmp_path / "ours.safetensors", tmp_path / "ref.safetensors"
     assert ours_file.read_bytes() == ref_file.read_bytes()
-
-
-def test_reference_files_load_identically(tmp_path):
-    tensors = every_dtype()
-    path = tmp_path / "ref.safetensors"
-    ref_flax.save_file(as_jax(tensors), path, metadata={"k": "v"})
-    loaded = stc_flax.load_file(path)
-    with safe_open(path) as f:
-        assert list(loaded) == f.offset_keys()  # file order
-    assert set(loaded) == set(tensors)
-    for name, expected in tensors.items():
-        assert_same(loaded[name], expected)
-    with safe_open(path, framework="flax") as f:
-        assert f.metadata() == {"k": "v"}
 
 
 def test_our_files_load_identically_in_the_reference(tmp_path):
@@ -169,13 +107,6 @@ def test_reference_load_of_bytes_matches_ours():
         assert_same(ours[name], np.asarray(theirs[name]))
 
 
-def test_metadata_round_trips(tmp_path):
-    path = tmp_path / "m.safetensors"
-    stc_flax.save_file({"a": jnp.ones(2)}, path, metadata={"format": "flax", "é": "ü"})
-    with safetensors.safe_open(path, framework="flax") as f:
-        assert f.metadata() == {"format": "flax", "é": "ü"}
-
-
 def test_numpy_arrays_and_scalars_are_accepted():
     # What jax.device_get hands back.
     params = jax.device_get({"w": jnp.arange(6.0).reshape(2, 3), "s": jnp.float32(2.5)})
@@ -190,12 +121,6 @@ def test_transposed_and_sliced_arrays_save_their_values():
     loaded = stc_flax.load(stc_flax.save(views))
     for name, value in views.items():
         assert_same(loaded[name], np.asarray(value))
-
-
-def test_saving_does_not_change_the_callers_dict():
-    tensors = {"a": jnp.ones(3)}
-    stc_flax.save(tensors)
-    assert isinstance(tensors["a"], jax.Array)
 
 
 # ---------------------------------------------------------------------------
@@ -463,69 +388,12 @@ def test_bytes_are_copied_once_per_tensor(helpers):
         assert_same(loaded[name], expected)
 
 
-@pytest.mark.parametrize("backend", ["mmap", "pread"])
-def test_backends_give_the_same_arrays(tmp_path, backend):
-    tensors = every_dtype((5, 7))
-    path = tmp_path / "all.safetensors"
-    safetensors_c.save_file(tensors, path)
-    loaded = stc_flax.load_file(path, backend=backend)
-    for name, expected in tensors.items():
-        assert_same(loaded[name], expected)
-
-
 # ---------------------------------------------------------------------------
 # MARK: empty and zero-sized
 
 
-@pytest.mark.parametrize("shape", [(0,), (3, 0, 2), (), (1,)])
-def test_zero_sized_and_scalar_tensors(tmp_path, shape):
-    tensors = {code.lower(): random_array(code, shape) for code in ("F32", "BF16", "I64", "BOOL")}
-    data = stc_flax.save(as_jax(tensors))
-    assert data == ref_numpy.save(dict(tensors))
-    for name, value in stc_flax.load(data).items():
-        assert_same(value, tensors[name])
-    path = tmp_path / "z.safetensors"
-    stc_flax.save_file(as_jax(tensors), path)
-    for name, value in stc_flax.load_file(path).items():
-        assert_same(value, tensors[name])
-
-
-def test_no_tensors(tmp_path):
-    data = stc_flax.save({})
-    assert data == ref_flax.save({}) and len(data) == 16
-    assert stc_flax.load(data) == {}
-    stc_flax.save_file({}, tmp_path / "e.safetensors")
-    assert stc_flax.load_file(tmp_path / "e.safetensors") == {}
-
-
 # ---------------------------------------------------------------------------
 # MARK: bad input
-
-
-@pytest.mark.parametrize("tensors", [[("a", jnp.ones(2))], "abc", None])
-def test_tensors_must_be_a_dict(tensors):
-    with pytest.raises(TypeError, match="tensors must be a dict of str to jax.Array"):
-        stc_flax.save(tensors)
-
-
-@pytest.mark.parametrize("value", [[1, 2], "abc", None, 3, object()])
-def test_values_must_be_arrays(value):
-    with pytest.raises(TypeError, match=r"tensor 'a': expected a jax.Array \(or a numpy.ndarray\)"):
-        stc_flax.save({"a": value})
-
-
-def test_arrays_of_other_frameworks_are_refused():
-    torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match="expected a jax.Array.*not Tensor"):
-        stc_flax.save({"a": torch.ones(2)})
-
-
-def test_names_must_be_str(tmp_path):
-    with pytest.raises(TypeError, match="tensor names must be str"):
-        stc_flax.save({1: jnp.ones(2)})
-    with pytest.raises(ValueError, match="__metadata__"):
-        stc_flax.save_file({"__metadata__": jnp.ones(2)}, tmp_path / "x.safetensors")
-    assert not os.listdir(tmp_path)
 
 
 def test_sparse_arrays_are_refused():
@@ -584,93 +452,8 @@ def test_a_jax_cpu_device_is_accepted(tmp_path):
 # ---------------------------------------------------------------------------
 # MARK: safe_open and slices
 
-INDICES = [
-    np.s_[1:3],
-    np.s_[:, ::2],
-    np.s_[..., 1],
-    np.s_[-1],
-    np.s_[::-1, 2:],
-    np.s_[1, 2, 3],
-    np.s_[None, 0],
-    np.s_[[0, 2]],
-    np.s_[np.array([True, False, True, False])],
-    np.s_[5:],
-]
-
-
-@pytest.mark.parametrize("framework", ALIASES)
-@pytest.mark.parametrize("backend", ["mmap", "pread"])
-def test_get_slice_equals_numpy_indexing(tmp_path, framework, backend):
-    tensors = {"x": random_array("F32", (4, 5, 6)), "b": random_array("BF16", (4, 5, 6)),
-               "i": random_array("I64", (4, 5, 6))}
-    path = tmp_path / "s.safetensors"
-    safetensors_c.save_file(tensors, path)
-    with safe_open(path, framework=framework, backend=backend) as f:
-        assert sorted(f.keys()) == ["b", "i", "x"]
-        for name, expected in tensors.items():
-            assert_same(f.get_tensor(name), expected)
-            sliced = f.get_slice(name)
-            assert sliced.get_shape() == [4, 5, 6]
-            for index in INDICES:
-                assert_same(sliced[index], np.asarray(expected[index])), index
-            # an index holding JAX arrays
-            assert_same(sliced[jnp.array([3, 1])], expected[np.array([3, 1])])
-            assert_same(sliced[jnp.array(2), 1:], expected[2, 1:])
-
-
-@pytest.mark.parametrize("framework", ALIASES)
-@pytest.mark.parametrize("backend", ["mmap", "pread"])
-def test_out_of_bounds_slices_raise_slice_index_error(tmp_path, framework, backend):
-    path = tmp_path / "s.safetensors"
-    safetensors_c.save_file({"x": np.zeros((4, 5), np.float32)}, path)
-    with safe_open(path, framework=framework, backend=backend) as f:
-        sliced = f.get_slice("x")
-        for index in (np.s_[4], np.s_[0, 5], np.s_[-5], np.s_[[0, 9]], np.s_[0, 0, 0]):
-            with pytest.raises(SliceIndexError, match="'x'"):
-                sliced[index]
-        with pytest.raises(IndexError):
-            sliced[7]
-        with pytest.raises(SafetensorError):
-            sliced[7]
-
-
-def test_safe_open_handle_over_a_file_object(tmp_path):
-    import io
-
-    tensors = every_dtype((2, 3))
-    path = tmp_path / "h.safetensors"
-    safetensors_c.save_file(tensors, path)
-    for file in (open(path, "rb"), io.BytesIO(path.read_bytes())):
-        with file, safetensors_c._safe_open_handle(file, framework="flax") as f:
-            for name, expected in tensors.items():
-                assert_same(f.get_tensor(name), expected)
-                assert_same(f.get_slice(name)[1:], expected[1:])
-
-
 # ---------------------------------------------------------------------------
 # MARK: sharded checkpoints
-
-
-def test_sharded_round_trip(tmp_path):
-    tensors = {f"layer{i}.w": random_array("F32", (64, 16), seed=i) for i in range(6)}
-    tensors["emb"] = random_array("BF16", (32, 32))
-    first = stc_flax.save_sharded(as_jax(tensors), tmp_path / "ckpt", max_shard_size=10_000,
-                                  progress=False)
-    assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
-    for loaded in (
-        stc_flax.load_sharded(tmp_path / "ckpt", progress=False),
-        stc_flax.load_sharded(tmp_path / "ckpt", progress=False, max_workers=4),
-        safetensors_c.load_sharded(tmp_path / "ckpt", framework="jax", progress=False),
-    ):
-        assert set(loaded) == set(tensors)
-        for name, expected in tensors.items():
-            assert_same(loaded[name], expected)
-    # the generic entry with framework="flax" writes the same files
-    again = safetensors_c.save_sharded(as_jax(tensors), tmp_path / "again", max_shard_size=10_000,
-                                       framework="flax", progress=False)
-    ids = [index["metadata"]["safetensors_c.save_id"].encode() for index in (first, again)]
-    for shard in (tmp_path / "ckpt").iterdir():  # the same bytes but for each save's own id
-        assert (tmp_path / "again" / shard.name).read_bytes() == shard.read_bytes().replace(*ids)
 
 
 def test_flax_serialization_state_dicts_round_trip(tmp_path):
@@ -688,30 +471,6 @@ def test_flax_serialization_state_dicts_round_trip(tmp_path):
     out = model.apply(restored, jnp.ones((1, 3)))
     assert jnp.array_equal(out, model.apply(params, jnp.ones((1, 3))))
     assert flax.__version__
-
-
-def test_a_missing_jax_is_named_with_its_pip_package(tmp_path):
-    import subprocess
-    import sys
-
-    path = tmp_path / "a.safetensors"
-    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
-    code = (
-        "import sys; sys.modules['jax'] = None\n"
-        "import safetensors_c\n"
-        "for attempt in (lambda: safetensors_c.safe_open(sys.argv[1], framework='jax'),\n"
-        "                lambda: __import__('safetensors_c.flax')):\n"
-        "    try:\n"
-        "        attempt()\n"
-        "    except ImportError as exc:\n"
-        "        print(exc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert len(lines) == 2
-    assert all("needs JAX, which is not installed: pip install jax" in line for line in lines)
 
 
 def test_arrays_sharded_over_devices_are_saved_whole(tmp_path):

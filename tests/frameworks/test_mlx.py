@@ -1,5 +1,8 @@
 """safetensors_c.mlx and framework="mlx": MLX arrays, on the Linux CPU build.
 
+Only what is particular to MLX: what every framework does alike is in
+test_every_framework.py, which tests/test_frameworks.py runs in the same process.
+
 Runs in a pytest process of its own (tests/test_frameworks.py). MLX cannot
 adopt host memory on the CPU, so loading copies each tensor exactly once:
 these tests check where the bytes end up and how much memory is allocated.
@@ -8,7 +11,6 @@ these tests check where the bytes end up and how much memory is allocated.
 from __future__ import annotations
 
 import gc
-import io
 import os
 import tracemalloc
 
@@ -23,7 +25,7 @@ import safetensors.mlx as ref_mlx  # noqa: E402
 import safetensors.numpy as ref_numpy  # noqa: E402
 import safetensors_c  # noqa: E402
 import safetensors_c.mlx as stc_mlx  # noqa: E402
-from safetensors_c import SafetensorError, SliceIndexError, safe_open  # noqa: E402
+from safetensors_c import SafetensorError, safe_open  # noqa: E402
 
 # Every format dtype MLX has -> (its NumPy dtype, its MLX dtype)
 MLX_DTYPES = {
@@ -104,17 +106,6 @@ def every_dtype(shape=(3, 5)):
 # MARK: round trips and the reference
 
 
-@pytest.mark.parametrize("code", sorted(MLX_DTYPES))
-def test_every_dtype_round_trips(tmp_path, code):
-    expected = random_array(code, (4, 3))
-    array = as_mlx({"x": expected})["x"]
-    path = tmp_path / "x.safetensors"
-    stc_mlx.save_file({"x": array}, path)
-    assert safetensors_c.safe_open(path).get_slice("x").get_dtype() == code
-    assert_same(stc_mlx.load_file(path)["x"], expected)
-    assert_same(stc_mlx.load(stc_mlx.save({"x": array}))["x"], expected)
-
-
 def test_float64_stays_float64():
     # mx.array(numpy float64) alone gives float32; the reference loads F64 so.
     values = np.array([1 / 3, 1e-300, 2.0**60 + 1], np.float64)
@@ -148,19 +139,6 @@ def test_the_reference_cannot_save_bfloat16_arrays_but_we_can():
     with pytest.raises((ValueError, RuntimeError), match="bfloat16|PEP 3118"):
         ref_mlx.save({"x": array})
     assert_same(stc_mlx.load(stc_mlx.save({"x": array}))["x"], np.ones(3, ml_dtypes.bfloat16))
-
-
-def test_reference_files_load_identically(tmp_path):
-    tensors = every_dtype()
-    path = tmp_path / "ref.safetensors"
-    ref_numpy.save_file(dict(tensors), path, metadata={"k": "v"})
-    loaded = stc_mlx.load_file(path)
-    with safe_open(path) as f:
-        assert list(loaded) == f.offset_keys()  # file order
-    for name, expected in tensors.items():
-        assert_same(loaded[name], expected)
-    with safe_open(path, framework="mlx") as f:
-        assert f.metadata() == {"k": "v"}
 
 
 def _mlx_takes_numpy_bfloat16() -> bool:
@@ -226,13 +204,6 @@ def test_numpy_arrays_are_accepted():
     loaded = stc_mlx.load(stc_mlx.save(tensors))
     assert_same(loaded["w"], np.arange(6.0).reshape(2, 3))
     assert_same(loaded["s"], np.array(2.5, np.float32))
-
-
-def test_metadata_round_trips(tmp_path):
-    path = tmp_path / "m.safetensors"
-    stc_mlx.save_file({"a": mx.ones(2)}, path, metadata={"format": "mlx", "é": "ü"})
-    with safetensors.safe_open(path, framework="mlx") as f:
-        assert f.metadata() == {"format": "mlx", "é": "ü"}
 
 
 # ---------------------------------------------------------------------------
@@ -322,16 +293,6 @@ def test_read_only_images_are_copied_once(tmp_path):
         assert_same(loaded[name], expected)
 
 
-@pytest.mark.parametrize("backend", ["mmap", "pread"])
-def test_backends_give_the_same_arrays(tmp_path, backend):
-    tensors = every_dtype((5, 7))
-    path = tmp_path / "all.safetensors"
-    safetensors_c.save_file(tensors, path)
-    loaded = stc_mlx.load_file(path, backend=backend)
-    for name, expected in tensors.items():
-        assert_same(loaded[name], expected)
-
-
 def test_saving_reads_mlx_memory_without_copying(tmp_path):
     array = mx.arange(1 << 20, dtype=mx.float32)
     mx.eval(array)
@@ -347,57 +308,8 @@ def test_saving_reads_mlx_memory_without_copying(tmp_path):
 # MARK: empty and zero-sized
 
 
-@pytest.mark.parametrize("shape", [(0,), (3, 0, 2), (), (1,)])
-def test_zero_sized_and_scalar_tensors(tmp_path, shape):
-    tensors = {code.lower(): random_array(code, shape) for code in ("F32", "BF16", "I64", "BOOL")}
-    data = stc_mlx.save(as_mlx(tensors))
-    assert data == ref_numpy.save(dict(tensors))
-    for name, value in stc_mlx.load(data).items():
-        assert_same(value, tensors[name])
-    path = tmp_path / "z.safetensors"
-    stc_mlx.save_file(as_mlx(tensors), path)
-    for name, value in stc_mlx.load_file(path).items():
-        assert_same(value, tensors[name])
-
-
-def test_no_tensors(tmp_path):
-    data = stc_mlx.save({})
-    assert data == ref_mlx.save({}) and len(data) == 16
-    assert stc_mlx.load(data) == {}
-    stc_mlx.save_file({}, tmp_path / "e.safetensors")
-    assert stc_mlx.load_file(tmp_path / "e.safetensors") == {}
-
-
 # ---------------------------------------------------------------------------
 # MARK: bad input
-
-
-@pytest.mark.parametrize("tensors", [[("a", mx.ones(2))], "abc", None])
-def test_tensors_must_be_a_dict(tensors):
-    with pytest.raises(TypeError, match="tensors must be a dict of str to mlx.core.array"):
-        stc_mlx.save(tensors)
-
-
-@pytest.mark.parametrize("value", [[1, 2], "abc", None, 3, object()])
-def test_values_must_be_arrays(value):
-    with pytest.raises(
-        TypeError, match=r"tensor 'a': expected an mlx.core.array \(or a numpy.ndarray\)"
-    ):
-        stc_mlx.save({"a": value})
-
-
-def test_arrays_of_other_frameworks_are_refused():
-    torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match="expected an mlx.core.array.*not Tensor"):
-        stc_mlx.save({"a": torch.ones(2)})
-
-
-def test_names_must_be_str(tmp_path):
-    with pytest.raises(TypeError, match="tensor names must be str"):
-        stc_mlx.save({1: mx.ones(2)})
-    with pytest.raises(ValueError, match="__metadata__"):
-        stc_mlx.save_file({"__metadata__": mx.ones(2)}, tmp_path / "x.safetensors")
-    assert not os.listdir(tmp_path)
 
 
 @pytest.mark.parametrize("device", ["cuda", "gpu", "mps", 0, "anything", mx.gpu,
@@ -420,54 +332,6 @@ def test_the_mlx_cpu_device_is_accepted(tmp_path):
 # ---------------------------------------------------------------------------
 # MARK: safe_open and slices
 
-INDICES = [
-    np.s_[1:3],
-    np.s_[:, ::2],
-    np.s_[..., 1],
-    np.s_[-1],
-    np.s_[::-1, 2:],
-    np.s_[1, 2, 3],
-    np.s_[None, 0],
-    np.s_[[0, 2]],
-    np.s_[np.array([True, False, True, False])],
-    np.s_[5:],
-]
-
-
-@pytest.mark.parametrize("backend", ["mmap", "pread"])
-def test_get_slice_equals_numpy_indexing(tmp_path, backend):
-    tensors = {"x": random_array("F32", (4, 5, 6)), "b": random_array("BF16", (4, 5, 6)),
-               "d": random_array("F64", (4, 5, 6)), "c": random_array("C64", (4, 5, 6))}
-    path = tmp_path / "s.safetensors"
-    safetensors_c.save_file(tensors, path)
-    with safe_open(path, framework="mlx", backend=backend) as f:
-        assert sorted(f.keys()) == ["b", "c", "d", "x"]
-        for name, expected in tensors.items():
-            assert_same(f.get_tensor(name), expected)
-            sliced = f.get_slice(name)
-            assert sliced.get_shape() == [4, 5, 6]
-            for index in INDICES:
-                assert_same(sliced[index], np.asarray(expected[index]))
-            # an index holding MLX arrays
-            assert_same(sliced[mx.array([3, 1])], expected[np.array([3, 1])])
-            assert_same(sliced[mx.array(2), 1:], expected[2, 1:])
-
-
-@pytest.mark.parametrize("backend", ["mmap", "pread"])
-def test_out_of_bounds_slices_raise_slice_index_error(tmp_path, backend):
-    path = tmp_path / "s.safetensors"
-    safetensors_c.save_file({"x": np.zeros((4, 5), np.float32)}, path)
-    with safe_open(path, framework="mlx", backend=backend) as f:
-        sliced = f.get_slice("x")
-        for index in (np.s_[4], np.s_[0, 5], np.s_[-5], np.s_[[0, 9]], np.s_[0, 0, 0]):
-            with pytest.raises(SliceIndexError, match="'x'"):
-                sliced[index]
-        with pytest.raises(IndexError):
-            sliced[7]
-        with pytest.raises(SafetensorError):
-            sliced[7]
-
-
 def test_reference_slices_agree(tmp_path):
     tensors = {"x": random_array("F32", (4, 5, 6)), "i": random_array("I64", (4, 5, 6))}
     path = tmp_path / "s.safetensors"
@@ -480,44 +344,8 @@ def test_reference_slices_agree(tmp_path):
                 assert a.dtype == b.dtype and host_bytes(a) == host_bytes(b)
 
 
-def test_safe_open_handle_over_a_file_object(tmp_path):
-    tensors = every_dtype((2, 3))
-    path = tmp_path / "h.safetensors"
-    safetensors_c.save_file(tensors, path)
-    for file in (open(path, "rb"), io.BytesIO(path.read_bytes())):
-        with file, safetensors_c._safe_open_handle(file, framework="mlx") as f:
-            for name, expected in tensors.items():
-                assert_same(f.get_tensor(name), expected)
-                assert_same(f.get_slice(name)[1:], expected[1:])
-
-
 # ---------------------------------------------------------------------------
 # MARK: sharded checkpoints, and MLX's own loader
-
-
-def test_sharded_round_trip(tmp_path):
-    tensors = {f"layer{i}.w": random_array("F32", (64, 16), seed=i) for i in range(6)}
-    tensors["emb"] = random_array("BF16", (32, 32))
-    first = stc_mlx.save_sharded(as_mlx(tensors), tmp_path / "ckpt", max_shard_size=10_000,
-                                 progress=False)
-    assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
-    # Shards load on worker threads: the arrays must be usable on this one
-    # (a lazy MLX array belongs to its thread's stream).
-    for loaded in (
-        stc_mlx.load_sharded(tmp_path / "ckpt", progress=False),
-        safetensors_c.load_sharded(tmp_path / "ckpt", framework="mlx", progress=False),
-        safetensors_c.load_sharded(tmp_path / "ckpt", framework="mlx", progress=False,
-                                   max_workers=4),
-    ):
-        assert set(loaded) == set(tensors)
-        for name, expected in tensors.items():
-            assert_same(loaded[name], expected)
-            assert_same(mx.flatten(loaded[name]), expected.ravel())  # ops on this thread
-    again = safetensors_c.save_sharded(as_mlx(tensors), tmp_path / "again",
-                                       max_shard_size=10_000, framework="mlx", progress=False)
-    ids = [index["metadata"]["safetensors_c.save_id"].encode() for index in (first, again)]
-    for shard in (tmp_path / "ckpt").iterdir():  # the same bytes but for each save's own id
-        assert (tmp_path / "again" / shard.name).read_bytes() == shard.read_bytes().replace(*ids)
 
 
 def test_mlx_own_loader_agrees(tmp_path):
@@ -534,25 +362,3 @@ def test_mlx_own_loader_agrees(tmp_path):
         assert_same(value, tensors[name])
 
 
-def test_a_missing_mlx_is_named_with_its_pip_package(tmp_path):
-    import subprocess
-    import sys
-
-    path = tmp_path / "a.safetensors"
-    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
-    code = (
-        "import sys; sys.modules['mlx'] = None; sys.modules['mlx.core'] = None\n"
-        "import safetensors_c\n"
-        "for attempt in (lambda: safetensors_c.safe_open(sys.argv[1], framework='mlx'),\n"
-        "                lambda: __import__('safetensors_c.mlx')):\n"
-        "    try:\n"
-        "        attempt()\n"
-        "    except ImportError as exc:\n"
-        "        print(exc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert len(lines) == 2
-    assert all("needs MLX, which is not installed: pip install mlx" in line for line in lines)

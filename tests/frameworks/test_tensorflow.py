@@ -1,5 +1,8 @@
 """safetensors_c.tensorflow and framework="tf"/"tensorflow": eager TF tensors.
 
+Only what is particular to TensorFlow: what every framework does alike is in
+test_every_framework.py, which tests/test_frameworks.py runs in the same process.
+
 Runs in a pytest process of its own (tests/test_frameworks.py): paddle
 crashes when imported after tensorflow, so nothing here imports paddle.
 """
@@ -7,7 +10,6 @@ crashes when imported after tensorflow, so nothing here imports paddle.
 from __future__ import annotations
 
 import gc
-import io
 import os
 
 import numpy as np
@@ -20,46 +22,21 @@ import safetensors  # noqa: E402
 import safetensors.numpy as ref_numpy  # noqa: E402
 import safetensors.tensorflow as ref_tf  # noqa: E402
 import safetensors_c  # noqa: E402
+import framework_tables  # noqa: E402
 import safetensors_c.tensorflow as stc_tf  # noqa: E402
-from safetensors_c import SafetensorError, SliceIndexError, safe_open  # noqa: E402
+from safetensors_c import SafetensorError, safe_open  # noqa: E402
 from safetensors_c._adapters import tensorflow as adapter  # noqa: E402
 
 ALIASES = ("tf", "tensorflow")
 
-# Every format dtype TensorFlow has -> its NumPy dtype (the reader's currency).
-TF_DTYPES = {
-    "BOOL": np.dtype(np.bool_),
-    "U8": np.dtype(np.uint8),
-    "I8": np.dtype(np.int8),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
-    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
-    "I16": np.dtype("<i2"),
-    "U16": np.dtype("<u2"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I32": np.dtype("<i4"),
-    "U32": np.dtype("<u4"),
-    "F32": np.dtype("<f4"),
-    "C64": np.dtype("<c8"),
-    "F64": np.dtype("<f8"),
-    "I64": np.dtype("<i8"),
-    "U64": np.dtype("<u8"),
-}
+# Every format dtype TensorFlow has -> its NumPy dtype (the reader's currency),
+# with the random arrays and the comparison of the shared suite's table.
+TABLE = framework_tables.table("tensorflow")
+TF_DTYPES = TABLE.dtypes
 F8 = tuple(code for code in TF_DTYPES if code.startswith("F8"))
 # The dtypes TF moves through DLPack (bfloat16 as uint16): adopted when aligned.
 ADOPTED = tuple(code for code in TF_DTYPES if code not in F8)
-
-
-def random_array(code, shape, seed=0):
-    """Any bit pattern of the dtype (NaNs included); BOOL as 0/1."""
-    dtype = TF_DTYPES[code]
-    count = int(np.prod(shape, dtype=np.int64))
-    raw = np.random.default_rng(seed).integers(0, 256, count * dtype.itemsize, dtype=np.uint8)
-    if code == "BOOL":
-        raw &= 1
-    return raw.view(dtype).reshape(shape)
+random_array, assert_same, every_dtype = TABLE.random_array, TABLE.assert_same, TABLE.every_dtype
 
 
 def address(tensor) -> int:
@@ -69,40 +46,12 @@ def address(tensor) -> int:
     return np.from_dlpack(tensor).__array_interface__["data"][0]
 
 
-def assert_same(actual, expected):
-    """An eager CPU tf.Tensor with the expected dtype, shape and bytes."""
-    assert isinstance(actual, tf.Tensor), type(actual)
-    assert "CPU" in actual.device
-    assert actual.dtype.as_numpy_dtype == expected.dtype, (actual.dtype, expected.dtype)
-    assert tuple(actual.shape) == expected.shape, (actual.shape, expected.shape)
-    assert np.asarray(actual.numpy()).tobytes() == np.ascontiguousarray(expected).tobytes()
-
-
-def every_dtype(shape=(3, 5)):
-    return {code.lower(): random_array(code, shape, seed=i) for i, code in enumerate(TF_DTYPES)}
-
-
 def as_tf(tensors):
     return {name: tf.convert_to_tensor(value) for name, value in tensors.items()}
 
 
 # ---------------------------------------------------------------------------
 # MARK: round trips and the reference
-
-
-@pytest.mark.parametrize("code", sorted(TF_DTYPES))
-def test_every_dtype_round_trips(tmp_path, code):
-    expected = random_array(code, (4, 3))
-    tensor = tf.convert_to_tensor(expected)
-    assert tensor.dtype.as_numpy_dtype == expected.dtype  # the dtype really is TF's
-    path = tmp_path / "x.safetensors"
-    stc_tf.save_file({"x": tensor}, path)
-    assert safetensors_c.safe_open(path).get_slice("x").get_dtype() == code
-    assert_same(stc_tf.load_file(path)["x"], expected)
-    assert_same(stc_tf.load(stc_tf.save({"x": tensor}))["x"], expected)
-    with safe_open(path, framework="tf") as f:
-        assert_same(f.get_tensor("x"), expected)
-        assert_same(f.get_slice("x")[1:3], expected[1:3])
 
 
 def test_saved_bytes_match_the_reference(tmp_path):
@@ -115,19 +64,6 @@ def test_saved_bytes_match_the_reference(tmp_path):
     ref_tf.save_file(as_tf(tensors), tmp_path / "ref.safetensors", metadata={"format": "tf"})
     ours_file, ref_file = tmp_path / "ours.safetensors", tmp_path / "ref.safetensors"
     assert ours_file.read_bytes() == ref_file.read_bytes()
-
-
-def test_reference_files_load_identically(tmp_path):
-    tensors = every_dtype()
-    path = tmp_path / "ref.safetensors"
-    ref_tf.save_file(as_tf(tensors), path, metadata={"k": "v"})
-    loaded = stc_tf.load_file(path)
-    with safe_open(path, framework="tf") as f:
-        assert list(loaded) == f.offset_keys()  # file order
-        assert f.metadata() == {"k": "v"}
-    assert set(loaded) == set(tensors)
-    for name, expected in tensors.items():
-        assert_same(loaded[name], expected)
 
 
 def test_our_files_load_identically_in_the_reference(tmp_path):
@@ -164,28 +100,11 @@ def test_reference_load_of_bytes_matches_ours():
         assert_same(ours[name], theirs[name].numpy())
 
 
-def test_metadata_round_trips(tmp_path):
-    path = tmp_path / "m.safetensors"
-    stc_tf.save_file({"x": tf.zeros([2])}, path, metadata={"format": "tf", "é": "ü"})
-    with safe_open(path, framework="tensorflow") as f:
-        assert f.metadata() == {"format": "tf", "é": "ü"}
-    with safetensors.safe_open(path, framework="tf") as f:
-        assert f.metadata() == {"format": "tf", "é": "ü"}
-
-
 def test_variables_save_their_current_value(tmp_path):
     variable = tf.Variable(np.arange(6, dtype=np.float32).reshape(2, 3))
     variable.assign_add(tf.ones([2, 3]))
     loaded = stc_tf.load(stc_tf.save({"v": variable}))
     assert_same(loaded["v"], np.arange(6, dtype=np.float32).reshape(2, 3) + 1)
-
-
-def test_saving_does_not_change_the_callers_dict():
-    tensors = as_tf(every_dtype())
-    before = dict(tensors)
-    stc_tf.save(tensors)
-    assert tensors.keys() == before.keys()
-    assert all(tensors[name] is before[name] for name in before)
 
 
 def test_saving_reads_the_tensors_memory_in_place():
@@ -440,70 +359,12 @@ def test_bytes_are_copied_once_per_tensor():
         assert_same(loaded[name], expected)
 
 
-@pytest.mark.parametrize("backend", ["mmap", "pread"])
-def test_backends_give_the_same_tensors(tmp_path, backend):
-    tensors = every_dtype((5, 7))
-    path = tmp_path / "b.safetensors"
-    safetensors_c.save_file(tensors, path)
-    loaded = stc_tf.load_file(path, backend=backend)
-    for name, expected in tensors.items():
-        assert_same(loaded[name], expected)
-
-
 # ---------------------------------------------------------------------------
 # MARK: shapes
 
 
-@pytest.mark.parametrize("shape", [(), (0,), (3, 0), (0, 0, 2), (1,), (1, 1, 1)])
-def test_zero_sized_and_scalar_tensors(tmp_path, shape):
-    tensors = {code.lower(): random_array(code, shape, seed=i)
-               for i, code in enumerate(TF_DTYPES)}
-    path = tmp_path / "z.safetensors"
-    stc_tf.save_file(as_tf(tensors), path)
-    for loaded in (stc_tf.load_file(path), stc_tf.load(path.read_bytes())):
-        for name, expected in tensors.items():
-            assert_same(loaded[name], expected)
-    if shape != ():  # the reference's NumPy writer fails on 0-d TF tensors
-        assert path.read_bytes() == ref_tf.save(as_tf(tensors))
-
-
-def test_no_tensors(tmp_path):
-    path = tmp_path / "empty.safetensors"
-    stc_tf.save_file({}, path)
-    assert path.read_bytes() == ref_tf.save({})
-    assert stc_tf.load_file(path) == {}
-    assert stc_tf.load(path.read_bytes()) == {}
-
-
 # ---------------------------------------------------------------------------
 # MARK: bad input
-
-
-@pytest.mark.parametrize("tensors", [[tf.zeros([1])], "x", None, (("x", tf.zeros([1])),)])
-def test_tensors_must_be_a_dict(tensors):
-    with pytest.raises(TypeError, match="tensors must be a dict of str to tf.Tensor"):
-        stc_tf.save(tensors)
-
-
-@pytest.mark.parametrize("value", [[1.0, 2.0], 3.0, "x", None, np.zeros(3, np.float32)])
-def test_values_must_be_tensors(value):
-    with pytest.raises(TypeError, match=r"tensor 'x': expected a tf.Tensor or a variable, not"):
-        stc_tf.save({"x": value})
-
-
-def test_arrays_of_other_frameworks_are_refused():
-    torch = pytest.importorskip("torch")
-
-    with pytest.raises(TypeError, match="expected a tf.Tensor or a variable, not Tensor"):
-        stc_tf.save({"x": torch.zeros(2)})
-
-
-def test_names_must_be_str(tmp_path):
-    with pytest.raises(TypeError, match="tensor names must be str"):
-        stc_tf.save({1: tf.zeros([1])})
-    with pytest.raises(ValueError, match="reserved for metadata"):
-        stc_tf.save_file({"__metadata__": tf.zeros([1])}, tmp_path / "x.safetensors")
-    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_sparse_tensors_are_refused():
@@ -558,98 +419,8 @@ def test_unavailable_and_invalid_devices(tmp_path):
 # ---------------------------------------------------------------------------
 # MARK: safe_open and slices
 
-INDICES = [
-    np.s_[:],
-    np.s_[1:3],
-    np.s_[:, ::2],
-    np.s_[..., 1],
-    np.s_[-1],
-    np.s_[::-1, 2:],
-    np.s_[1, 2, 3],
-    np.s_[None, 0],
-    np.s_[[0, 2]],
-    np.s_[np.array([True, False, True, False])],
-    np.s_[5:],
-]
-
-
-@pytest.mark.parametrize("framework", ALIASES)
-@pytest.mark.parametrize("backend", ["mmap", "pread"])
-def test_get_slice_equals_numpy_indexing(tmp_path, framework, backend):
-    tensors = {"x": random_array("F32", (4, 5, 6)), "b": random_array("BF16", (4, 5, 6)),
-               "i": random_array("I64", (4, 5, 6)), "f8": random_array("F8_E4M3", (4, 5, 6))}
-    path = tmp_path / "s.safetensors"
-    safetensors_c.save_file(tensors, path)
-    with safe_open(path, framework=framework, backend=backend) as f:
-        assert f.keys() == ["b", "f8", "i", "x"]
-        for name, expected in tensors.items():
-            assert_same(f.get_tensor(name), expected)
-            assert_same(f[name], expected)
-            sliced = f.get_slice(name)
-            assert sliced.get_shape() == [4, 5, 6]
-            for index in INDICES:
-                assert_same(sliced[index], np.asarray(expected[index])), index
-            # an index holding TF tensors
-            assert_same(sliced[tf.constant([3, 1])], expected[np.array([3, 1])])
-            assert_same(sliced[tf.constant(2), 1:], expected[2, 1:])
-        assert set(f.get_tensors()) == set(tensors)
-
-
-@pytest.mark.parametrize("framework", ALIASES)
-@pytest.mark.parametrize("backend", ["mmap", "pread"])
-def test_out_of_bounds_slices_raise_slice_index_error(tmp_path, framework, backend):
-    path = tmp_path / "s.safetensors"
-    safetensors_c.save_file({"x": np.zeros((4, 5), np.float32)}, path)
-    with safe_open(path, framework=framework, backend=backend) as f:
-        sliced = f.get_slice("x")
-        for index in (np.s_[4], np.s_[0, 5], np.s_[-5], np.s_[[0, 9]], np.s_[0, 0, 0]):
-            with pytest.raises(SliceIndexError, match="'x'"):
-                sliced[index]
-        with pytest.raises(IndexError):
-            sliced[7]
-        with pytest.raises(SafetensorError):
-            sliced[7]
-
-
-def test_safe_open_handle_over_a_file_object(tmp_path):
-    tensors = every_dtype((2, 3))
-    path = tmp_path / "h.safetensors"
-    safetensors_c.save_file(tensors, path)
-    for file in (open(path, "rb"), io.BytesIO(path.read_bytes())):
-        with file, safetensors_c._safe_open_handle(file, framework="tf") as f:
-            for name, expected in tensors.items():
-                assert_same(f.get_tensor(name), expected)
-                assert_same(f.get_slice(name)[1:], expected[1:])
-    with open(path, "rb") as file:
-        loaded = stc_tf.load_file(file)
-    for name, expected in tensors.items():
-        assert_same(loaded[name], expected)
-
-
 # ---------------------------------------------------------------------------
 # MARK: sharded checkpoints
-
-
-def test_sharded_round_trip(tmp_path):
-    tensors = {f"layer{i}.w": random_array("F32", (64, 16), seed=i) for i in range(6)}
-    tensors["emb"] = random_array("BF16", (32, 32))
-    tensors["scale"] = random_array("F8_E4M3", (16,))
-    first = stc_tf.save_sharded(as_tf(tensors), tmp_path / "ckpt", max_shard_size=10_000,
-                                progress=False)
-    assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
-    for loaded in (
-        stc_tf.load_sharded(tmp_path / "ckpt", progress=False),
-        safetensors_c.load_sharded(tmp_path / "ckpt", framework="tf", progress=False),
-        safetensors_c.load_sharded(tmp_path / "ckpt", framework="tensorflow", progress=False),
-    ):
-        assert set(loaded) == set(tensors)
-        for name, expected in tensors.items():
-            assert_same(loaded[name], expected)
-    again = safetensors_c.save_sharded(as_tf(tensors), tmp_path / "again", max_shard_size=10_000,
-                                       framework="tf", progress=False)
-    ids = [index["metadata"]["safetensors_c.save_id"].encode() for index in (first, again)]
-    for shard in (tmp_path / "ckpt").iterdir():  # the same bytes but for each save's own id
-        assert (tmp_path / "again" / shard.name).read_bytes() == shard.read_bytes().replace(*ids)
 
 
 def test_sharded_save_checks_every_input_first(tmp_path):

@@ -44,18 +44,16 @@ client closed its connection).
 
 from __future__ import annotations
 
-import re
-import ssl
 import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional, Tuple
+
+from .loopback import RANGE, LoopbackServer
 
 _LAST_MODIFIED = ("Mon, 01 Jan 2024 00:00:00 GMT", "Tue, 02 Jan 2024 00:00:00 GMT")
 
-_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
 class VirtualFile:
@@ -73,7 +71,7 @@ class VirtualFile:
         return data + bytes((end - start) - len(data))
 
 
-class HostileServer:
+class HostileServer(LoopbackServer):
     def __init__(
         self,
         file: VirtualFile,
@@ -93,44 +91,18 @@ class HostileServer:
         self.requests: List[Tuple[str, str, Optional[str]]] = []
         self.headers: List[dict] = []  # every request's headers
         self.peers: List[Tuple[str, int]] = []  # every request's client address
+        self.errors: List[BaseException] = []  # what handlers let out
         self.bytes_sent = 0
         self.finished = 0  # handlers that have ended
         self.release = threading.Event()  # ends stalls
         self._lock = threading.Lock()
         self._ended = threading.Condition(self._lock)
-        self.scheme = "https" if tls else "http"
-        server = self
+        super().__init__(tls=tls)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                server._handle_and_count(self)
-
-            def do_HEAD(self) -> None:
-                server._handle_and_count(self)
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request, client_address) -> None:
-                # A client that gives up on a misbehaving answer resets the
-                # connection: expected here, and kept for inspection.
-                server.errors.append(sys.exc_info()[1])
-
-        self.errors: List[BaseException] = []
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        if tls:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(str(tls[0]), str(tls[1]))
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}/model.safetensors"
+    def _server_error(self, httpd, request, client_address) -> None:
+        # A client that gives up on a misbehaving answer resets the
+        # connection: expected here, and kept for inspection.
+        self.errors.append(sys.exc_info()[1])
 
     def wait_finished(self, timeout: float) -> bool:
         """Whether every request received so far has had its handler end
@@ -139,29 +111,26 @@ class HostileServer:
         with self._ended:
             return self._ended.wait_for(lambda: self.finished >= len(self.requests), timeout)
 
-    def __enter__(self) -> "HostileServer":
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc) -> None:
         self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
+        super().__exit__(*exc)
 
     # -- answers --------------------------------------------------------
 
-    def _send(self, h, status: int, headers: dict, body: bytes = b"") -> None:
+    def _send_head(self, h, status: int, headers: dict) -> None:
         h.send_response(status)
         for key, value in headers.items():
             h.send_header(key, str(value))
         h.end_headers()
+
+    def _send(self, h, status: int, headers: dict, body: bytes = b"") -> None:
+        self._send_head(h, status, headers)
         if body and h.command != "HEAD":
             h.wfile.write(body)
             with self._lock:
                 self.bytes_sent += len(body)
 
-    def _handle_and_count(self, h) -> None:
+    def _serve(self, h) -> None:
         try:
             self._handle(h)
         except OSError:  # the client closed the connection
@@ -241,15 +210,14 @@ class HostileServer:
         if mode == "redirect-loop":
             self._send(h, 302, {"Location": h.path, "Content-Length": 0})
             return
-        match = _RANGE.match(h.headers.get("Range") or "")
+        match = RANGE.match(h.headers.get("Range") or "")
         if mode == "ignore-range" or match is None:
             # The whole file, streamed in pieces (a client that stops reading
             # makes the write fail; never more than a small buffer in memory).
-            h.send_response(200)
-            h.send_header("Content-Length", str(size))
+            whole = {"Content-Length": size}
             if etag is not None:
-                h.send_header("ETag", etag)
-            h.end_headers()
+                whole["ETag"] = etag
+            self._send_head(h, 200, whole)
             try:
                 for start in range(0, size, 1 << 16):
                     h.wfile.write(self.file.read(start, min(start + (1 << 16), size)))
@@ -274,10 +242,7 @@ class HostileServer:
         if last_modified is not None:
             headers["Last-Modified"] = last_modified
         if mode in ("headers-only", "stall", "trickle-body"):  # no body made: it may be huge
-            h.send_response(206)
-            for key, value in headers.items():
-                h.send_header(key, str(value))
-            h.end_headers()
+            self._send_head(h, 206, headers)
             h.wfile.flush()
             if mode == "headers-only":
                 h.close_connection = True
@@ -299,11 +264,7 @@ class HostileServer:
             if mode == "chunked-long":
                 body += bytes(10)
             del headers["Content-Length"]
-            h.send_response(206)
-            for key, value in headers.items():
-                h.send_header(key, str(value))
-            h.send_header("Transfer-Encoding", "chunked")
-            h.end_headers()
+            self._send_head(h, 206, {**headers, "Transfer-Encoding": "chunked"})
             for i in range(0, len(body), 1000):
                 piece = body[i : i + 1000]
                 h.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -320,20 +281,13 @@ class HostileServer:
             h.close_connection = True
             return
         elif mode == "short":
-            h.send_response(206)
-            for key, value in headers.items():
-                h.send_header(key, str(value))
-            h.send_header("Connection", "close")
-            h.end_headers()
+            self._send_head(h, 206, {**headers, "Connection": "close"})
             h.wfile.write(body[: len(body) // 2])
             h.wfile.flush()
             h.close_connection = True
             return
         elif mode == "stall-body":
-            h.send_response(206)
-            for key, value in headers.items():
-                h.send_header(key, str(value))
-            h.end_headers()
+            self._send_head(h, 206, headers)
             h.wfile.write(body[: len(body) // 2])
             h.wfile.flush()
             self.release.wait(30)

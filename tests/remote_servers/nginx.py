@@ -18,7 +18,9 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
+
+import pytest
 
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 
@@ -29,6 +31,25 @@ def nginx_binary() -> Optional[str]:
         if found:
             return found
     return None
+
+
+def serving_nginx(base: Path, fill: Callable[[Path], None], *,
+                  tls: bool = False) -> Iterator["Nginx"]:
+    """The body of a test file's ``nginx`` fixture (``yield from`` it): an
+    nginx serving ``base/www`` once ``fill(root)`` has written the files,
+    its log read up to here; stopped afterwards. Skips when nginx is not
+    installed. With ``tls`` it serves https too (when openssl can make a
+    certificate)."""
+    binary = nginx_binary()
+    if binary is None:
+        pytest.skip("nginx is not installed (apt-get install -y nginx-light)")
+    server = Nginx(binary, base, tls=make_certificate(base) if tls else None).start()
+    try:
+        fill(server.root)
+        server.log()
+        yield server
+    finally:
+        server.stop()
 
 
 @dataclass

@@ -1,0 +1,330 @@
+"""What every framework module does alike, with the framework as the ``fw``
+parameter (its table: tests/frameworks/framework_tables.py).
+
+Runs once per framework, each time in a pytest process of its own with
+``STC_FRAMEWORK`` naming it (tests/test_frameworks.py). What only one
+framework does is tested in tests/frameworks/test_<framework>.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import pydoc
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import safetensors
+import safetensors_c
+from safetensors_c import SafetensorError, SliceIndexError, safe_open, sharded
+
+
+def neutral_parameters(function):
+    return [p for p in inspect.signature(function).parameters.values() if p.name != "framework"]
+
+
+# ---------------------------------------------------------------------------
+# MARK: round trips and the reference
+
+
+@pytest.mark.from_table("code", "codes")
+def test_every_dtype_round_trips(tmp_path, fw, code):
+    expected = fw.random_array(code, (4, 3))
+    array = fw.to_fw(expected, code)
+    fw.assert_same(array, expected)  # the dtype really is the framework's
+    path = tmp_path / "x.safetensors"
+    fw.stc.save_file({"x": array}, path)
+    assert safetensors_c.safe_open(path).get_slice("x").get_dtype() == code
+    fw.assert_same(fw.stc.load_file(path)["x"], expected)
+    fw.assert_same(fw.stc.load(fw.stc.save({"x": array}))["x"], expected)
+    with safe_open(path, framework=fw.aliases[0]) as f:
+        fw.assert_same(f.get_tensor("x"), expected)
+        fw.assert_same(f.get_slice("x")[1:3], expected[1:3])
+
+
+def test_metadata_round_trips(tmp_path, fw):
+    path = tmp_path / "m.safetensors"
+    metadata = {"format": fw.metadata_format, "é": "ü"}
+    fw.stc.save_file({"a": fw.small()}, path, metadata=metadata)
+    for framework in fw.aliases:
+        with safe_open(path, framework=framework) as f:
+            assert f.metadata() == metadata
+    with safetensors.safe_open(path, framework=fw.ref_open_framework) as f:
+        assert f.metadata() == metadata
+
+
+def test_reference_files_load_identically(tmp_path, fw):
+    tensors = {k: v for k, v in fw.every_dtype().items() if k.upper() in fw.ref_file_codes}
+    path = tmp_path / "ref.safetensors"
+    if fw.ref_file_numpy:  # the reference's writer for this framework cannot take them all
+        fw.ref_numpy.save_file(dict(tensors), path, metadata={"k": "v"})
+    else:
+        fw.ref.save_file(fw.as_fw(tensors), path, metadata={"k": "v"})
+    loaded = fw.stc.load_file(path)
+    with safe_open(path) as f:
+        assert list(loaded) == f.offset_keys()  # file order
+    with safe_open(path, framework=fw.aliases[0]) as f:
+        assert f.metadata() == {"k": "v"}
+    assert set(loaded) == set(tensors)
+    for name, expected in tensors.items():
+        fw.assert_same(loaded[name], expected)
+
+
+def test_saving_does_not_change_the_callers_dict(fw):
+    tensors = fw.as_fw(fw.every_dtype())
+    before = dict(tensors)
+    fw.stc.save(tensors)
+    assert tensors.keys() == before.keys()
+    assert all(tensors[name] is before[name] for name in before)
+
+
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_backends_give_the_same_arrays(tmp_path, fw, backend):
+    tensors = fw.every_dtype((5, 7))
+    path = tmp_path / "all.safetensors"
+    safetensors_c.save_file(tensors, path)
+    loaded = fw.stc.load_file(path, backend=backend)
+    for name, expected in tensors.items():
+        fw.assert_same(loaded[name], expected)
+
+
+# ---------------------------------------------------------------------------
+# MARK: empty and zero-sized
+
+
+@pytest.mark.from_table("shape", "zero_shapes")
+def test_zero_sized_and_scalar_tensors(tmp_path, fw, shape):
+    tensors = {code.lower(): fw.random_array(code, shape, seed=i)
+               for i, code in enumerate(fw.zero_codes)}
+    data = fw.stc.save(fw.as_fw(tensors))
+    assert data == fw.ref_numpy.save(dict(tensors))
+    path = tmp_path / "z.safetensors"
+    fw.stc.save_file(fw.as_fw(tensors), path)
+    assert path.read_bytes() == data
+    for loaded in (fw.stc.load_file(path), fw.stc.load(data)):
+        assert set(loaded) == set(tensors)
+        for name, expected in tensors.items():
+            fw.assert_same(loaded[name], expected)
+    theirs = {k: v for k, v in tensors.items() if k.upper() in fw.ref_writer_codes(shape)}
+    if theirs:  # the reference's own writer for this framework, where it can
+        assert fw.ref.save(fw.as_fw(theirs)) == fw.stc.save(fw.as_fw(theirs))
+
+
+def test_no_tensors(tmp_path, fw):
+    data = fw.stc.save({})
+    assert data == fw.ref.save({}) and len(data) == 16
+    assert fw.stc.load(data) == {}
+    path = tmp_path / "e.safetensors"
+    fw.stc.save_file({}, path)
+    assert path.read_bytes() == data
+    assert fw.stc.load_file(path) == {}
+
+
+# ---------------------------------------------------------------------------
+# MARK: bad input
+
+
+@pytest.mark.from_table("tensors", "bad_dicts")
+def test_tensors_must_be_a_dict(fw, tensors):
+    kind, message = fw.dict_error
+    with pytest.raises(kind, match=message):
+        fw.stc.save(tensors)
+
+
+@pytest.mark.from_table("value", "bad_values")
+def test_values_must_be_arrays(tmp_path, fw, value):
+    kind, message = fw.value_error
+    with pytest.raises(kind, match=message):
+        fw.stc.save({"a": value})
+    with pytest.raises(kind, match=message):
+        fw.stc.save_file({"a": value}, tmp_path / "x.safetensors")
+    assert not os.listdir(tmp_path)
+
+
+def test_arrays_of_other_frameworks_are_refused(fw):
+    torch = pytest.importorskip("torch")
+    kind, message = fw.other_error
+    with pytest.raises(kind, match=message):
+        fw.stc.save({"a": torch.ones(2)})
+
+
+def test_names_must_be_str(tmp_path, fw):
+    with pytest.raises(TypeError, match="tensor names must be str"):
+        fw.stc.save({1: fw.small()})
+    with pytest.raises(ValueError, match='"__metadata__" is reserved for metadata'):
+        fw.stc.save_file({"__metadata__": fw.small()}, tmp_path / "x.safetensors")
+    assert not os.listdir(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# MARK: safe_open, slices and file objects
+
+
+@pytest.mark.from_table("framework", "aliases")
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_out_of_bounds_slices_raise_slice_index_error(tmp_path, fw, framework, backend):
+    path = tmp_path / "s.safetensors"
+    safetensors_c.save_file({"x": np.zeros((4, 5), np.float32)}, path)
+    with safe_open(path, framework=framework, backend=backend) as f:
+        sliced = f.get_slice("x")
+        for index in (np.s_[4], np.s_[0, 5], np.s_[-5], np.s_[[0, 9]], np.s_[0, 0, 0]):
+            with pytest.raises(SliceIndexError, match="'x'"):
+                sliced[index]
+        with pytest.raises(IndexError):
+            sliced[7]
+        with pytest.raises(SafetensorError):
+            sliced[7]
+
+
+INDICES = [
+    np.s_[:],
+    np.s_[1:3],
+    np.s_[:, ::2],
+    np.s_[..., 1],
+    np.s_[-1],
+    np.s_[::-1, 2:],
+    np.s_[1, 2, 3],
+    np.s_[None, 0],
+    np.s_[[0, 2]],
+    np.s_[np.array([True, False, True, False])],
+    np.s_[5:],
+]
+
+
+@pytest.mark.from_table("framework", "aliases")
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_get_slice_equals_numpy_indexing(tmp_path, fw, framework, backend):
+    codes = [c for c in ("F32", "BF16", "I64", "F64", "C64", "F8_E4M3", "F8_E5M2")
+             if c in fw.dtypes]
+    tensors = {code.lower(): fw.random_array(code, (4, 5, 6), seed=i)
+               for i, code in enumerate(codes)}
+    path = tmp_path / "s.safetensors"
+    safetensors_c.save_file(tensors, path)
+    with safe_open(path, framework=framework, backend=backend) as f:
+        assert f.keys() == sorted(tensors)
+        for name, expected in tensors.items():
+            fw.assert_same(f.get_tensor(name), expected)
+            fw.assert_same(f[name], expected)
+            sliced = f.get_slice(name)
+            assert sliced.get_shape() == [4, 5, 6]
+            for index in INDICES:
+                fw.assert_same(sliced[index], np.asarray(expected[index]))
+            # an index holding the framework's arrays
+            fw.assert_same(sliced[fw.index_array([3, 1])], expected[np.array([3, 1])])
+            fw.assert_same(sliced[fw.index_array(2), 1:], expected[2, 1:])
+        assert set(f.get_tensors()) == set(tensors)
+
+
+def test_safe_open_handle_over_a_file_object(tmp_path, fw):
+    tensors = fw.every_dtype((2, 3))
+    path = tmp_path / "h.safetensors"
+    safetensors_c.save_file(tensors, path)
+    for file in (open(path, "rb"), io.BytesIO(path.read_bytes())):
+        with file, safetensors_c._safe_open_handle(file, framework=fw.aliases[0]) as f:
+            for name, expected in tensors.items():
+                fw.assert_same(f.get_tensor(name), expected)
+                fw.assert_same(f.get_slice(name)[1:], expected[1:])
+    with open(path, "rb") as file:
+        loaded = fw.stc.load_file(file)
+    for name, expected in tensors.items():
+        fw.assert_same(loaded[name], expected)
+
+
+# ---------------------------------------------------------------------------
+# MARK: sharded checkpoints
+
+
+def test_sharded_round_trip(tmp_path, fw):
+    tensors = {f"layer{i}.w": fw.random_array("F32", (64, 16), seed=i) for i in range(6)}
+    tensors["emb"] = fw.random_array("BF16", (32, 32))
+    if "F8_E4M3" in fw.dtypes:
+        tensors["scale"] = fw.random_array("F8_E4M3", (16,))
+    first = fw.stc.save_sharded(fw.as_fw(tensors), tmp_path / "ckpt", max_shard_size=10_000,
+                                progress=False)
+    assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
+    ckpt = tmp_path / "ckpt"
+    for loaded in (
+        fw.stc.load_sharded(ckpt, progress=False),
+        fw.stc.load_sharded(ckpt, "cpu", progress=False, max_workers=4),
+        *(safetensors_c.load_sharded(ckpt, framework=name, progress=False)
+          for name in fw.aliases),
+        safetensors_c.load_sharded(ckpt, framework=fw.aliases[0], progress=False, max_workers=4),
+    ):
+        assert set(loaded) == set(tensors)
+        for name, expected in tensors.items():
+            fw.assert_same(loaded[name], expected)
+            fw.after_load(loaded[name], expected)
+    # the generic entry with the framework named writes the same files
+    again = safetensors_c.save_sharded(fw.as_fw(tensors), tmp_path / "again",
+                                       max_shard_size=10_000, framework=fw.aliases[0],
+                                       progress=False)
+    ids = [index["metadata"]["safetensors_c.save_id"].encode() for index in (first, again)]
+    for shard in ckpt.iterdir():  # the same bytes but for each save's own id
+        assert (tmp_path / "again" / shard.name).read_bytes() == shard.read_bytes().replace(*ids)
+
+
+@pytest.mark.parametrize("name", ["save_sharded", "load_sharded"])
+def test_sharded_functions_take_every_neutral_parameter(fw, name):
+    """Every framework's sharded functions are the neutral ones with the
+    framework bound: the same parameters (max_workers=, digests=, ...) and
+    defaults, and help() shows them and the neutral docstring."""
+    ours, neutral = getattr(fw.stc, name), getattr(sharded, name)
+    assert list(inspect.signature(ours).parameters.values()) == neutral_parameters(neutral)
+    shown = pydoc.render_doc(ours, renderer=pydoc.plaintext)
+    title = next(line for line in shown.splitlines() if line.startswith(name + "("))
+    assert "framework" not in title and "prefix" in title
+    assert fw.label in ours.__doc__ and inspect.getdoc(neutral) in ours.__doc__
+
+
+def test_sharded_options_reach_the_neutral_functions(tmp_path, fw):
+    """max_workers=, digests= and verify_digests= work from every framework
+    module (two of them had no max_workers= and none had digests=)."""
+    tensors = {f"t{i}": fw.random_array("F32", (64,), seed=i) for i in range(4)}
+    index = fw.stc.save_sharded(fw.as_fw(tensors), tmp_path / "ckpt", 300, "w", {"k": "v"},
+                                progress=False, digests=True)
+    assert len(set(index["weight_map"].values())) == 4
+    loaded = fw.stc.load_sharded(tmp_path / "ckpt", "cpu", prefix="w", max_workers=1,
+                                 verify_digests=True, progress=False)
+    assert list(loaded) == list(tensors)
+    for name, expected in tensors.items():
+        fw.assert_same(loaded[name], expected)
+    shard = sorted((tmp_path / "ckpt").glob("w-*.safetensors"))[1]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # a shard rewritten under the index: its digest no longer matches
+    shard.write_bytes(bytes(data))
+    with pytest.raises(SafetensorError, match="digest") as info:
+        fw.stc.load_sharded(tmp_path / "ckpt", prefix="w", max_workers=2, verify_digests=True,
+                            progress=False)
+    assert info.value.code == "STC_ERR_DIGEST_MISMATCH"
+    with pytest.raises(TypeError, match="framework"):
+        fw.stc.load_sharded(tmp_path / "ckpt", prefix="w", framework="np")
+
+
+# ---------------------------------------------------------------------------
+# MARK: a framework that is not installed
+
+
+def test_a_missing_framework_is_named_with_its_pip_package(tmp_path, fw):
+    path = tmp_path / "a.safetensors"
+    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
+    code = (
+        "import sys\n"
+        f"for name in {fw.blocked!r}: sys.modules[name] = None\n"
+        "import safetensors_c\n"
+        f"for attempt in (lambda: safetensors_c.safe_open(sys.argv[1], framework={fw.aliases[0]!r}),\n"
+        f"                lambda: __import__('safetensors_c.{fw.name}')):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2
+    assert all(fw.missing in line for line in lines)

@@ -1,0 +1,91 @@
+"""load_into while another thread swaps the destination's storage: the
+core writes without the GIL, so the memory it writes into must stay owned
+until the batch returns (a freed storage would be EFAULT with pread, a
+crash with mmap)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEADLINE = 180  # seconds: "does not hang" only
+
+SWAP_DURING_LOAD_INTO = """
+    import ctypes, threading, torch
+    import safetensors_c.torch as stc_torch
+    N = 256 << 20
+    path = {path!r}
+    stc_torch.save_file({{"w": torch.ones(N // 4)}}, path)
+    holder = {{"w": torch.zeros(N // 4)}}
+    w = holder["w"]
+    early = ctypes.c_float.from_address(w.data_ptr() + N // 16)
+
+    def swap_once_the_copy_has_begun():
+        for _ in range(200_000_000):
+            if early.value != 0.0:
+                {swap}
+                return
+
+    swapper = threading.Thread(target=swap_once_the_copy_has_begun)
+    swapper.start()
+    stc_torch.load_into(holder, path, backend={backend!r}, max_workers=1)
+    swapper.join()
+    print("loaded", w.numel())
+"""
+
+
+@pytest.mark.parametrize("swap", ["w.data = torch.zeros(1)", "w.set_(torch.zeros(1))"])
+@pytest.mark.parametrize("backend", ["pread", "mmap"])
+def test_load_into_keeps_a_swapped_storage_alive(tmp_path, backend, swap):
+    code = textwrap.dedent(SWAP_DURING_LOAD_INTO.format(
+        path=str(tmp_path / "big.safetensors"), backend=backend, swap=swap))
+    result = subprocess.run([sys.executable, "-c", code],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            capture_output=True, text=True, timeout=DEADLINE)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    # The swap happened (w now has one element) and the load finished.
+    assert result.stdout.split() == ["loaded", "1"]
+
+
+SWAP_DURING_LOAD_MODEL = """
+    import ctypes, threading, torch
+    import safetensors_c.torch as stc_torch
+    N = 256 << 20
+    path = {path!r}
+    stc_torch.save_file({{"w": torch.ones(N // 4)}}, path)
+    model = torch.nn.Module()
+    model.register_buffer("w", torch.zeros(N // 4))
+    w = model.w
+    early = ctypes.c_float.from_address(w.data_ptr() + N // 16)
+
+    def swap_once_the_copy_has_begun():
+        for _ in range(200_000_000):
+            if early.value != 0.0:
+                w.set_(torch.zeros(1))  # the old storage's last owner goes
+                return
+
+    swapper = threading.Thread(target=swap_once_the_copy_has_begun)
+    swapper.start()
+    stc_torch.load_model(model, path, backend={backend!r}, max_workers=1)
+    swapper.join()
+    print("loaded", w.numel())
+"""
+
+
+@pytest.mark.parametrize("backend", ["pread", "mmap"])
+def test_load_model_keeps_a_buffer_storage_swapped_by_set_alive(tmp_path, backend):
+    code = textwrap.dedent(SWAP_DURING_LOAD_MODEL.format(
+        path=str(tmp_path / "big.safetensors"), backend=backend))
+    result = subprocess.run([sys.executable, "-c", code],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            capture_output=True, text=True, timeout=DEADLINE)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.split() == ["loaded", "1"]

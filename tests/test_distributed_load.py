@@ -139,7 +139,9 @@ def worker(rank, world, port, cases, out_dir):
             # machine reads from storage.
             warmup = os.path.join(out_dir, "warmup.safetensors")
             if rank == 0:
-                ct.save_file({"w": torch.arange(10), "x": torch.ones(3, 3)}, warmup)
+                firsts = {str(t.dtype): t.reshape(-1)[:2].clone()
+                          for t in model_tensors().values()}
+                ct.save_file({**firsts, "x": torch.ones(3, 3)}, warmup)
             dist.barrier()
             distributed.load_files([warmup], plan={"x": 1})
             ct.load_file(warmup, process_group=dist.group.WORLD)

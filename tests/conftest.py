@@ -25,6 +25,10 @@ import ml_dtypes  # noqa: E402
 import safetensors_c  # noqa: E402
 import safetensors_c.numpy  # noqa: E402
 
+# The package under test: the checkout's, or in tests/wheel_check.sh's run the
+# installed wheel's. Tests that read its Python source read it here.
+PACKAGE = Path(safetensors_c.__file__).resolve().parent
+
 BACKENDS = ("mmap", "pread")
 
 # code -> NumPy dtype a tensor of that code loads as (packed ones excluded)

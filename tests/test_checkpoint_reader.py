@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import safetensors_c
 from safetensors_c import _checkpoint, convert as convert_module
 from safetensors_c._archive import ArchiveError
 from safetensors_c._pickle_vm import ConversionError, UnsafePickleError
+from conftest import PACKAGE
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = Path(safetensors_c.__file__).resolve().parent  # the package under test
 LIMIT = 1 << 20
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import ast
 import inspect
-import pathlib
 
 import pytest
 
-import safetensors_c
 from safetensors_c import _core
 
-STUB = pathlib.Path(safetensors_c.__file__).parent / "_core.pyi"
+from conftest import PACKAGE
+
+STUB = PACKAGE / "_core.pyi"
 
 
 def stub_tree():

@@ -13,15 +13,13 @@ import inspect
 import pydoc
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import safetensors_c
 from safetensors_c import _frameworks, compat, sharded
 
-PACKAGE = Path(safetensors_c.__file__).resolve().parent
+from conftest import PACKAGE
 
 
 def neutral_parameters(function):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +28,8 @@ from safetensors_c.sharded import (
 
 torch = pytest.importorskip("torch")
 
-PACKAGE = Path(safetensors_c.__file__).resolve().parent  # the package under test
+from conftest import PACKAGE  # noqa: E402
+
 BIN_INDEX = "pytorch_model.bin.index.json"
 ST_INDEX = "model.safetensors.index.json"
 

@@ -5,16 +5,16 @@ a floor of its own, where it could disagree with that table."""
 from __future__ import annotations
 
 import ast
-import pathlib
 import re
 
 import pytest
 
-import safetensors_c
+from conftest import PACKAGE
 
-PACKAGE = pathlib.Path(safetensors_c.__file__).parent
 MODULES = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py"))
 FLOOR_CLAIM = re.compile(r"\bfloor\s+\d", re.IGNORECASE)
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_module_docstring_states_no_floor(module):
     docstring = ast.get_docstring(ast.parse((PACKAGE / module).read_text())) or ""

@@ -14,9 +14,9 @@ import pytest
 
 import safetensors_c
 from safetensors_c import _core, _dtypes
+from conftest import PACKAGE
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = Path(safetensors_c.__file__).resolve().parent  # the package under test
 
 NIBBLE_OPS = re.compile(r"&\s*0x0[fF]\b|>>\s*4\b|<<\s*4\b")
 

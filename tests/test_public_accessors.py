@@ -4,17 +4,15 @@ instead of private methods reached from other modules."""
 
 from __future__ import annotations
 
-import pathlib
 
 import numpy as np
 import pytest
 
-import safetensors_c
 from safetensors_c import SafetensorError, safe_open
 from safetensors_c.numpy import save_file
 from safetensors_c.sharded import safe_open_sharded, save_sharded
 
-PACKAGE = pathlib.Path(safetensors_c.__file__).parent
+from conftest import PACKAGE
 
 
 def shard_name(i, n):

@@ -1,0 +1,186 @@
+/*
+ * test_pread_loop.c - the one pread loop (stc__pread_full) against the
+ * descriptors network and FUSE file systems give: reads interrupted by
+ * signals (EINTR), reads that return fewer bytes than asked, and a read that
+ * fails part way. A local disk does none of these, so this binary is linked
+ * with -Wl,--wrap=pread: every pread of the core goes through __wrap_pread
+ * below, which misbehaves as the test asks and otherwise reads for real.
+ * It has its own main, so that no other test runs under the wrapper.
+ */
+#include "harness.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+ssize_t __real_pread(int fd, void *buf, size_t count, off_t offset);
+ssize_t __wrap_pread(int fd, void *buf, size_t count, off_t offset);
+
+/* MARK: - The misbehaving pread */
+
+static struct {
+    int interrupt_every;   /* calls 1, n + 1, 2n + 1, ... fail with EINTR; 0 = never */
+    size_t max_bytes;      /* a call returns at most this many bytes; 0 = no cap */
+    uint64_t fail_at;      /* a call reaching this file offset fails with EIO; 0 = never */
+    unsigned long calls;
+    unsigned long interrupts;
+} g_wrap;
+
+static void wrap_reset(int interrupt_every, size_t max_bytes, uint64_t fail_at) {
+    memset(&g_wrap, 0, sizeof g_wrap);
+    g_wrap.interrupt_every = interrupt_every;
+    g_wrap.max_bytes = max_bytes;
+    g_wrap.fail_at = fail_at;
+}
+
+ssize_t __wrap_pread(int fd, void *buf, size_t count, off_t offset) {
+    g_wrap.calls++;
+    if (g_wrap.interrupt_every && (g_wrap.calls - 1) % (unsigned long)g_wrap.interrupt_every == 0) {
+        g_wrap.interrupts++;
+        errno = EINTR;
+        return -1;
+    }
+    if (g_wrap.fail_at) {
+        if ((uint64_t)offset >= g_wrap.fail_at) {
+            errno = EIO;
+            return -1;
+        }
+        if ((uint64_t)offset + count > g_wrap.fail_at)
+            count = (size_t)(g_wrap.fail_at - (uint64_t)offset);
+    }
+    if (g_wrap.max_bytes && count > g_wrap.max_bytes) count = g_wrap.max_bytes;
+    return __real_pread(fd, buf, count, offset);
+}
+
+/* MARK: - A file to read */
+
+enum { FILE_LEN = 70001 };
+
+static uint8_t g_bytes[FILE_LEN];
+
+static void fill_bytes(void) {
+    uint32_t x = 12345u;
+    for (size_t i = 0; i < FILE_LEN; i++) {
+        x = x * 1664525u + 1013904223u;
+        g_bytes[i] = (uint8_t)(x >> 24);
+    }
+}
+
+static int open_scratch(const char *name, const void *bytes, size_t len) {
+    char dir[4096], path[4096];
+    scratch_subdir(name, dir, sizeof dir);
+    path_join(path, sizeof path, dir, "f.bin");
+    CHECK(write_whole_file(path, bytes, len) == 0);
+    int fd = open(path, O_RDONLY);
+    CHECK(fd >= 0);
+    return fd;
+}
+
+/* MARK: - The loop itself */
+
+static void test_interrupts_and_short_reads_still_read_everything(int fd) {
+    static const struct {
+        int interrupt_every;
+        size_t max_bytes;
+    } cases[] = {{2, 1}, {2, 7}, {3, 4093}, {1000, 1}, {2, 0}, {0, 1}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        static uint8_t out[FILE_LEN];
+        memset(out, 0xA5, sizeof out);
+        wrap_reset(cases[c].interrupt_every, cases[c].max_bytes, 0);
+        size_t got = 0;
+        int e = stc__pread_full(fd, out + 1, FILE_LEN - 1, 1, &got);
+        CHECK(e == 0);
+        CHECK(got == FILE_LEN - 1);
+        CHECK(memcmp(out + 1, g_bytes + 1, FILE_LEN - 1) == 0);
+        CHECK(out[0] == 0xA5); /* nothing written before dst */
+        if (cases[c].interrupt_every) CHECK(g_wrap.interrupts > 0);
+    }
+}
+
+static void test_a_failure_part_way_reports_what_arrived(int fd) {
+    static uint8_t out[FILE_LEN];
+    wrap_reset(2, 1000, 5000);
+    size_t got = 12345;
+    int e = stc__pread_full(fd, out, FILE_LEN, 0, &got);
+    CHECK(e == EIO);
+    CHECK(got == 5000);
+    CHECK(memcmp(out, g_bytes, 5000) == 0);
+}
+
+static void test_end_of_file_is_a_short_count_not_an_error(int fd) {
+    static uint8_t out[FILE_LEN];
+    wrap_reset(2, 999, 0);
+    size_t got = 0;
+    int e = stc__pread_full(fd, out, 5000, FILE_LEN - 100, &got);
+    CHECK(e == 0);
+    CHECK(got == 100);
+    CHECK(memcmp(out, g_bytes + FILE_LEN - 100, 100) == 0);
+}
+
+/* MARK: - Through the public API */
+
+/* A safetensors file of one U8 tensor holding g_bytes. */
+static size_t build_file(uint8_t *out, size_t cap) {
+    char header[256];
+    int n = snprintf(header, sizeof header,
+                     "{\"t\":{\"dtype\":\"U8\",\"shape\":[%d],\"data_offsets\":[0,%d]},"
+                     "\"__metadata__\":{\"note\":\"read one byte at a time\"}}",
+                     FILE_LEN, FILE_LEN);
+    CHECK(n > 0 && (size_t)n < sizeof header);
+    size_t len = 8 + (size_t)n + FILE_LEN;
+    CHECK(len <= cap);
+    uint64_t hl = (uint64_t)n;
+    for (int i = 0; i < 8; i++) out[i] = (uint8_t)(hl >> (8 * i));
+    memcpy(out + 8, header, (size_t)n);
+    memcpy(out + 8 + n, g_bytes, FILE_LEN);
+    return len;
+}
+
+static void test_open_and_read_one_byte_at_a_time_between_signals(void) {
+    static uint8_t file_bytes[FILE_LEN + 512];
+    size_t len = build_file(file_bytes, sizeof file_bytes);
+    int fd = open_scratch("pread_api", file_bytes, len);
+    stc_open_options options = {0};
+    options.backend = STC_BACKEND_PREAD;
+    wrap_reset(2, 1, 0);
+    stc_file *f = NULL;
+    stc_error err;
+    CHECK_OK(stc_open_fd(fd, &options, &f, &err), &err);
+    if (f) {
+        const stc_tensor *t = stc_find_tensor(f, "t", 1);
+        CHECK(t != NULL);
+        static uint8_t out[FILE_LEN];
+        if (t) {
+            CHECK_OK(stc_read(f, t->begin, (size_t)t->nbytes, out, &err), &err);
+            CHECK(memcmp(out, g_bytes, FILE_LEN) == 0);
+        }
+        CHECK(g_wrap.interrupts > 0);
+        /* A failure part way through a tensor is an I/O error naming errno. */
+        wrap_reset(0, 0, stc_data_start(f) + 1000);
+        if (t) {
+            stc_status s = stc_read(f, t->begin, (size_t)t->nbytes, out, &err);
+            CHECK_STATUS(s, STC_ERR_IO, &err);
+            CHECK(err.sys_errno == EIO);
+        }
+        stc_close(f);
+    }
+    close(fd);
+}
+
+int main(void) {
+    fill_bytes();
+    int fd = open_scratch("pread_loop", g_bytes, FILE_LEN);
+    test_interrupts_and_short_reads_still_read_everything(fd);
+    test_a_failure_part_way_reports_what_arrived(fd);
+    test_end_of_file_is_a_short_count_not_an_error(fd);
+    close(fd);
+    test_open_and_read_one_byte_at_a_time_between_signals();
+    dir_remove_tree(scratch_root());
+    printf("%s: pread loop: %lu checks, %lu failed\n", g_failures ? "FAIL" : "OK", g_checks,
+           g_failures);
+    return g_failures ? EXIT_FAILURE : EXIT_SUCCESS;
+}

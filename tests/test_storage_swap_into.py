@@ -1,7 +1,8 @@
 """load_into while another thread swaps the destination's storage: the
 core writes without the GIL, so the memory it writes into must stay owned
 until the batch returns (a freed storage would be EFAULT with pread, a
-crash with mmap)."""
+crash with mmap). A swap in the instant between the loader reading a
+tensor's storage and its address is refused, never written through."""
 
 from __future__ import annotations
 
@@ -89,3 +90,46 @@ def test_load_model_keeps_a_buffer_storage_swapped_by_set_alive(tmp_path, backen
                             capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert result.stdout.split() == ["loaded", "1"]
+
+
+class SwappedBetweenItsReads:
+    """A tensor whose storage another thread swaps in the instant between
+    the loader reading its storage and reading its address: the race
+    ``_held_memory`` guards, made to happen every time."""
+
+    def __init__(self, tensor, replacement):
+        self.tensor, self.replacement = tensor, replacement
+
+    def untyped_storage(self):
+        storage = self.tensor.untyped_storage()
+        self.tensor.set_(self.replacement)
+        return storage
+
+    def data_ptr(self):
+        return self.tensor.data_ptr()
+
+    @property
+    def nbytes(self):
+        return self.tensor.nbytes
+
+
+def test_held_memory_holds_each_storage_and_its_address():
+    from safetensors_c.torch import _held_memory
+
+    base = torch.zeros(100)
+    view = base[10:30]
+    storages, addresses, lengths = _held_memory(["a", "b"], [base, view])
+    assert [s.data_ptr() for s in storages] == [base.data_ptr()] * 2
+    assert addresses == [base.data_ptr(), base.data_ptr() + 10 * 4]
+    assert lengths == [400, 80]
+
+
+def test_a_storage_swapped_between_its_two_reads_is_refused():
+    from safetensors_c.torch import _held_memory
+
+    name = "w\x1b[2J"
+    tensor = torch.zeros(64)
+    with pytest.raises(RuntimeError, match=r"its storage changed while loading") as info:
+        _held_memory(["ok", name], [torch.zeros(3), SwappedBetweenItsReads(tensor, torch.ones(64))])
+    assert "\x1b" not in str(info.value)  # the name is shown escaped
+    assert tensor.eq(1).all()  # the swap did happen, and nothing was written

@@ -96,6 +96,7 @@ def flax():
         value_error=(TypeError, r"tensor 'a': expected a jax.Array \(or a numpy.ndarray\)"),
         metadata_format="flax", ref_open_framework="flax",
         ref_writer_codes=lambda shape: (), ref_file_codes=tuple(codes), ref_file_numpy=False,
+        ref_save_codes=tuple(codes),
         index_array=jnp.array, blocked=("jax",),
         other_error=(TypeError, "expected a jax.Array.*not Tensor"),
         missing="needs JAX, which is not installed: pip install jax",
@@ -127,7 +128,7 @@ def tensorflow():
         metadata_format="tf", ref_open_framework="tf",
         # the reference's NumPy writer fails on 0-d TF tensors
         ref_writer_codes=lambda shape: tuple(codes) if shape != () else (),
-        ref_file_codes=tuple(codes), ref_file_numpy=False,
+        ref_file_codes=tuple(codes), ref_file_numpy=False, ref_save_codes=tuple(codes),
         index_array=tf.constant, blocked=("tensorflow",),
         other_error=(TypeError, "expected a tf.Tensor or a variable, not Tensor"),
         missing="needs TensorFlow, which is not installed: pip install tensorflow-cpu",
@@ -185,6 +186,7 @@ def paddle():
         value_error=(ValueError, r"tensor 'a': expected a paddle.Tensor, not"),
         metadata_format="pd", ref_open_framework="np",
         ref_writer_codes=lambda shape: ref_saves, ref_file_codes=ref_saves, ref_file_numpy=False,
+        ref_save_codes=ref_saves,
         index_array=paddle.to_tensor, blocked=("paddle",),
         other_error=(ValueError, "expected a paddle.Tensor, not Tensor"),
         missing="needs PaddlePaddle, which is not installed: pip install paddlepaddle",
@@ -228,6 +230,8 @@ def mlx():
         value_error=(TypeError, r"tensor 'a': expected an mlx.core.array \(or a numpy.ndarray\)"),
         metadata_format="mlx", ref_open_framework="mlx",
         ref_writer_codes=lambda shape: (), ref_file_codes=COMMON, ref_file_numpy=True,
+        # its mlx.save cannot take bfloat16 (NumPy does not know MLX's bfloat16)
+        ref_save_codes=tuple(c for c in COMMON if c != "BF16"),
         index_array=mx.array, blocked=("mlx", "mlx.core"),
         other_error=(TypeError, "expected an mlx.core.array.*not Tensor"),
         missing="needs MLX, which is not installed: pip install mlx",

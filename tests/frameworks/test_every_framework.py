@@ -57,6 +57,25 @@ def test_metadata_round_trips(tmp_path, fw):
         assert f.metadata() == metadata
 
 
+def test_saved_bytes_match_the_reference(tmp_path, fw):
+    # Every dtype byte for byte as the reference's NumPy writer; and, for the
+    # dtypes its own writer for this framework takes (fw.ref_save_codes), as
+    # that writer, in memory and on disk.
+    tensors = fw.every_dtype()
+    metadata = {"format": fw.metadata_format}
+    ours = fw.stc.save(fw.as_fw(tensors), metadata=metadata)
+    assert ours == fw.ref_numpy.save(dict(tensors), metadata=metadata)
+    taken = {k: v for k, v in tensors.items() if k.upper() in fw.ref_save_codes}
+    assert len(taken) >= len(tensors) - 4, sorted(set(tensors) - set(taken))
+    # (the reference replaces the values of a dict it is given: a fresh one each time)
+    assert fw.stc.save(fw.as_fw(taken), metadata=metadata) == \
+        fw.ref.save(fw.as_fw(taken), metadata=metadata)
+    ours_file, ref_file = tmp_path / "ours.safetensors", tmp_path / "ref.safetensors"
+    fw.stc.save_file(fw.as_fw(taken), ours_file, metadata=metadata)
+    fw.ref.save_file(fw.as_fw(taken), ref_file, metadata=metadata)
+    assert ours_file.read_bytes() == ref_file.read_bytes()
+
+
 def test_reference_files_load_identically(tmp_path, fw):
     tensors = {k: v for k, v in fw.every_dtype().items() if k.upper() in fw.ref_file_codes}
     path = tmp_path / "ref.safetensors"

@@ -52,7 +52,11 @@ def _base(name, **fields):
         ref_numpy=importlib.import_module("safetensors.numpy"),
         zero_shapes=[(), (0,), (3, 0), (0, 0, 2), (1,), (1, 1, 1)],
         after_load=lambda array, expected: None,
-        **fields,
+        # Zero copy: where a tensor's data lives (None: the framework cannot
+        # adopt host memory, every tensor is copied), the alignment at which
+        # it adopts the reader's memory (1: any), and a sum computed by the
+        # framework's own kernels (they must run on adopted memory).
+        **{"address": None, "adopt_alignment": None, "total": None, **fields},
     )
     t.codes = sorted(t.dtypes)
 
@@ -98,6 +102,8 @@ def flax():
         ref_writer_codes=lambda shape: (), ref_file_codes=tuple(codes), ref_file_numpy=False,
         ref_save_codes=tuple(codes),
         index_array=jnp.array, blocked=("jax",),
+        address=lambda array: array.unsafe_buffer_pointer(), adopt_alignment=64,
+        total=lambda array: float(jnp.sum(array.astype(jnp.float64))),
         other_error=(TypeError, "expected a jax.Array.*not Tensor"),
         missing="needs JAX, which is not installed: pip install jax",
     )
@@ -117,6 +123,11 @@ def tensorflow():
         assert tuple(actual.shape) == expected.shape, (actual.shape, expected.shape)
         assert np.asarray(actual.numpy()).tobytes() == np.ascontiguousarray(expected).tobytes()
 
+    def address(tensor):
+        if tensor.dtype == tf.bfloat16:  # DLPack has no bfloat16 here: a bitcast view
+            tensor = tf.bitcast(tensor, tf.uint16)
+        return np.from_dlpack(tensor).__array_interface__["data"][0]
+
     return _base(
         "tensorflow", aliases=("tf", "tensorflow"), label="TensorFlow",
         dtypes=numpy_dtypes(codes), to_fw=lambda array, code: tf.convert_to_tensor(array),
@@ -130,6 +141,8 @@ def tensorflow():
         ref_writer_codes=lambda shape: tuple(codes) if shape != () else (),
         ref_file_codes=tuple(codes), ref_file_numpy=False, ref_save_codes=tuple(codes),
         index_array=tf.constant, blocked=("tensorflow",),
+        address=address, adopt_alignment=64,
+        total=lambda tensor: float(tf.reduce_sum(tf.cast(tensor, tf.float64))),
         other_error=(TypeError, "expected a tf.Tensor or a variable, not Tensor"),
         missing="needs TensorFlow, which is not installed: pip install tensorflow-cpu",
     )
@@ -188,6 +201,8 @@ def paddle():
         ref_writer_codes=lambda shape: ref_saves, ref_file_codes=ref_saves, ref_file_numpy=False,
         ref_save_codes=ref_saves,
         index_array=paddle.to_tensor, blocked=("paddle",),
+        address=lambda tensor: tensor.data_ptr(), adopt_alignment=1,
+        total=lambda tensor: float(tensor.astype("float64").sum()),
         other_error=(ValueError, "expected a paddle.Tensor, not Tensor"),
         missing="needs PaddlePaddle, which is not installed: pip install paddlepaddle",
     )

@@ -347,3 +347,90 @@ def test_a_missing_framework_is_named_with_its_pip_package(tmp_path, fw):
     lines = out.stdout.splitlines()
     assert len(lines) == 2
     assert all(fw.missing in line for line in lines)
+
+
+# ---------------------------------------------------------------------------
+# MARK: zero copy: the reader's memory adopted where the framework can
+
+
+def aligned_tensors(fw):
+    """Tensors whose sizes are multiples of 64 bytes: each starts 64-byte
+    aligned when the data section does."""
+    specs = {"a": ("F32", (16, 16)), "b": ("BF16", (8, 32)), "c": ("I64", (4, 8)),
+             "d": ("U8", (64,)), "e": ("BOOL", (2, 64))}
+    return {name: fw.random_array(code, shape, seed=i)
+            for i, (name, (code, shape)) in enumerate(specs.items())}
+
+
+def skip_unless_it_adopts(fw):
+    if fw.address is None:
+        pytest.skip(f"{fw.label} cannot adopt host memory: every tensor is copied "
+                    f"(tests/frameworks/test_{fw.name}.py)")
+
+
+def assert_kernels_run_on(fw, loaded, tensors):
+    expected = float(tensors["c"].astype(np.float64).sum())
+    assert fw.total(loaded["c"]) == pytest.approx(expected)
+
+
+def test_aligned_tensors_are_adopted_from_the_mapping(tmp_path, fw, helpers):
+    skip_unless_it_adopts(fw)
+    tensors = aligned_tensors(fw)
+    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
+    loaded = fw.stc.load_file(path)
+    for name, expected in tensors.items():
+        fw.assert_same(loaded[name], expected)
+        assert helpers.in_mapping_of(path, fw.address(loaded[name])), name
+    assert_kernels_run_on(fw, loaded, tensors)
+    for framework in fw.aliases:
+        with safe_open(path, framework=framework) as f:
+            a = f.get_tensor("a")
+        # A second handle: on one handle a slice after get_tensor is read
+        # afresh (arrays of one handle never alias, tests/test_independent_arrays.py).
+        with safe_open(path, framework=framework) as f:
+            rows = f.get_slice("a")[2:5]  # whole rows of 64 bytes: still aligned
+        assert helpers.in_mapping_of(path, fw.address(a))
+        assert helpers.in_mapping_of(path, fw.address(rows))
+        fw.assert_same(rows, tensors["a"][2:5])
+
+
+def test_misaligned_tensors_are_adopted_or_copied_once_into_aligned_memory(tmp_path, fw,
+                                                                           helpers):
+    skip_unless_it_adopts(fw)
+    tensors = aligned_tensors(fw)
+    # the same tensors after an 8-byte U64 (written first): none is aligned
+    shifted = helpers.save_aligned({"pad": np.zeros(1, np.uint64), **tensors},
+                                   tmp_path / "shifted.safetensors")
+    header = helpers.header_of(shifted)[1]
+    loaded = fw.stc.load_file(shifted)
+    mapping_start = min(start for start, _ in helpers.file_mappings(shifted))
+    for name, expected in tensors.items():
+        offset = helpers.data_start(shifted) + header[name]["data_offsets"][0]
+        assert offset % 64 != 0
+        pointer = fw.address(loaded[name])
+        if fw.adopt_alignment == 1:  # adopted where it lies
+            assert pointer == mapping_start + offset, name
+        else:  # copied once, into memory aligned for the framework's kernels
+            assert not helpers.in_mapping_of(shifted, pointer), name
+            assert pointer % fw.adopt_alignment == 0, name
+        fw.assert_same(loaded[name], expected)
+    # the kernels run on them (TF's would abort the process on misaligned data)
+    assert_kernels_run_on(fw, loaded, tensors)
+
+
+def test_an_aligned_writable_image_is_adopted(fw, helpers):
+    skip_unless_it_adopts(fw)
+    tensors = aligned_tensors(fw)
+    image = safetensors_c.numpy.save(tensors)
+    # placed so that its data section is 64-byte aligned
+    start = helpers.data_start(image)
+    raw = np.empty(len(image) + 128, np.uint8)
+    offset = (-(helpers.numpy_address(raw) + start)) % 64
+    buffer = raw[offset:offset + len(image)]
+    buffer[:] = np.frombuffer(image, np.uint8)
+    loaded = fw.stc.load(memoryview(buffer))
+    header = helpers.header_of(image)[1]
+    for name, expected in tensors.items():
+        begin = header[name]["data_offsets"][0]
+        assert fw.address(loaded[name]) == helpers.numpy_address(buffer) + start + begin, name
+        fw.assert_same(loaded[name], expected)

@@ -264,24 +264,6 @@ def _aligned_tensors():
     }
 
 
-def test_aligned_tensors_are_adopted_from_the_mapping(tmp_path, helpers):
-    tensors = _aligned_tensors()
-    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
-    loaded = stc_flax.load_file(path)
-    for name, expected in tensors.items():
-        assert_same(loaded[name], expected)
-        assert helpers.in_mapping_of(path, loaded[name].unsafe_buffer_pointer()), name
-    with safe_open(path, framework="jax") as f:
-        a = f.get_tensor("a")
-    # A second handle: on one handle a slice after get_tensor is read afresh
-    # (arrays of one handle never alias, tests/test_independent_arrays.py).
-    with safe_open(path, framework="jax") as f:
-        rows = f.get_slice("a")[2:5]  # whole rows of 64 bytes: still aligned
-    assert helpers.in_mapping_of(path, a.unsafe_buffer_pointer())
-    assert helpers.in_mapping_of(path, rows.unsafe_buffer_pointer())
-    assert_same(rows, tensors["a"][2:5])
-
-
 def test_adopted_arrays_outlive_the_handle_and_the_file(tmp_path, helpers):
     tensors = _aligned_tensors()
     path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
@@ -307,39 +289,6 @@ def test_writing_to_the_mapping_is_impossible_through_jax(tmp_path, helpers):
     assert b.unsafe_buffer_pointer() != a.unsafe_buffer_pointer()
     assert path.read_bytes() == before
     assert_same(a, tensors["a"])
-
-
-def test_an_aligned_writable_image_is_adopted(helpers):
-    tensors = _aligned_tensors()
-    image = safetensors_c.numpy.save(tensors)
-    # place the image so that its data section is 64-byte aligned
-    start = helpers.data_start(image)
-    raw = np.empty(len(image) + 128, np.uint8)
-    offset = (-(helpers.numpy_address(raw) + start)) % 64
-    buffer = raw[offset:offset + len(image)]
-    buffer[:] = np.frombuffer(image, np.uint8)
-    loaded = stc_flax.load(memoryview(buffer))
-    header = helpers.header_of(image)[1]
-    for name, expected in tensors.items():
-        begin = header[name]["data_offsets"][0]
-        assert loaded[name].unsafe_buffer_pointer() == helpers.numpy_address(buffer) + start + begin
-        assert_same(loaded[name], expected)
-
-
-def test_misaligned_tensors_are_copied_once_into_aligned_memory(tmp_path, helpers):
-    tensors = _aligned_tensors()
-    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
-    # the same tensors after an 8-byte U64 (written first): none is aligned
-    shifted = helpers.save_aligned({"pad": np.zeros(1, np.uint64), **tensors},
-                                   tmp_path / "shifted.safetensors")
-    header = helpers.header_of(shifted)[1]
-    loaded = stc_flax.load_file(shifted)
-    for name, expected in tensors.items():
-        assert (helpers.data_start(shifted) + header[name]["data_offsets"][0]) % 64 != 0
-        pointer = loaded[name].unsafe_buffer_pointer()
-        assert not helpers.in_mapping_of(shifted, pointer)
-        assert pointer % 64 == 0
-        assert_same(loaded[name], expected)
 
 
 def test_read_only_arrays_are_copied_never_adopted():

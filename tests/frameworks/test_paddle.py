@@ -242,34 +242,6 @@ def _tensors():
     }
 
 
-@pytest.mark.parametrize("shift", [0, 1, 8])
-def test_tensors_are_adopted_from_the_mapping_at_any_alignment(tmp_path, helpers, shift):
-    tensors = _tensors()
-    if shift:  # a U8 of `shift` bytes written last: it moves nothing; a U64 first does
-        tensors["pad"] = np.zeros(shift, np.uint64)
-    path = helpers.save_aligned(tensors, tmp_path / "t.safetensors")
-    loaded = stc_paddle.load_file(path)
-    header = helpers.header_of(path)[1]
-    mapping_start = min(start for start, _ in helpers.file_mappings(path))
-    for name, expected in tensors.items():
-        assert_same(loaded[name], expected)
-        assert helpers.in_mapping_of(path, loaded[name].data_ptr()), name
-        offset = helpers.data_start(path) + header[name]["data_offsets"][0]
-        assert loaded[name].data_ptr() == mapping_start + offset
-    with safe_open(path, framework="paddle") as f:
-        a = f.get_tensor("a")
-    # A second handle: on one handle a slice after get_tensor is read afresh
-    # (arrays of one handle never alias, tests/test_independent_arrays.py).
-    with safe_open(path, framework="paddle") as f:
-        rows = f.get_slice("a")[2:5]
-    assert helpers.in_mapping_of(path, a.data_ptr())
-    assert helpers.in_mapping_of(path, rows.data_ptr())
-    assert_same(rows, tensors["a"][2:5])
-    # paddle's kernels run on the adopted memory, aligned or not
-    assert float(loaded["c"].astype("float64").sum()) == pytest.approx(
-        float(tensors["c"].astype(np.float64).sum()))
-
-
 def test_adopted_tensors_outlive_the_handle_and_the_file(tmp_path):
     tensors = _tensors()
     path = tmp_path / "t.safetensors"
@@ -297,19 +269,6 @@ def test_writing_to_a_tensor_never_changes_the_file(tmp_path, helpers):
     assert float(a[0, 0]) == 12346.0
     assert path.read_bytes() == before
     assert_same(stc_paddle.load_file(path)["a"], tensors["a"])
-
-
-def test_a_writable_image_is_adopted_in_place(helpers):
-    tensors = _tensors()
-    image = bytearray(safetensors_c.numpy.save(tensors))
-    buffer = np.frombuffer(image, np.uint8)
-    loaded = stc_paddle.load(image)
-    header = helpers.header_of(bytes(image))[1]
-    start = helpers.data_start(bytes(image))
-    for name, expected in tensors.items():
-        begin = header[name]["data_offsets"][0]
-        assert loaded[name].data_ptr() == helpers.numpy_address(buffer) + start + begin
-        assert_same(loaded[name], expected)
 
 
 def test_bytes_are_copied_once_per_tensor(helpers):

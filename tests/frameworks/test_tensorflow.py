@@ -26,8 +26,6 @@ import safetensors_c.tensorflow as stc_tf  # noqa: E402
 from safetensors_c import SafetensorError, safe_open  # noqa: E402
 from safetensors_c._adapters import tensorflow as adapter  # noqa: E402
 
-ALIASES = ("tf", "tensorflow")
-
 # Every format dtype TensorFlow has -> its NumPy dtype (the reader's currency),
 # with the random arrays and the comparison of the shared suite's table.
 TABLE = framework_tables.table("tensorflow")
@@ -36,13 +34,7 @@ F8 = tuple(code for code in TF_DTYPES if code.startswith("F8"))
 # The dtypes TF moves through DLPack (bfloat16 as uint16): adopted when aligned.
 ADOPTED = tuple(code for code in TF_DTYPES if code not in F8)
 random_array, assert_same, every_dtype = TABLE.random_array, TABLE.assert_same, TABLE.every_dtype
-
-
-def address(tensor) -> int:
-    """Where a CPU tf.Tensor's data lives (bfloat16 through a bitcast view)."""
-    if tensor.dtype == tf.bfloat16:
-        tensor = tf.bitcast(tensor, tf.uint16)
-    return np.from_dlpack(tensor).__array_interface__["data"][0]
+address = TABLE.address  # where a CPU tf.Tensor's data lives
 
 
 def as_tf(tensors):
@@ -228,28 +220,6 @@ def _aligned_tensors():
     }
 
 
-def test_aligned_tensors_are_adopted_from_the_mapping(tmp_path, helpers):
-    tensors = _aligned_tensors()
-    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
-    loaded = stc_tf.load_file(path)
-    for name, expected in tensors.items():
-        assert_same(loaded[name], expected)
-        assert helpers.in_mapping_of(path, address(loaded[name])), name
-    for framework in ALIASES:
-        with safe_open(path, framework=framework) as f:
-            a = f.get_tensor("a")
-        # A second handle: on one handle a slice after get_tensor is read
-        # afresh (arrays of one handle never alias, tests/test_independent_arrays.py).
-        with safe_open(path, framework=framework) as f:
-            rows = f.get_slice("a")[2:5]  # whole rows of 64 bytes: still aligned
-        assert helpers.in_mapping_of(path, address(a))
-        assert helpers.in_mapping_of(path, address(rows))
-        assert_same(rows, tensors["a"][2:5])
-    # TF's kernels run on the adopted memory
-    assert float(tf.reduce_sum(tf.cast(loaded["c"], tf.float64))) == pytest.approx(
-        float(tensors["c"].astype(np.float64).sum()))
-
-
 def test_adopted_tensors_outlive_the_handle_and_the_file(tmp_path, helpers):
     tensors = _aligned_tensors()
     path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
@@ -275,41 +245,6 @@ def test_the_file_never_changes(tmp_path, helpers):
     del a
     gc.collect()
     assert path.read_bytes() == before
-
-
-def test_an_aligned_writable_image_is_adopted(helpers):
-    tensors = _aligned_tensors()
-    image = safetensors_c.numpy.save(tensors)
-    start = helpers.data_start(image)
-    raw = np.empty(len(image) + 128, np.uint8)
-    offset = (-(helpers.numpy_address(raw) + start)) % 64
-    buffer = raw[offset:offset + len(image)]
-    buffer[:] = np.frombuffer(image, np.uint8)
-    loaded = stc_tf.load(memoryview(buffer))
-    header = helpers.header_of(image)[1]
-    for name, expected in tensors.items():
-        begin = header[name]["data_offsets"][0]
-        assert address(loaded[name]) == helpers.numpy_address(buffer) + start + begin
-        assert_same(loaded[name], expected)
-
-
-def test_misaligned_tensors_are_copied_once_into_aligned_memory(tmp_path, helpers):
-    # TF aborts the process at the first kernel on data aligned below 64
-    # bytes: such tensors must be copied, and must then work.
-    tensors = _aligned_tensors()
-    shifted = helpers.save_aligned({"pad": np.zeros(1, np.uint64), **tensors},
-                                   tmp_path / "shifted.safetensors")
-    header = helpers.header_of(shifted)[1]
-    loaded = stc_tf.load_file(shifted)
-    for name, expected in tensors.items():
-        assert (helpers.data_start(shifted) + header[name]["data_offsets"][0]) % 64 != 0
-        pointer = address(loaded[name])
-        assert not helpers.in_mapping_of(shifted, pointer)
-        assert pointer % 64 == 0
-        assert_same(loaded[name], expected)
-    # TF's kernels run on the copies (on the mapping they would abort)
-    assert float(tf.reduce_sum(tf.cast(loaded["c"], tf.float64))) == pytest.approx(
-        float(tensors["c"].astype(np.float64).sum()))
 
 
 def test_float8_tensors_are_copied_once(tmp_path, helpers):

@@ -8,6 +8,7 @@ framework does is tested in tests/frameworks/test_<framework>.py.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import io
 import os
@@ -434,3 +435,34 @@ def test_an_aligned_writable_image_is_adopted(fw, helpers):
         begin = header[name]["data_offsets"][0]
         assert fw.address(loaded[name]) == helpers.numpy_address(buffer) + start + begin, name
         fw.assert_same(loaded[name], expected)
+
+
+def test_adopted_tensors_outlive_the_handle_and_the_file(tmp_path, fw, helpers):
+    skip_unless_it_adopts(fw)
+    tensors = aligned_tensors(fw)
+    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
+    with safe_open(path, framework=fw.aliases[0]) as f:
+        c = f.get_tensor("c")
+        b = f.get_tensor("b")  # bfloat16, which some frameworks adopt through a bitcast
+        assert helpers.in_mapping_of(path, fw.address(b))
+    del f
+    os.remove(path)
+    gc.collect()
+    fw.assert_same(c, tensors["c"])
+    fw.assert_same(b, tensors["b"])
+    assert_kernels_run_on(fw, {"c": c}, tensors)
+
+
+def test_bytes_are_copied_once_per_tensor(fw, helpers):
+    skip_unless_it_adopts(fw)
+    tensors = aligned_tensors(fw)
+    image = safetensors_c.numpy.save(tensors)
+    start = helpers.numpy_address(np.frombuffer(image, np.uint8))
+    loaded = fw.stc.load(image)  # immutable bytes: each tensor is copied by the adapter
+    for name, expected in tensors.items():
+        pointer = fw.address(loaded[name])
+        assert not start <= pointer < start + len(image), name
+        assert pointer % fw.adopt_alignment == 0, name
+        fw.assert_same(loaded[name], expected)
+    assert_kernels_run_on(fw, loaded, tensors)
+    assert image == safetensors_c.numpy.save(tensors)  # the bytes object is untouched

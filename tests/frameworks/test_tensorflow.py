@@ -10,7 +10,6 @@ crashes when imported after tensorflow, so nothing here imports paddle.
 from __future__ import annotations
 
 import gc
-import os
 
 import numpy as np
 import pytest
@@ -220,21 +219,6 @@ def _aligned_tensors():
     }
 
 
-def test_adopted_tensors_outlive_the_handle_and_the_file(tmp_path, helpers):
-    tensors = _aligned_tensors()
-    path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
-    with safe_open(path, framework="tf") as f:
-        c = f.get_tensor("c")
-        b = f.get_tensor("b")  # bfloat16: a bitcast of the adopted uint16 tensor
-        assert helpers.in_mapping_of(path, address(b))
-    del f
-    os.remove(path)
-    gc.collect()
-    assert_same(c, tensors["c"])
-    assert_same(b, tensors["b"])
-    assert int(tf.reduce_sum(c)) == int(tensors["c"].sum())
-
-
 def test_the_file_never_changes(tmp_path, helpers):
     tensors = _aligned_tensors()
     path = helpers.save_aligned(tensors, tmp_path / "aligned.safetensors")
@@ -268,17 +252,6 @@ def test_read_only_arrays_are_copied_never_adopted():
 
 def helpers_address(array):
     return array.__array_interface__["data"][0]
-
-
-def test_bytes_are_copied_once_per_tensor():
-    tensors = _aligned_tensors()
-    image = safetensors_c.numpy.save(tensors)
-    start, end = helpers_address(np.frombuffer(image, np.uint8)), 0
-    end = start + len(image)
-    loaded = stc_tf.load(image)
-    for name, expected in tensors.items():
-        assert not start <= address(loaded[name]) < end
-        assert_same(loaded[name], expected)
 
 
 # ---------------------------------------------------------------------------

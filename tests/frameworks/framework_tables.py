@@ -11,6 +11,7 @@ import types
 import numpy as np
 
 import safetensors_c
+from safetensors_c import SafetensorError
 
 # Format code -> NumPy dtype name (ml_dtypes names for the extension types),
 # for every dtype of the format that has a NumPy dtype.
@@ -56,7 +57,11 @@ def _base(name, **fields):
         # adopt host memory, every tensor is copied), the alignment at which
         # it adopts the reader's memory (1: any), and a sum computed by the
         # framework's own kernels (they must run on adopted memory).
-        **{"address": None, "adopt_alignment": None, "total": None, **fields},
+        # Devices: names of the CPU it accepts; others it refuses (SafetensorError
+        # when it supports only the CPU, its own error when they are merely absent
+        # here), as other_device_error; names that are no device at all.
+        **{"address": None, "adopt_alignment": None, "total": None, "invalid_devices": (),
+           **fields},
     )
     t.codes = sorted(t.dtypes)
 
@@ -106,6 +111,8 @@ def flax():
         total=lambda array: float(jnp.sum(array.astype(jnp.float64))),
         other_error=(TypeError, "expected a jax.Array.*not Tensor"),
         missing="needs JAX, which is not installed: pip install jax",
+        cpu_devices=["cpu", cpu], other_devices=["cuda", "gpu", "tpu", 0, "anything"],
+        other_device_error=(SafetensorError, r"device .* is not supported for JAX arrays"),
     )
     t.zero_shapes = [(0,), (3, 0, 2), (), (1,)]
     t.zero_codes = ("F32", "BF16", "I64", "BOOL")
@@ -145,6 +152,10 @@ def tensorflow():
         total=lambda tensor: float(tf.reduce_sum(tf.cast(tensor, tf.float64))),
         other_error=(TypeError, "expected a tf.Tensor or a variable, not Tensor"),
         missing="needs TensorFlow, which is not installed: pip install tensorflow-cpu",
+        cpu_devices=["cpu", "CPU", "/CPU:0", "/device:CPU:0", "cpu:0"],
+        other_devices=["gpu", "/GPU:0", "cuda:0", 0],  # no GPU on the test machines
+        other_device_error=(RuntimeError, "is not available: TensorFlow sees"),
+        invalid_devices=["bogus", "gpu:x", "cuda:", 1.5, ["cpu"]],
     )
 
 
@@ -205,6 +216,11 @@ def paddle():
         total=lambda tensor: float(tensor.astype("float64").sum()),
         other_error=(ValueError, "expected a paddle.Tensor, not Tensor"),
         missing="needs PaddlePaddle, which is not installed: pip install paddlepaddle",
+        cpu_devices=["cpu", "CPU", "cpu:0", paddle.CPUPlace()],
+        # paddle here is the CPU build: no GPU or XPU device exists
+        other_devices=["gpu", "gpu:0", "cuda", "cuda:1", 0, "xpu:0"],
+        other_device_error=(ValueError, "is not available: this paddle sees 0"),
+        invalid_devices=["bogus", "gpu:x", "gpu:", 1.5, -1, ["cpu"]],
     )
 
 
@@ -250,6 +266,9 @@ def mlx():
         index_array=mx.array, blocked=("mlx", "mlx.core"),
         other_error=(TypeError, "expected an mlx.core.array.*not Tensor"),
         missing="needs MLX, which is not installed: pip install mlx",
+        cpu_devices=[mx.cpu, mx.Device(mx.cpu), "cpu"],
+        other_devices=["cuda", "gpu", "mps", 0, "anything", mx.gpu, mx.Device(mx.gpu)],
+        other_device_error=(SafetensorError, r"device .* is not supported for MLX arrays"),
     )
     t.after_load = after_load
     t.zero_shapes = [(0,), (3, 0, 2), (), (1,)]

@@ -466,3 +466,67 @@ def test_bytes_are_copied_once_per_tensor(fw, helpers):
         fw.assert_same(loaded[name], expected)
     assert_kernels_run_on(fw, loaded, tensors)
     assert image == safetensors_c.numpy.save(tensors)  # the bytes object is untouched
+
+
+# ---------------------------------------------------------------------------
+# MARK: devices
+
+
+def saved_for_devices(tmp_path):
+    path = tmp_path / "d.safetensors"
+    safetensors_c.save_file({"x": np.arange(3, dtype=np.float32)}, path)
+    return path
+
+
+def loads_with_a_device(fw):
+    """The module's own loaders that take a device (the reference's JAX and
+    MLX ones take none)."""
+    return [load for load in (fw.stc.load_file, fw.stc.load)
+            if "device" in inspect.signature(load).parameters]
+
+
+@pytest.mark.from_table("device", "cpu_devices")
+def test_cpu_device_names_are_accepted(tmp_path, fw, device):
+    path = saved_for_devices(tmp_path)
+    expected = np.arange(3, dtype=np.float32)
+    for framework in fw.aliases:
+        with safe_open(path, framework=framework, device=device) as f:
+            fw.assert_same(f.get_tensor("x"), expected)
+    for load in loads_with_a_device(fw):
+        source = path if load is fw.stc.load_file else path.read_bytes()
+        fw.assert_same(load(source, device=device)["x"], expected)
+        fw.assert_same(load(source, device)["x"], expected)
+
+
+def test_no_device_means_the_cpu(tmp_path, fw):
+    path = saved_for_devices(tmp_path)
+    expected = np.arange(3, dtype=np.float32)
+    with safe_open(path, framework=fw.aliases[0], device=None) as f:
+        fw.assert_same(f.get_tensor("x"), expected)  # (assert_same checks the device)
+    for load in loads_with_a_device(fw):
+        source = path if load is fw.stc.load_file else path.read_bytes()
+        fw.assert_same(load(source, device=None)["x"], expected)
+
+
+@pytest.mark.from_table("device", "other_devices")
+def test_devices_other_than_the_cpu_are_refused(tmp_path, fw, device):
+    path = saved_for_devices(tmp_path)
+    error, pattern = fw.other_device_error
+    # Refused when the handle opens, or at the latest at its first tensor (a
+    # paddle handle for a device it lacks still reads keys and metadata).
+    with pytest.raises(error, match=pattern):
+        with safe_open(path, framework=fw.aliases[0], device=device) as f:
+            f.get_tensor("x")
+    for load in loads_with_a_device(fw):
+        with pytest.raises(error, match=pattern):
+            load(path if load is fw.stc.load_file else path.read_bytes(), device=device)
+
+
+@pytest.mark.from_table("device", "invalid_devices")
+def test_names_that_are_no_device_are_invalid(tmp_path, fw, device):
+    path = saved_for_devices(tmp_path)
+    with pytest.raises(SafetensorError, match="is invalid"):
+        safe_open(path, framework=fw.aliases[0], device=device)
+    for load in loads_with_a_device(fw):
+        with pytest.raises(SafetensorError, match="is invalid"):
+            load(path if load is fw.stc.load_file else path.read_bytes(), device=device)

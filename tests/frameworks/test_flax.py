@@ -41,8 +41,6 @@ def without_x64():
     finally:
         jax.config.update("jax_enable_x64", True)
 
-CPU = jax.devices("cpu")[0]
-
 # Every format dtype JAX has -> its NumPy dtype (the reader's currency), with
 # the random arrays and the comparison of the shared suite's table.
 TABLE = framework_tables.table("flax")
@@ -299,10 +297,6 @@ def helpers_address(array):
 
 
 # ---------------------------------------------------------------------------
-# MARK: empty and zero-sized
-
-
-# ---------------------------------------------------------------------------
 # MARK: bad input
 
 
@@ -343,24 +337,6 @@ def test_deleted_arrays_raise():
     with pytest.raises(RuntimeError, match="deleted"):
         stc_flax.save({"a": array})
 
-
-@pytest.mark.parametrize("device", ["cuda", "gpu", "tpu", 0, "anything"])
-def test_devices_other_than_the_cpu_are_refused(tmp_path, device):
-    path = tmp_path / "d.safetensors"
-    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
-    with pytest.raises(SafetensorError, match=r"device .* is not supported for JAX arrays"):
-        safe_open(path, framework="flax", device=device)
-
-
-def test_a_jax_cpu_device_is_accepted(tmp_path):
-    path = tmp_path / "d.safetensors"
-    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
-    with safe_open(path, framework="jax", device=CPU) as f:
-        assert_same(f.get_tensor("a"), np.ones(2, np.float32))
-
-
-# ---------------------------------------------------------------------------
-# MARK: safe_open and slices
 
 # ---------------------------------------------------------------------------
 # MARK: sharded checkpoints

@@ -289,31 +289,6 @@ def test_saving_reads_mlx_memory_without_copying(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# MARK: empty and zero-sized
-
-
-# ---------------------------------------------------------------------------
-# MARK: bad input
-
-
-@pytest.mark.parametrize("device", ["cuda", "gpu", "mps", 0, "anything", mx.gpu,
-                                    mx.Device(mx.gpu)])
-def test_devices_other_than_the_cpu_are_refused(tmp_path, device):
-    path = tmp_path / "d.safetensors"
-    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
-    with pytest.raises(SafetensorError, match=r"device .* is not supported for MLX arrays"):
-        safe_open(path, framework="mlx", device=device)
-
-
-def test_the_mlx_cpu_device_is_accepted(tmp_path):
-    path = tmp_path / "d.safetensors"
-    safetensors_c.save_file({"a": np.ones(2, np.float32)}, path)
-    for device in (mx.cpu, mx.Device(mx.cpu), "cpu"):
-        with safe_open(path, framework="mlx", device=device) as f:
-            assert_same(f.get_tensor("a"), np.ones(2, np.float32))
-
-
-# ---------------------------------------------------------------------------
 # MARK: safe_open and slices
 
 def test_reference_slices_agree(tmp_path):
@@ -344,5 +319,3 @@ def test_mlx_own_loader_agrees(tmp_path):
     mx.save_safetensors(str(tmp_path / "mlx.safetensors"), as_mlx(tensors))
     for name, value in stc_mlx.load_file(tmp_path / "mlx.safetensors").items():
         assert_same(value, tensors[name])
-
-

@@ -265,10 +265,6 @@ def test_read_only_arrays_are_copied_never_adopted():
 
 
 # ---------------------------------------------------------------------------
-# MARK: shapes
-
-
-# ---------------------------------------------------------------------------
 # MARK: bad input
 
 
@@ -291,30 +287,6 @@ def test_sparse_tensors_are_refused():
             stc_paddle.save({"s": sparse})
     loaded = stc_paddle.load(stc_paddle.save({"s": coo.to_dense()}))["s"]
     assert loaded.numpy().tolist() == [[0.0, 1.0], [2.0, 0.0]]
-
-
-@pytest.mark.parametrize("device", ["cpu", "CPU", "cpu:0", paddle.CPUPlace()])
-def test_cpu_device_names_are_accepted(tmp_path, device):
-    path = tmp_path / "d.safetensors"
-    safetensors_c.save_file({"x": np.arange(3, dtype=np.float32)}, path)
-    for loaded in (stc_paddle.load_file(path, device), stc_paddle.load_file(path, device=device),
-                   stc_paddle.load(path.read_bytes(), device=device)):
-        assert_same(loaded["x"], np.arange(3, dtype=np.float32))
-    with safe_open(path, framework="paddle", device=device) as f:
-        assert_same(f.get_tensor("x"), np.arange(3, dtype=np.float32))
-
-
-def test_unavailable_and_invalid_devices(tmp_path):
-    path = tmp_path / "d.safetensors"
-    safetensors_c.save_file({"x": np.arange(3, dtype=np.float32)}, path)
-    # paddle here is the CPU build: no GPU or XPU device exists
-    for device in ("gpu", "gpu:0", "cuda", "cuda:1", 0, "xpu:0"):
-        with pytest.raises(ValueError, match="is not available: this paddle sees 0"):
-            stc_paddle.load_file(path, device=device)
-    assert stc_paddle.load_file(path, device=None)["x"].place.is_cpu_place()  # as the reference
-    for device in ("bogus", "gpu:x", "gpu:", 1.5, -1, ["cpu"]):
-        with pytest.raises(SafetensorError, match="is invalid"):
-            stc_paddle.load_file(path, device=device)
 
 
 # ---------------------------------------------------------------------------

@@ -255,10 +255,6 @@ def helpers_address(array):
 
 
 # ---------------------------------------------------------------------------
-# MARK: shapes
-
-
-# ---------------------------------------------------------------------------
 # MARK: bad input
 
 
@@ -289,30 +285,6 @@ def test_bad_metadata_is_refused():
     with pytest.raises(TypeError, match="metadata must map str to str"):
         stc_tf.save({"x": tf.zeros([1])}, metadata={"k": 1})
 
-
-@pytest.mark.parametrize("device", ["cpu", "CPU", "/CPU:0", "/device:CPU:0", "cpu:0"])
-def test_cpu_device_names_are_accepted(tmp_path, device):
-    path = tmp_path / "d.safetensors"
-    safetensors_c.save_file({"x": np.arange(3, dtype=np.float32)}, path)
-    with safe_open(path, framework="tf", device=device) as f:
-        assert_same(f.get_tensor("x"), np.arange(3, dtype=np.float32))
-
-
-def test_unavailable_and_invalid_devices(tmp_path):
-    path = tmp_path / "d.safetensors"
-    safetensors_c.save_file({"x": np.arange(3, dtype=np.float32)}, path)
-    for device in ("gpu", "/GPU:0", "cuda:0", 0):  # no GPU on the test machines
-        with pytest.raises(RuntimeError, match="is not available: TensorFlow sees"):
-            safe_open(path, framework="tf", device=device)
-    with safe_open(path, framework="tf", device=None) as f:  # the CPU, as in the reference
-        assert "CPU" in f.get_tensor("x").device
-    for device in ("bogus", "gpu:x", "cuda:", 1.5, ["cpu"]):
-        with pytest.raises(SafetensorError, match="is invalid"):
-            safe_open(path, framework="tf", device=device)
-
-
-# ---------------------------------------------------------------------------
-# MARK: safe_open and slices
 
 # ---------------------------------------------------------------------------
 # MARK: sharded checkpoints

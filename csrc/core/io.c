@@ -1,6 +1,7 @@
 /*
- * io.c - how the core reads a descriptor: the one pread loop every read goes
- * through, and which backend the storage under a descriptor calls for.
+ * io.c - how the core reads a descriptor: the one pread loop (every pread of
+ * the core, and the fallback of the batch's gathered preadv), and which
+ * backend the storage under a descriptor calls for.
  */
 #include "internal.h"
 

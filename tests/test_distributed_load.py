@@ -139,8 +139,10 @@ def worker(rank, world, port, cases, out_dir):
             # machine reads from storage.
             warmup = os.path.join(out_dir, "warmup.safetensors")
             if rank == 0:
-                firsts = {str(t.dtype): t.reshape(-1)[:2].clone()
-                          for t in model_tensors().values()}
+                firsts = {}
+                for t in model_tensors().values():
+                    if t.numel():
+                        firsts.setdefault(str(t.dtype), t.reshape(-1)[:2].clone())
                 ct.save_file({**firsts, "x": torch.ones(3, 3)}, warmup)
             dist.barrier()
             distributed.load_files([warmup], plan={"x": 1})

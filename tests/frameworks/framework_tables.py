@@ -57,11 +57,16 @@ def _base(name, **fields):
         # adopt host memory, every tensor is copied), the alignment at which
         # it adopts the reader's memory (1: any), and a sum computed by the
         # framework's own kernels (they must run on adopted memory).
+        # The dtypes adopted beside the shared suite's aligned tensors: (code,
+        # shape) of 64-byte multiples, for the framework's own paths.
         # Devices: names of the CPU it accepts; others it refuses (SafetensorError
         # when it supports only the CPU, its own error when they are merely absent
-        # here), as other_device_error; names that are no device at all.
-        **{"address": None, "adopt_alignment": None, "total": None, "invalid_devices": (),
-           **fields},
+        # here), as other_device_error, when the handle opens or else at its first
+        # tensor; names that are no device at all, refused as invalid_device_error
+        # says; the module's own loaders that take a device (the reference's JAX and
+        # MLX loaders take none).
+        **{"address": None, "adopt_alignment": None, "total": None, "adopt_extra": (),
+           "device_refused_at_open": True, "device_loaders": (), **fields},
     )
     t.codes = sorted(t.dtypes)
 
@@ -108,11 +113,14 @@ def flax():
         ref_save_codes=tuple(codes),
         index_array=jnp.array, blocked=("jax",),
         address=lambda array: array.unsafe_buffer_pointer(), adopt_alignment=64,
+        adopt_extra=(("C64", (8, 8)),),
         total=lambda array: float(jnp.sum(array.astype(jnp.float64))),
         other_error=(TypeError, "expected a jax.Array.*not Tensor"),
         missing="needs JAX, which is not installed: pip install jax",
         cpu_devices=["cpu", cpu], other_devices=["cuda", "gpu", "tpu", 0, "anything"],
         other_device_error=(SafetensorError, r"device .* is not supported for JAX arrays"),
+        invalid_devices=["bogus", "gpu:x", "cuda:", 1.5, ["cpu"], -1],
+        invalid_device_error=r"device .* is not supported for JAX arrays",
     )
     t.zero_shapes = [(0,), (3, 0, 2), (), (1,)]
     t.zero_codes = ("F32", "BF16", "I64", "BOOL")
@@ -155,7 +163,7 @@ def tensorflow():
         cpu_devices=["cpu", "CPU", "/CPU:0", "/device:CPU:0", "cpu:0"],
         other_devices=["gpu", "/GPU:0", "cuda:0", 0],  # no GPU on the test machines
         other_device_error=(RuntimeError, "is not available: TensorFlow sees"),
-        invalid_devices=["bogus", "gpu:x", "cuda:", 1.5, ["cpu"]],
+        invalid_devices=["bogus", "gpu:x", "cuda:", 1.5, ["cpu"]], invalid_device_error="is invalid",
     )
 
 
@@ -213,6 +221,8 @@ def paddle():
         ref_save_codes=ref_saves,
         index_array=paddle.to_tensor, blocked=("paddle",),
         address=lambda tensor: tensor.data_ptr(), adopt_alignment=1,
+        # float8 through a same-width carrier, uint16 with no copy kernel of paddle's
+        adopt_extra=(("F8_E4M3", (64,)), ("U16", (32,))),
         total=lambda tensor: float(tensor.astype("float64").sum()),
         other_error=(ValueError, "expected a paddle.Tensor, not Tensor"),
         missing="needs PaddlePaddle, which is not installed: pip install paddlepaddle",
@@ -220,7 +230,9 @@ def paddle():
         # paddle here is the CPU build: no GPU or XPU device exists
         other_devices=["gpu", "gpu:0", "cuda", "cuda:1", 0, "xpu:0"],
         other_device_error=(ValueError, "is not available: this paddle sees 0"),
-        invalid_devices=["bogus", "gpu:x", "gpu:", 1.5, -1, ["cpu"]],
+        invalid_devices=["bogus", "gpu:x", "gpu:", 1.5, -1, ["cpu"]], invalid_device_error="is invalid",
+        # a handle for a device paddle lacks still reads keys and metadata
+        device_refused_at_open=False, device_loaders=("load_file", "load"),
     )
 
 
@@ -269,6 +281,8 @@ def mlx():
         cpu_devices=[mx.cpu, mx.Device(mx.cpu), "cpu"],
         other_devices=["cuda", "gpu", "mps", 0, "anything", mx.gpu, mx.Device(mx.gpu)],
         other_device_error=(SafetensorError, r"device .* is not supported for MLX arrays"),
+        invalid_devices=["bogus", "gpu:x", "cuda:", 1.5, ["cpu"], -1],
+        invalid_device_error=r"device .* is not supported for MLX arrays",
     )
     t.after_load = after_load
     t.zero_shapes = [(0,), (3, 0, 2), (), (1,)]

@@ -22,10 +22,7 @@ import tempfile
 import time
 
 import _paths  # noqa: F401  (the in-tree package when it is built in place)
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+from machine import load_average
 
 
 def make_model(torch):

@@ -30,22 +30,17 @@ import gc
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from typing import Callable, Dict, List, Tuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:  # measure the tree, built in place
-    sys.path.insert(0, ROOT)
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import safetensors_c  # noqa: E402
-import safetensors_c.torch as ct  # noqa: E402
-from safetensors_c import _into  # noqa: E402
+import _paths  # noqa: F401  (the in-tree package when it is built in place)
+import safetensors_c
+import safetensors_c.torch as ct
+from safetensors_c import _into
 
 try:
     import safetensors.torch as reference

@@ -10,6 +10,11 @@ import sys
 from datetime import datetime, timezone
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as "0.12 0.34 0.56"."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -60,7 +65,7 @@ def describe(root: str, tmpdir: str, missing: set) -> list[tuple[str, str]]:
     except AttributeError:
         affinity = os.cpu_count()
     try:
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        load = load_average().replace(" ", ", ")
     except OSError:
         load = "unknown"
     return [

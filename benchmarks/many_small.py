@@ -19,19 +19,15 @@ import argparse
 import gc
 import os
 import statistics
-import sys
 import tempfile
 import time
 from typing import Callable, Dict, List
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:  # measure the tree, built in place
-    sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-import safetensors_c.torch as ours  # noqa: E402
+import _paths  # noqa: F401  (the in-tree package when it is built in place)
+import safetensors_c.torch as ours
+from machine import load_average
 
 try:
     import safetensors.torch as reference
@@ -46,10 +42,6 @@ class Many(torch.nn.Module):
         super().__init__()
         for i in range(count):
             self.register_parameter(f"p{i}", torch.nn.Parameter(torch.randn(size)))
-
-
-def load_average() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
 def measure(rows: Dict[str, Callable[[], None]], repeat: int) -> Dict[str, List[float]]:
@@ -92,14 +84,14 @@ def run_count(count: int, size: int, repeat: int, directory: str) -> None:
         rows["save_file reference"] = lambda: reference.save_file(state, out_ref)
         rows["save_model reference"] = lambda: reference.save_model(model, out_ref)
     print(f"{count} tensors of {size} float32 ({count * size * 4 / 2**20:.1f} MiB), "
-          f"{repeat} runs; {load_average()}")
+          f"{repeat} runs; load average {load_average()}")
     times = measure(rows, repeat)
     show(times)
     if reference is not None:
         for what in ("load_model", "save_file", "save_model"):
             print(f"  ratio {what:<22} reference / ours = "
                   f"{ratio(times, f'{what} reference', f'{what} ours')}")
-    print(f"  after: {load_average()}")
+    print(f"  after: load average {load_average()}")
 
 
 def main(argv: List[str] = None) -> None:

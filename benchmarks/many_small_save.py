@@ -20,11 +20,8 @@ import time
 import numpy as np
 
 import _paths  # noqa: F401  (the in-tree package when it is built in place)
+from machine import load_average
 import safetensors_c
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def fsync_path(path: str) -> None:

@@ -38,17 +38,23 @@ static stc_status check_range(const stc_file *file, const stc_tensor *tensor,
     return STC_OK;
 }
 
+/* check_range, and a destination for a range that is not empty. */
+static stc_status check_copy(const stc_file *file, const stc_tensor *tensor,
+                             uint64_t byte_offset, size_t len, const void *dst,
+                             stc_error *error) {
+    stc_status st = check_range(file, tensor, byte_offset, len, error);
+    if (st != STC_OK || len == 0 || dst) return st;
+    return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "no destination buffer", STC_NO_OFFSET,
+                     tensor->name, tensor->name_len);
+}
+
 /* MARK: - Buffered and mapped reads */
 
 stc_status stc_read_tensor_into(const stc_file *file, const stc_tensor *tensor,
                                 uint64_t byte_offset, size_t len, void *dst,
                                 stc_error *error) {
-    stc_status st = check_range(file, tensor, byte_offset, len, error);
-    if (st != STC_OK) return st;
-    if (len == 0) return STC_OK;
-    if (!dst)
-        return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "no destination buffer",
-                         STC_NO_OFFSET, tensor->name, tensor->name_len);
+    stc_status st = check_copy(file, tensor, byte_offset, len, dst, error);
+    if (st != STC_OK || len == 0) return st;
     return stc_read(file, tensor->begin + byte_offset, len, dst, error);
 }
 
@@ -120,12 +126,8 @@ stc_status stc_read_tensor_direct(const stc_file *file, const stc_tensor *tensor
                                   uint64_t byte_offset, size_t len, void *dst, int direct_fd,
                                   size_t align, size_t *direct_bytes, stc_error *error) {
     if (direct_bytes) *direct_bytes = 0;
-    stc_status st = check_range(file, tensor, byte_offset, len, error);
-    if (st != STC_OK) return st;
-    if (len == 0) return STC_OK;
-    if (!dst)
-        return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "no destination buffer",
-                         STC_NO_OFFSET, tensor->name, tensor->name_len);
+    stc_status st = check_copy(file, tensor, byte_offset, len, dst, error);
+    if (st != STC_OK || len == 0) return st;
     if (!is_power_of_two(align))
         return stc__fail(error, STC_ERR_INVALID_ARGUMENT,
                          "the alignment must be a power of two", STC_NO_OFFSET, NULL, 0);
@@ -415,11 +417,8 @@ static stc_status check_batch(const stc_file *file, const stc_copy *copies, size
     }
     for (size_t i = 0; i < count; i++) {
         const stc_copy *c = &copies[i];
-        if ((st = check_range(file, c->tensor, c->byte_offset, c->len, error)) != STC_OK)
+        if ((st = check_copy(file, c->tensor, c->byte_offset, c->len, c->dst, error)) != STC_OK)
             return st;
-        if (c->len && !c->dst)
-            return stc__fail(error, STC_ERR_INVALID_ARGUMENT, "no destination buffer",
-                             STC_NO_OFFSET, c->tensor->name, c->tensor->name_len);
         *total += c->len; /* each len fits its tensor, and tensors fit the file */
     }
     return STC_OK;

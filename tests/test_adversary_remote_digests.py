@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from safetensors_c.sharded import SAVE_ID_KEY, load_sharded, safe_open_sharded, 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 from remote_servers.hostile import HostileServer, VirtualFile  # noqa: E402
+from remote_servers.loopback import RANGE, LoopbackServer  # noqa: E402
 
 FAST = {"timeout": 2.0}
 
@@ -141,54 +141,32 @@ def test_a_redirect_to_a_location_with_a_space_is_refused_with_a_code(checkpoint
 # MARK: a validator that appears only on later answers
 
 
-class _LateValidatorServer:
+class _LateValidatorServer(LoopbackServer):
     """Serves ``first`` without an ETag on the first answer; later answers
     carry ETag "v1" with ``first``, then from the ``switch_at``-th answer on,
     ETag "v2" with ``second`` (same size): two versions it names itself."""
 
     def __init__(self, first: bytes, second: bytes, switch_at: int = 3) -> None:
+        super().__init__()
         assert len(first) == len(second)
+        self.first, self.second, self.switch_at = first, second, switch_at
         self.count = 0
-        lock = threading.Lock()
-        owner = self
+        self.lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                with lock:
-                    owner.count += 1
-                    count = owner.count
-                data = first if count < switch_at else second
-                spec = self.headers["Range"][len("bytes="):]
-                start, _, last = spec.partition("-")
-                start, end = int(start), min(int(last) + 1, len(data))
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
-                self.send_header("Content-Length", str(end - start))
-                if count > 1:
-                    self.send_header("ETag", '"v1"' if count < switch_at else '"v2"')
-                self.end_headers()
-                self.wfile.write(data[start:end])
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/m.safetensors"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def _serve(self, h) -> None:
+        with self.lock:
+            self.count += 1
+            count = self.count
+        data = self.first if count < self.switch_at else self.second
+        start, last = RANGE.match(h.headers["Range"]).groups()
+        start, end = int(start), min(int(last) + 1, len(data))
+        h.send_response(206)
+        h.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        h.send_header("Content-Length", str(end - start))
+        if count > 1:
+            h.send_header("ETag", '"v1"' if count < self.switch_at else '"v2"')
+        h.end_headers()
+        h.wfile.write(data[start:end])
 
 
 def test_an_etag_that_appears_only_later_cannot_mix_two_versions(tmp_path):

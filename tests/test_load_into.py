@@ -19,8 +19,7 @@ import safetensors_c.numpy as snp
 from safetensors_c import _core, _into
 from safetensors_c._core import SafetensorError
 from safetensors_c._reader import open_source
-
-BACKENDS = ("mmap", "pread")
+from conftest import BACKENDS
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ import safetensors_c.numpy as snp  # noqa: E402
 import safetensors_c.torch as ct  # noqa: E402
 from safetensors_c import _core, _into, safe_open  # noqa: E402
 from safetensors_c._core import SafetensorError  # noqa: E402
+from conftest import BACKENDS  # noqa: E402
 
 try:
     import safetensors.torch as reference
@@ -42,7 +43,6 @@ except ImportError:  # pragma: no cover - the reference is installed in CI
     reference = None
 
 needs_reference = pytest.mark.skipif(reference is None, reason="needs the reference package")
-BACKENDS = ("mmap", "pread")
 
 
 class Many(torch.nn.Module):

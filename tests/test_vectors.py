@@ -23,11 +23,11 @@ import pytest
 
 import safetensors_c
 from safetensors_c import SafetensorError
+from conftest import BACKENDS
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 EXPECTED: dict[str, str] = json.loads((VECTORS / "expected.json").read_text())
 NAMES = sorted(EXPECTED)
-BACKENDS = ("mmap", "pread")
 
 # Files the reference reader accepts although we reject them, on purpose
 # (README.md, "Deliberate deviations"). Files where the reference also
